@@ -1,0 +1,3 @@
+from kptrace.cli.app import main
+
+main()

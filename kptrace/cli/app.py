@@ -1,0 +1,77 @@
+"""The `kptrace` command: wires the sub-commands and turns errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from kptrace import __version__
+from kptrace.errors import ExitCode, KptraceError
+
+app = typer.Typer(
+    name="kptrace",
+    help=(
+        "Follow a hypothetical packet through a Kubernetes node's netfilter state and say what happens to it.\n\n"
+        "Exit codes: 0 accepted/delivered/forwarded, 1 dropped/rejected/no route, 2 usage or unusable input, "
+        "3 internal error, 4 undetermined."
+    ),
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=True,
+)
+err_console = Console(stderr=True)
+state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kptrace {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error instead of one line."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    state["debug"] = debug or bool(os.environ.get("KPTRACE_DEBUG"))
+
+
+def _register() -> None:
+    from kptrace.cli import why
+
+    why.register(app)
+
+
+def main() -> None:
+    _register()
+    try:
+        app(standalone_mode=False)
+    except KptraceError as e:
+        if state["debug"]:
+            raise
+        err_console.print(Text("error: ", style="red") + Text(str(e)), highlight=False, soft_wrap=True)
+        sys.exit(int(e.exit_code))
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except (typer.Abort, EOFError):
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - the one place a bug becomes exit 3 instead of a traceback
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(int(ExitCode.USAGE))
+        if state["debug"]:
+            raise
+        msg = f"{type(e).__name__}: {e} — rerun with --debug for the traceback"
+        err_console.print(Text("internal error (KPT003): ", style="red") + Text(msg), highlight=False, soft_wrap=True)
+        sys.exit(int(ExitCode.INTERNAL))

@@ -1,0 +1,110 @@
+"""`kptrace why DEST`: trace one hypothetical packet and print what happens to it."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from ipaddress import ip_address
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from kptrace.errors import ExitCode, KptraceError
+from kptrace.model.flow import Flow
+from kptrace.model.trace import Disposition, Trace
+from kptrace.render.human import Detail
+
+PROTOS = ("tcp", "udp", "sctp", "icmp")
+
+
+class OutputFormat(str, Enum):
+    human = "human"
+    json = "json"
+
+
+def parse_dest(text: str) -> tuple[str, int | None]:
+    """`IP:PORT`, `IP` (icmp), `[v6]:PORT`, or a bare IPv6 address."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?", text)
+    if m:
+        host, port = m.group(1), m.group(2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    try:
+        ip_address(host)
+    except ValueError:
+        raise KptraceError(f"destination '{text}': '{host}' is not an IP address (expected IP:PORT, IP or [v6]:PORT)") from None
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise KptraceError(f"destination '{text}': port '{port}' is not in 1-65535")
+    return host, int(port) if port is not None else None
+
+
+def exit_code(t: Trace) -> ExitCode:
+    kinds = {b.disposition for b in t.branches}
+    if any(k.failed for k in kinds):
+        return ExitCode.FAIL
+    if Disposition.UNDETERMINED in kinds or not kinds:
+        return ExitCode.INCONCLUSIVE
+    return ExitCode.OK
+
+
+def why(
+    dest: str = typer.Argument(..., help="Destination: IP:PORT, IP (icmp) or [IPv6]:PORT."),
+    src: str = typer.Option(None, "--from", help="Source address (default: a node address, i.e. locally generated)."),
+    proto: str = typer.Option(None, "--proto", "-p", help="tcp, udp, sctp or icmp (default tcp, icmp without a port)."),
+    sport: int = typer.Option(None, "--sport", help="Source port, for rules that test it.", min=1, max=65535),
+    in_iface: str = typer.Option(None, "--in-iface", help="Interface the packet arrives on (default: derived and stated)."),
+    dump: list[Path] = typer.Option(None, "--dump", "-d", help="A dump file, bundle directory or bundle .tar.gz; repeatable."),
+    node_ip: list[str] = typer.Option(None, "--node-ip", help="An address of this node (addrtype LOCAL); repeatable."),
+    pod_cidr: list[str] = typer.Option(None, "--pod-cidr", help="The cluster's pod CIDR (default: read from kube-proxy's rules)."),
+    demo: bool = typer.Option(False, "--demo", help="Use the demo node shipped with kptrace."),
+    output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
+    detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
+) -> None:
+    """Trace one packet: which rule, route or setting decides its fate, step by step.
+
+    Examples:
+
+      kptrace why 10.96.0.10:53 --proto udp --from 10.244.1.5 --demo
+
+      kptrace why 192.168.0.2:30080 --from 203.0.113.7 --dump node-a/ -o json
+    """
+    from kptrace.load import demo_path, load_node
+    from kptrace.render.jsonout import dumps, trace_json
+    from kptrace.walkers.netfilter import trace_flow
+
+    host, port = parse_dest(dest)
+    p = (proto or ("tcp" if port is not None else "icmp")).lower()
+    if p not in PROTOS:
+        raise KptraceError(f"--proto '{proto}': expected one of {', '.join(PROTOS)}")
+    if p != "icmp" and port is None:
+        raise KptraceError(f"destination '{dest}' needs a port for {p}")
+    paths = list(dump or [])
+    if demo:
+        paths.insert(0, demo_path())
+    if not paths:
+        raise KptraceError("no input: give --dump PATH (a file, a bundle directory or .tar.gz) or --demo; "
+                           "reading the live node comes with `kptrace collect`")
+    node = load_node(paths, list(node_ip or []), list(pod_cidr or []))
+    if src is None:
+        ips = sorted(node.local_addresses() - {a for a in node.local_addresses() if a.is_loopback}, key=str)
+        src = str(next((a for a in ips if a.version == ip_address(host).version), "127.0.0.1"))
+    try:
+        src_ip = ip_address(src)
+    except ValueError:
+        raise KptraceError(f"--from '{src}' is not an IP address") from None
+    flow = Flow(src_ip, ip_address(host), p, sport, port, in_iface)
+    trace = trace_flow(node, flow)
+    if output == OutputFormat.json:
+        typer.echo(dumps(trace_json(trace)))
+    else:
+        from kptrace.render.human import render_trace
+
+        render_trace(trace, Console(), detail)
+    raise typer.Exit(int(exit_code(trace)))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="why")(why)

@@ -1,0 +1,202 @@
+"""Read --dump inputs (files, bundle directories, .tar.gz bundles) into a Node.
+
+A bundle names each file after the command that produced it (docs/bundle.md); a file with any
+other name is recognised by its content. Every input is listed with its sha256 in the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from importlib import resources
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+
+from kptrace.errors import InputError, ParseError
+from kptrace.model.node import Node
+from kptrace.model.trace import InputFile
+from kptrace.parsers.ip_addr import parse_ip_addr
+from kptrace.parsers.iptables_save import parse_iptables_save
+from kptrace.parsers.sysctl import parse_sysctl
+from kptrace.walkers.kube_jumps import add_kube_proxy_jumps
+
+MAX_INPUT_BYTES = 512 * 1024 * 1024  # past this a "dump" is not one; refuse rather than exhaust memory
+
+# Bundle file name -> kind. Names not listed are sniffed.
+BUNDLE_NAMES = {
+    "iptables-save.txt": "iptables-save",
+    "iptables-nft-save.txt": "iptables-save",
+    "ip6tables-save.txt": "ip6tables-save",
+    "ip-addr.txt": "ip-addr",
+    "ip-addr.json": "ip-addr",
+    "sysctl.txt": "sysctl",
+    "node.yaml": "node-meta",
+}
+# Files a bundle may hold that this version reads elsewhere or not yet; listed, not parsed.
+PASSIVE_KINDS = {
+    "ip-link": re.compile(r"^ip-link"), "ip-route": re.compile(r"^ip-(6-)?route"), "ip-rule": re.compile(r"^ip-rule"),
+    "ip-neigh": re.compile(r"^ip-neigh"), "bridge": re.compile(r"^bridge-"), "modules": re.compile(r"^modules"),
+    "flannel": re.compile(r"^flannel"), "hostname": re.compile(r"^hostname"), "manifest": re.compile(r"^manifest"),
+}
+
+
+def demo_path() -> Path:
+    return Path(str(resources.files("kptrace") / "demo" / "cluster" / "node-a"))
+
+
+def decode(data: bytes, label: str) -> str:
+    if b"\x00" in data[:65536] or b"\x00" in data[-65536:]:
+        raise InputError(f"{label}:1:1: binary data (NUL bytes), not a command's text output")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start]
+        line = before.count(b"\n") + 1
+        col = e.start - (before.rfind(b"\n") + 1) + 1
+        raise ParseError(label, line, col, f"invalid UTF-8 byte 0x{data[e.start]:02x}") from None
+
+
+def sniff(name: str, text: str) -> str | None:
+    base = name.rsplit("/", 1)[-1]
+    if base in BUNDLE_NAMES:
+        return BUNDLE_NAMES[base]
+    head = text.lstrip()[:4096]
+    if head.startswith("[") and '"addr_info"' in head:
+        return "ip-addr"
+    if re.search(r"^\*(filter|nat|mangle|raw|security)\s*$", text[:200000], re.M) or "iptables-save v" in head[:200]:
+        return "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in head[:200] else "iptables-save"
+    if re.search(r"^\d+: [^:]+: <", head, re.M) and re.search(r"^\s+inet6? ", head, re.M):
+        return "ip-addr"
+    if re.match(r"^(net|kernel|vm|fs)\.[\w.\-/]+\s*=", head):
+        return "sysctl"
+    return None
+
+
+def _read_entries(path: Path) -> Iterator[tuple[str, bytes]]:
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                yield str(p), p.read_bytes()
+        return
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.stat().st_size > MAX_INPUT_BYTES:
+        raise InputError(f"{path}: {path.stat().st_size} bytes is larger than any node dump ({MAX_INPUT_BYTES} max)")
+    if tarfile.is_tarfile(path):
+        # Read members in memory: a bundle is never unpacked onto the disk.
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                if m.isfile():
+                    f = tar.extractfile(m)
+                    if f is not None:
+                        yield f"{path}:{m.name}", f.read()
+        return
+    yield str(path), path.read_bytes()
+
+
+def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None) -> Node:
+    node = Node()
+    for raw in node_ips or []:
+        try:
+            node.node_ips.append(ip_address(raw))
+        except ValueError:
+            raise InputError(f"--node-ip: '{raw}' is not an IP address") from None
+    for raw in pod_cidrs or []:
+        try:
+            node.pod_cidrs.append(ip_network(raw, strict=False))
+        except ValueError:
+            raise InputError(f"--pod-cidr: '{raw}' is not a CIDR") from None
+    for p in paths:
+        for label, data in _read_entries(p):
+            _load_one(node, _short(label, p), data)
+    if not node.rulesets:
+        raise InputError("no iptables-save dump in the input (give --dump FILE or a bundle directory)")
+    for rs in node.rulesets.values():
+        add_kube_proxy_jumps(rs)
+    if not node.pod_cidrs:
+        _infer_pod_cidrs(node)
+    return node
+
+
+def _short(label: str, root: Path) -> str:
+    """Cite bundle files by their path inside the bundle, as users see them in a listing."""
+    if root.is_dir():
+        try:
+            return str(Path(label).relative_to(root.parent))
+        except ValueError:
+            return label
+    return label
+
+
+def _load_one(node: Node, label: str, data: bytes) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    base = label.rsplit("/", 1)[-1]
+    if any(rx.match(base) for rx in PASSIVE_KINDS.values()):
+        return
+    text = decode(data, label)
+    kind = sniff(label, text)
+    if kind is None:
+        if not text.strip():
+            return
+        raise InputError(f"{label}:1:1: cannot tell what command produced this file (see docs/bundle.md for names)")
+    if kind in ("iptables-save", "ip6tables-save"):
+        family = 6 if kind == "ip6tables-save" else None
+        rs = parse_iptables_save(text, label, family).ruleset
+        if rs.family in node.rulesets and node.rulesets[rs.family].tables:
+            if not rs.tables:
+                return
+            raise InputError(f"{label}: a second IPv{rs.family} ruleset (already read {node.rulesets[rs.family].file})")
+        node.rulesets[rs.family] = rs
+    elif kind == "ip-addr":
+        node.addresses.extend(parse_ip_addr(text, label))
+    elif kind == "sysctl":
+        node.sysctls.update(parse_sysctl(text, label))
+    elif kind == "node-meta":
+        _node_meta(node, text, label)
+    node.inputs.append(InputFile(label, kind, digest))
+
+
+def _node_meta(node: Node, text: str, label: str) -> None:
+    import yaml
+
+    try:
+        meta = yaml.safe_load(io.StringIO(text)) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ParseError(label, (mark.line + 1) if mark else 1, (mark.column + 1) if mark else 1, "invalid YAML") from None
+    if not isinstance(meta, dict):
+        raise ParseError(label, 1, 1, "expected a mapping (name, node_ips, pod_cidr)")
+    node.name = str(meta.get("name", meta.get("node_name", node.name)))
+    for ip in meta.get("node_ips", []) or []:
+        a = ip_address(str(ip))
+        if a not in node.node_ips:
+            node.node_ips.append(a)
+    cidr = meta.get("pod_cidr")
+    if cidr and not node.pod_cidrs:
+        node.pod_cidrs.append(ip_network(str(cidr), strict=False))
+
+
+_MASQ_RE = re.compile(r"! -s (\S+) .*-j KUBE-MARK-MASQ")
+
+
+def _infer_pod_cidrs(node: Node) -> None:
+    """kube-proxy's local-traffic detector writes the cluster CIDR into every KUBE-SVC masquerade rule."""
+    for rs in node.rulesets.values():
+        nat = rs.tables.get("nat")
+        if nat is None:
+            continue
+        for name, chain in nat.chains.items():
+            if not name.startswith("KUBE-SVC-"):
+                continue
+            for r in chain.rules:
+                if r.src is not None and r.src.negated and r.target and r.target.name == "KUBE-MARK-MASQ":
+                    net = r.src.value[0]
+                    node.pod_cidrs.append(net)
+                    node.assumptions.append(f"pod CIDR {net}, read from kube-proxy's masquerade rule at {r.source}")
+                    return
+
+

@@ -1,0 +1,1 @@
+"""Frozen data model shared by parsers, walkers, checks and renderers; imports nothing else from kptrace."""

@@ -1,0 +1,50 @@
+"""Everything kptrace knows about one node: its rulesets, addresses and settings, with their inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv6Interface, IPv4Network, IPv6Network
+
+from kptrace.model.flow import IPAddress
+from kptrace.model.netfilter import Ruleset
+from kptrace.model.source import Source
+from kptrace.model.trace import InputFile
+
+IPInterface = IPv4Interface | IPv6Interface
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One `ip addr` entry: an address on an interface."""
+
+    iface: str
+    address: IPInterface
+    source: Source
+    scope: str = "global"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """A sysctl value and where it was read."""
+
+    value: str
+    source: Source
+
+
+@dataclass(slots=True)
+class Node:
+    name: str = "node"
+    rulesets: dict[int, Ruleset] = field(default_factory=dict)  # by family, 4 or 6
+    addresses: list[Address] = field(default_factory=list)
+    node_ips: list[IPAddress] = field(default_factory=list)  # given with --node-ip
+    pod_cidrs: list[IPv4Network | IPv6Network] = field(default_factory=list)
+    sysctls: dict[str, Setting] = field(default_factory=dict)
+    inputs: list[InputFile] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+
+    def local_addresses(self) -> set[IPAddress]:
+        return {a.address.ip for a in self.addresses} | set(self.node_ips)
+
+    @property
+    def knows_addresses(self) -> bool:
+        return bool(self.addresses or self.node_ips)

@@ -1,0 +1,87 @@
+"""A trace: the flow, and one branch per way the packet can go, each a list of steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from kptrace.model.flow import Flow
+
+
+class Disposition(str, Enum):
+    ACCEPTED = "ACCEPTED"
+    DELIVERED = "DELIVERED"  # to a local socket: INPUT accepted
+    FORWARDED = "FORWARDED"  # leaves the node through an interface
+    DROPPED = "DROPPED"
+    REJECTED = "REJECTED"
+    NO_ROUTE = "NO_ROUTE"
+    UNDETERMINED = "UNDETERMINED"
+    MIXED = "MIXED"  # branches end differently
+
+    @property
+    def failed(self) -> bool:
+        return self in (Disposition.DROPPED, Disposition.REJECTED, Disposition.NO_ROUTE)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    hook: str  # PREROUTING … POSTROUTING, or "routing"
+    table: str | None
+    chain: str | None
+    rule: int | None  # 1-based index in its chain; None for policies and routing
+    source: str | None  # "file:line"
+    action: str  # JUMP, GOTO, DNAT, MARK, ACCEPT, DROP, REJECT, RETURN, POLICY, ROUTE, UNDETERMINED …
+    text: str
+    depth: int = 0  # nesting of user-chain jumps, for the tree view
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    iface: str | None
+    next_hop: str | None = None
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    probability: float
+    disposition: Disposition
+    steps: tuple[Step, ...]
+    dnat: str | None = None
+    masquerade: bool = False
+    snat: str | None = None
+    egress: Egress | None = None
+    assumptions: tuple[str, ...] = ()
+    unknowns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    file: str
+    kind: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    flow: Flow
+    origin: str  # local | pod | external
+    in_iface: str | None
+    branches: tuple[Branch, ...]
+    inputs: tuple[InputFile, ...] = ()
+    assumptions: tuple[str, ...] = field(default=())
+
+    @property
+    def disposition(self) -> Disposition:
+        kinds = {b.disposition for b in self.branches}
+        if len(kinds) == 1:
+            return next(iter(kinds))
+        return Disposition.MIXED if kinds else Disposition.UNDETERMINED
+
+    @property
+    def endpoints(self) -> list[str]:
+        seen: list[str] = []
+        for b in self.branches:
+            if b.dnat and b.dnat not in seen:
+                seen.append(b.dnat)
+        return seen

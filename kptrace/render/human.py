@@ -1,0 +1,170 @@
+"""The trace for people: a one-line answer first, then each branch as a tree read like the packet's life."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from rich.console import Console, Group
+from rich.text import Text
+from rich.tree import Tree
+
+from kptrace.model.trace import Branch, Disposition, Step, Trace
+
+_STYLE = {
+    Disposition.DELIVERED: "bold green", Disposition.FORWARDED: "bold green", Disposition.ACCEPTED: "bold green",
+    Disposition.DROPPED: "bold red", Disposition.REJECTED: "bold red", Disposition.NO_ROUTE: "bold red",
+    Disposition.UNDETERMINED: "bold yellow", Disposition.MIXED: "bold yellow",
+}
+_ACTION_STYLE = {
+    "DNAT": "bold magenta", "REDIRECT": "bold magenta", "MASQUERADE": "bold cyan", "SNAT": "bold cyan",
+    "ACCEPT": "green", "DROP": "bold red", "REJECT": "bold red", "UNDETERMINED": "bold yellow",
+    "MARK": "cyan", "RETURN": "dim", "JUMP": "blue", "GOTO": "blue", "ROUTE": "bold",
+}
+
+
+class Detail(str, Enum):
+    minimal = "minimal"
+    summary = "summary"
+    full = "full"
+
+
+def _endpoint_text(t: Trace) -> str:
+    parts = []
+    for ep in t.endpoints:
+        p = sum(b.probability for b in t.branches if b.dnat == ep)
+        parts.append(f"{ep} ({p * 100:.4g} %)")
+    return " or ".join(parts)
+
+
+def _flow_text(t: Trace) -> str:
+    f = t.flow
+    dst = f"[{f.dst}]" if f.dst.version == 6 and f.dport is not None else str(f.dst)
+    port = f":{f.dport}" if f.dport is not None else ""
+    return f"{f.src} → {dst}{port}/{f.proto}"
+
+
+def summary_line(t: Trace) -> str:
+    d = t.disposition
+    parts = []
+    if t.endpoints:
+        parts.append(f"DNAT to {_endpoint_text(t)}")
+    if any(b.masquerade for b in t.branches):
+        parts.append("masqueraded")
+    kinds: dict[str, float] = {}
+    for b in t.branches:
+        word = b.disposition.value.lower()
+        if b.disposition == Disposition.FORWARDED and b.egress and b.egress.iface:
+            word += f" via {b.egress.iface}"
+        if b.disposition in (Disposition.DROPPED, Disposition.REJECTED, Disposition.UNDETERMINED):
+            why = _deciding(b)
+            if why:
+                word += f" by {why}"
+        kinds[word] = kinds.get(word, 0.0) + b.probability
+    if len(kinds) == 1:
+        parts.append(next(iter(kinds)))
+    else:
+        parts.append(" / ".join(f"{k} ({p * 100:.4g} %)" for k, p in kinds.items()))
+    return f"{_flow_text(t)}: {d.value}: " + ", ".join(parts)
+
+
+def _deciding(b: Branch) -> str:
+    for s in reversed(b.steps):
+        if s.action in ("DROP", "REJECT", "UNDETERMINED") or s.action.startswith("POLICY"):
+            where = f"{s.table}/{s.chain}" if s.table else s.hook
+            return f"{where} ({s.source})" if s.source else where
+    return ""
+
+
+def _step_text(s: Step) -> Text:
+    style = _ACTION_STYLE.get(s.action.split()[0], "")
+    t = Text()
+    if s.source:
+        t.append(f"{s.source}  ", style="dim")
+    t.append(s.text if s.text else "", style="")
+    t.append(f"  {s.action}", style=style)
+    return t
+
+
+def _keep(s: Step, detail: Detail) -> bool:
+    if detail == Detail.full:
+        return True
+    # A built-in chain whose rules all missed adds nothing to the story at this level.
+    return not (s.action == "POLICY ACCEPT" and s.rule is None and s.depth == 0 and s.hook != "routing")
+
+
+def branch_tree(b: Branch, n: int, total: int, detail: Detail, prefix_from: tuple[int, int] | None) -> Tree:
+    head = Text(f"branch {n}/{total}  ", style="bold")
+    head.append(f"{b.probability * 100:.4g} %  ")
+    head.append(b.disposition.value, style=_STYLE[b.disposition])
+    if b.dnat:
+        head.append(f"  DNAT → {b.dnat}", style="magenta")
+    if b.masquerade:
+        head.append("  masquerade", style="cyan")
+    if b.egress and b.egress.iface:
+        head.append(f"  out {b.egress.iface}")
+    tree = Tree(head)
+    steps = list(b.steps)
+    start = 0
+    if prefix_from is not None:
+        start, other = prefix_from
+        if start:
+            tree.add(Text(f"… the first {start} steps as in branch {other}", style="dim italic"))
+    hook_node: Tree | None = None
+    hook_name = None
+    stack: list[Tree] = []
+    for s in steps[start:]:
+        if not _keep(s, detail):
+            continue
+        if s.hook == "routing":
+            tree.add(Text("routing  ", style="bold") + _step_text(s))
+            hook_node, hook_name, stack = None, None, []
+            continue
+        if hook_node is None or s.hook != hook_name:
+            hook_node = tree.add(Text(s.hook, style="bold underline"))
+            hook_name, stack = s.hook, []
+        label = Text(f"{s.table}  ", style="bold") if s.depth == 0 else Text()
+        parent = hook_node if s.depth == 0 or not stack else stack[min(s.depth, len(stack)) - 1]
+        node = parent.add(label + _step_text(s))
+        stack = stack[: s.depth] + [node]
+    if detail == Detail.full:
+        for a in b.assumptions:
+            tree.add(Text(f"assumed: {a}", style="italic"))
+    for u in b.unknowns:
+        tree.add(Text(f"undetermined: {u}", style="yellow"))
+    return tree
+
+
+def _common_prefix(a: tuple[Step, ...], b: tuple[Step, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) -> None:
+    console.print(Text(summary_line(t), style=_STYLE[t.disposition]))
+    if detail == Detail.minimal:
+        for n, b in enumerate(t.branches, start=1):
+            why = _deciding(b) if b.disposition.failed or b.disposition == Disposition.UNDETERMINED else ""
+            extra = f"  DNAT → {b.dnat}" if b.dnat else ""
+            console.print(f"  branch {n}: {b.probability * 100:.4g} % {b.disposition.value}{extra}" + (f" at {why}" if why else ""))
+        return
+    trees = []
+    for n, b in enumerate(t.branches, start=1):
+        best = None
+        for k in range(n - 1):
+            c = _common_prefix(t.branches[k].steps, b.steps)
+            if c and (best is None or c > best[0]):
+                best = (c, k + 1)
+        trees.append(branch_tree(b, n, len(t.branches), detail, best if detail != Detail.full else None))
+    console.print(Group(*trees))
+    shared = [a for a in t.assumptions]
+    branch_assumptions = {a for b in t.branches for a in b.assumptions}
+    if shared or branch_assumptions:
+        console.print(Text("assumptions:", style="bold"))
+        for a in list(dict.fromkeys(shared + sorted(branch_assumptions))):
+            console.print(Text(f"  - {a}", style="italic"))
+    if t.inputs:
+        console.print(Text("inputs: " + ", ".join(f"{i.file} ({i.kind})" for i in t.inputs), style="dim"))

@@ -1,0 +1,70 @@
+"""The `kptrace/v1` JSON documents, built field by field (never dumped from dataclasses)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any, TypedDict
+
+from kptrace import __version__
+from kptrace.model.trace import Branch, InputFile, Step, Trace
+
+SCHEMA_ID = "kptrace/v1"
+
+
+class StepRecord(TypedDict):
+    hook: str
+    table: str | None
+    chain: str | None
+    rule: int | None
+    source: str | None
+    action: str
+    text: str
+
+
+def inputs_json(inputs: tuple[InputFile, ...] | list[InputFile]) -> list[dict[str, str]]:
+    return [{"file": i.file, "kind": i.kind, "sha256": i.sha256} for i in inputs]
+
+
+def step_json(s: Step) -> StepRecord:
+    return {"hook": s.hook, "table": s.table, "chain": s.chain, "rule": s.rule, "source": s.source,
+            "action": s.action, "text": s.text}
+
+
+def branch_json(b: Branch) -> dict[str, Any]:
+    return {
+        "probability": round(b.probability, 12),
+        "disposition": b.disposition.value,
+        "dnat": b.dnat,
+        "masquerade": b.masquerade,
+        "snat": b.snat,
+        "egress": None if b.egress is None else {"iface": b.egress.iface, "next_hop": b.egress.next_hop, "node": b.egress.node},
+        "steps": [step_json(s) for s in b.steps],
+        "assumptions": list(b.assumptions),
+        "unknowns": list(b.unknowns),
+    }
+
+
+def trace_json(t: Trace) -> dict[str, Any]:
+    f = t.flow
+    return {
+        "schema": SCHEMA_ID,
+        "kind": "trace",
+        "kptrace_version": __version__,
+        "inputs": inputs_json(t.inputs),
+        "flow": {"src": str(f.src), "sport": f.sport, "dst": str(f.dst), "dport": f.dport, "proto": f.proto,
+                 "origin": t.origin, "in_iface": t.in_iface},
+        "disposition": t.disposition.value,
+        "endpoints": t.endpoints,
+        "assumptions": list(t.assumptions),
+        "branches": [branch_json(b) for b in t.branches],
+    }
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=False)
+
+
+def schema() -> dict[str, Any]:
+    text = (resources.files("kptrace") / "render" / "schema" / "kptrace-output.v1.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]

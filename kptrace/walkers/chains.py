@@ -1,0 +1,200 @@
+"""Walk one table's chain with netfilter semantics: rules in order, jumps, goto, RETURN, policies.
+
+A chain walk returns every way the packet can leave the chain, as (Path, verdict) pairs, because a
+`-m statistic --mode random` rule splits the packet into a matching and a non-matching branch.
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+from kptrace.model.netfilter import Chain, Rule, Ruleset, Target
+from kptrace.model.trace import Step
+from kptrace.walkers.matches import Chance, MatchContext, Unknown, eval_rule, parse_mark
+from kptrace.walkers.packet import Path
+
+# Verdicts a chain walk can end with.
+CONTINUE = "CONTINUE"  # fell off a user chain or RETURNed: the caller goes on
+ACCEPT, DROP, REJECT, UNDETERMINED = "ACCEPT", "DROP", "REJECT", "UNDETERMINED"
+NAT_TARGETS = {"DNAT", "SNAT", "MASQUERADE", "REDIRECT"}
+# Targets that record or tweak the packet and let it go on to the next rule.
+CONTINUING_TARGETS = {"LOG", "NFLOG", "TRACE", "CHECKSUM", "TCPMSS", "NOTRACK", "CT", "MARK", "CONNMARK"}
+MAX_DEPTH = 64  # the kernel refuses deeper jump stacks; a loop in a dump is reported, not followed
+
+Outcome = tuple[Path, str]
+
+
+class ChainWalker:
+    def __init__(self, ruleset: Ruleset, ctx: MatchContext, hook: str) -> None:
+        self.ruleset, self.ctx, self.hook = ruleset, ctx, hook
+
+    def walk(self, table: str, chain_name: str, path: Path, depth: int = 0) -> list[Outcome]:
+        chain = self.ruleset.chain(table, chain_name)
+        if chain is None:
+            reason = f"chain {table}/{chain_name} is not in the input"
+            s = Step(self.hook, table, chain_name, None, None, UNDETERMINED, reason, depth)
+            return [(path.step(s).unknown(reason), UNDETERMINED)]
+        return self._rules(chain, 0, path, depth)
+
+    def _step(self, rule: Rule, action: str, depth: int) -> Step:
+        return Step(self.hook, rule.table, rule.chain, rule.index, str(rule.source), action, rule.text, depth)
+
+    def _rules(self, chain: Chain, start: int, path: Path, depth: int) -> list[Outcome]:
+        out: list[Outcome] = []
+        deferred: list[Outcome] = []  # the non-matching shares of random rules, listed after the matching ones
+        for i in range(start, len(chain.rules)):
+            rule = chain.rules[i]
+            self.ctx.assumptions.clear()
+            result = eval_rule(rule, path.packet, self.ctx)
+            for a in self.ctx.assumptions:
+                path = path.assume(a)
+            if result is False:
+                continue
+            if isinstance(result, Unknown):
+                reason = f"{rule.source}: {result.reason}"
+                out.append((path.step(self._step(rule, UNDETERMINED, depth)).unknown(reason), UNDETERMINED))
+                return out + deferred
+            if isinstance(result, Chance):
+                if result.p <= 0.0:
+                    continue
+                if result.p < 1.0:
+                    # The non-matching share goes on with the next rule.
+                    deferred.extend(self._rules(chain, i + 1, path.scaled(1.0 - result.p), depth))
+                    path = path.scaled(result.p)
+            done, path, results = self._target(rule, i, chain, path, depth)
+            out.extend(results)
+            if done:
+                return out + deferred
+        if chain.policy is not None:
+            s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}",
+                     chain.source.text, depth)
+            out.append((path.step(s), chain.policy))
+        else:
+            out.append((path, CONTINUE))
+        return out + deferred
+
+    def _target(self, rule: Rule, i: int, chain: Chain, path: Path, depth: int) -> tuple[bool, Path, list[Outcome]]:
+        """Apply a matched rule's target; returns (chain is done, path to go on with, outcomes)."""
+        t = rule.target
+        if t is None:
+            return False, path, []
+        if not t.known:
+            reason = f"{rule.source}: target '{t.name}' with these options is not modelled"
+            return True, path, [(path.step(self._step(rule, UNDETERMINED, depth)).unknown(reason), UNDETERMINED)]
+        if t.name in (ACCEPT, DROP, REJECT):
+            return True, path, [(path.step(self._step(rule, t.name, depth)), t.name)]
+        if t.name == "RETURN":
+            verdict = CONTINUE
+            if chain.policy is not None:
+                # RETURN in a built-in chain applies the chain's policy.
+                verdict = chain.policy
+            return True, path, [(path.step(self._step(rule, "RETURN", depth)), verdict)]
+        if t.name in NAT_TARGETS:
+            path = apply_nat(t, path, self.ctx)
+            return True, path, [(path.step(self._step(rule, t.name, depth)), ACCEPT)]
+        if t.name in CONTINUING_TARGETS:
+            path = apply_continuing(t, path)
+            return False, path.step(self._step(rule, t.name, depth)), []
+        return self._jump(rule, i, chain, path, depth)
+
+    def _jump(self, rule: Rule, i: int, chain: Chain, path: Path, depth: int) -> tuple[bool, Path, list[Outcome]]:
+        t = rule.target
+        assert t is not None
+        action = "GOTO" if t.goto else "JUMP"
+        path = path.step(self._step(rule, action, depth))
+        if depth >= MAX_DEPTH:
+            reason = f"{rule.source}: jump depth over {MAX_DEPTH} (a loop between chains?)"
+            return True, path, [(path.unknown(reason), UNDETERMINED)]
+        out: list[Outcome] = []
+        for sub_path, verdict in self.walk(rule.table, t.name, path, depth + 1):
+            if verdict != CONTINUE:
+                out.append((sub_path, verdict))
+            elif t.goto:
+                # After a goto, falling off the target returns to this chain's caller.
+                out.append(self._fall_off(chain, sub_path, depth))
+            else:
+                out.extend(self._rules(chain, i + 1, sub_path, depth))
+        return True, path, out
+
+    def _fall_off(self, chain: Chain, path: Path, depth: int) -> Outcome:
+        if chain.policy is None:
+            return path, CONTINUE
+        s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}", chain.source.text, depth)
+        return path.step(s), chain.policy
+
+
+def apply_continuing(t: Target, path: Path) -> Path:
+    pkt = path.packet
+    if t.name == "MARK":
+        return path.with_packet(mark=apply_mark_op(t, pkt.mark))
+    if t.name == "CONNMARK":
+        if t.opt("--save-mark"):
+            return path.with_packet(ctmark=pkt.mark)
+        if t.opt("--restore-mark"):
+            return path.with_packet(mark=pkt.ctmark)
+        return path.with_packet(ctmark=apply_mark_op(t, pkt.ctmark))
+    if t.name == "NOTRACK" or (t.name == "CT" and t.opt("--notrack")):
+        return path.with_packet(untracked=True)
+    return path
+
+
+def apply_mark_op(t: Target, mark: int) -> int:
+    """xt_MARK: mark = (mark & ~mask) ^ value; the other spellings are shorthands for it."""
+    for o in t.options:
+        v = o.value()
+        if o.name == "--set-xmark":
+            value, mask = parse_mark(v)
+            return ((mark & ~mask) ^ value) & 0xFFFFFFFF
+        if o.name == "--set-mark":
+            value, mask = parse_mark(v)
+            return ((mark & ~mask) | value) & 0xFFFFFFFF
+        if o.name == "--or-mark":
+            return (mark | int(v, 0)) & 0xFFFFFFFF
+        if o.name == "--and-mark":
+            return mark & int(v, 0)
+        if o.name == "--xor-mark":
+            return (mark ^ int(v, 0)) & 0xFFFFFFFF
+    return mark
+
+
+def split_hostport(text: str) -> tuple[str, str | None]:
+    """`10.0.0.1:80`, `10.0.0.1`, `[fd00::1]:80`, `10.0.0.1-10.0.0.9:80-90` -> (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, None
+
+
+def apply_nat(t: Target, path: Path, ctx: MatchContext) -> Path:
+    pkt = path.packet
+    if t.name == "DNAT" or t.name == "REDIRECT":
+        if t.name == "DNAT":
+            to = t.opt("--to-destination")
+            host, port = split_hostport(to.value() if to else "")
+        else:
+            host = "127.0.0.1" if pkt.local_origin else ""
+            if not host:
+                path = path.assume("REDIRECT goes to the primary address of the input interface")
+                host = str(pkt.dst)
+            tp = t.opt("--to-ports")
+            port = tp.value() if tp else None
+        changes: dict[str, object] = {"orig_dst": pkt.dst, "orig_dport": pkt.dport}
+        try:
+            changes["dst"] = ip_address(host)
+        except ValueError:
+            path = path.assume(f"DNAT to the range {host}: the kernel picks one address of it")
+        if port is not None and port.isdigit():
+            changes["dport"] = int(port)
+        elif port:
+            path = path.assume(f"DNAT to the port range {port}: the kernel picks one port of it")
+        new_dport = changes.get("dport", pkt.dport)
+        shown = f"[{host}]" if ":" in host else host
+        changes["dnat"] = f"{shown}:{new_dport}" if new_dport is not None else shown
+        return path.with_packet(**changes)
+    if t.name == "SNAT":
+        to = t.opt("--to-source")
+        return path.with_packet(snat=to.value() if to else None)
+    return path.with_packet(masquerade=True)

@@ -1,0 +1,56 @@
+"""The packet as it is while being walked, and the partial branch that carries it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from kptrace.model.flow import IPAddress
+from kptrace.model.trace import Step
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    src: IPAddress
+    dst: IPAddress
+    proto: str
+    sport: int | None
+    dport: int | None
+    in_iface: str | None
+    out_iface: str | None = None
+    mark: int = 0
+    ctmark: int = 0
+    orig_dst: IPAddress | None = None
+    orig_dport: int | None = None
+    dnat: str | None = None  # "ip:port" after a DNAT/REDIRECT
+    snat: str | None = None
+    masquerade: bool = False
+    untracked: bool = False  # NOTRACK / CT --notrack: conntrack (and so NAT) skips it
+    local_origin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """A branch being walked: its probability, packet and the story so far."""
+
+    probability: float
+    packet: Packet
+    steps: tuple[Step, ...] = ()
+    assumptions: tuple[str, ...] = ()
+    unknowns: tuple[str, ...] = ()
+
+    def step(self, s: Step) -> Path:
+        return replace(self, steps=self.steps + (s,))
+
+    def assume(self, text: str) -> Path:
+        if text in self.assumptions:
+            return self
+        return replace(self, assumptions=self.assumptions + (text,))
+
+    def unknown(self, text: str) -> Path:
+        return replace(self, unknowns=self.unknowns + (text,))
+
+    def with_packet(self, **changes: object) -> Path:
+        return replace(self, packet=replace(self.packet, **changes))  # type: ignore[arg-type]
+
+    def scaled(self, p: float) -> Path:
+        return replace(self, probability=self.probability * p)

@@ -28,6 +28,7 @@ class Cond(Generic[T]):
     value: T
     negated: bool = False
     col: int = 1
+    text: str = ""  # the value as written (`10.0.0.1/32` and `10.0.0.1` parse alike)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class Match:
     col: int = 1
     negated: bool = False  # `! -m set` style negation of the whole module is not iptables; kept for listings
     why_unknown: str = ""
+    implicit: bool = False  # loaded by `-p tcp --dport …` without `-m tcp`
 
     def opt(self, *names: str) -> Option | None:
         for o in self.options:

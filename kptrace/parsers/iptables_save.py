@@ -110,6 +110,10 @@ _CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
 _COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s+")
 
 
+class Quoted(str):
+    """A word that was in quotes: never an option or a `!`, whatever its text."""
+
+
 @dataclass(slots=True)
 class ParseResult:
     ruleset: Ruleset
@@ -144,7 +148,8 @@ def tokenize(text: str, file: str, line: int, col0: int = 1) -> list[tuple[str, 
             i += 1
         if quoted:
             raise ParseError(file, line, col0 + start, "unterminated quoted string", text)
-        words.append(("".join(buf), col0 + start))
+        word = "".join(buf)
+        words.append((Quoted(word) if text[start] in "\"'" else word, col0 + start))
     return words
 
 
@@ -315,6 +320,7 @@ class _RuleBuilder:
         self.table, self.chain, self.file, self.lineno, self.line = table, chain, file, lineno, line
         self.generic: dict[str, Cond] = {}  # type: ignore[type-arg]
         self.matches: list[tuple[str, int, list[Option], bool, str]] = []
+        self.implicit: set[int] = set()
         self.target: Target | None = None
 
     def err(self, col: int, msg: str) -> ParseError:
@@ -331,6 +337,8 @@ def _parse_words(
     neg_col = 0
     while i < n:
         w, col = words[i]
+        if isinstance(w, Quoted):
+            raise b.err(col, f"unexpected argument '{w}'")
         if w == "!":
             if negate_next:
                 raise b.err(col, "double '!'")
@@ -373,7 +381,8 @@ def _parse_words(
     if negate_next:
         raise b.err(neg_col, "'!' at the end of the rule negates nothing")
     matches = tuple(
-        Match(mod, tuple(opts), known, mcol, why_unknown=why) for mod, mcol, opts, known, why in b.matches
+        Match(mod, tuple(opts), known, mcol, why_unknown=why, implicit=k in b.implicit)
+        for k, (mod, mcol, opts, known, why) in enumerate(b.matches)
     )
     g = b.generic
     return Rule(
@@ -403,11 +412,11 @@ def _generic(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int]], i:
         raise b.err(col, f"'{w}' given twice")
     if kind == "proto":
         p = val.lower()
-        b.generic[kind] = Cond(PROTO_NUMBERS.get(p, p), neg, col)
+        b.generic[kind] = Cond(PROTO_NUMBERS.get(p, p), neg, col, val)
     elif kind in ("src", "dst"):
-        b.generic[kind] = Cond(parse_network(val, b.file, b.lineno, vcol, b.line), neg, col)
+        b.generic[kind] = Cond(parse_network(val, b.file, b.lineno, vcol, b.line), neg, col, val)
     else:
-        b.generic[kind] = Cond(val, neg, col)
+        b.generic[kind] = Cond(val, neg, col, val)
     return i + 2
 
 
@@ -443,15 +452,19 @@ def _module_option(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int
     spec = MATCH_OPTIONS.get(mod, {})
     nargs = spec.get(name, 0)
     i += 1
-    if i < len(words) and words[i][0] == "!" and nargs > 0:
+    if i < len(words) and words[i][0] == "!" and not isinstance(words[i][0], Quoted) and nargs > 0:
         # Old spelling: `--dport ! 80`.
         neg, i = True, i + 1
-    if i + nargs > len(words):
+    if i + nargs > len(words) or any(_is_flag(words[k][0]) for k in range(i, i + nargs)):
         raise b.err(col, f"option '{w}' needs {nargs} value(s)")
     vals = tuple(words[k][0] for k in range(i, i + nargs))
     opts.append(Option(name, vals, neg, col))
     b.matches[slot] = (mod, mcol, opts, known, why)
     return i + nargs
+
+
+def _is_flag(word: str) -> bool:
+    return not isinstance(word, Quoted) and (word in BOUNDARY or word.startswith("--"))
 
 
 def _owner_of(b: _RuleBuilder, name: str) -> int | None:
@@ -465,6 +478,7 @@ def _owner_of(b: _RuleBuilder, name: str) -> int | None:
         mod = MODULE_ALIASES.get(proto.value, proto.value)
         if name in MATCH_OPTIONS.get(mod, {}):
             b.matches.append((mod, proto.col, [], True, ""))
+            b.implicit.add(len(b.matches) - 1)
             return len(b.matches) - 1
     return None
 
@@ -504,3 +518,48 @@ def _target(b: _RuleBuilder, words: list[tuple[str, int]], i: int, goto: bool) -
         known = False
     b.target = Target(name, tuple(opts), goto, known, tcol)
     return i
+
+
+def _quote(word: str) -> str:
+    if word and not any(c in word for c in ' \t"\\\''):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_rule(rule: Rule) -> str:
+    """The rule as `iptables-save` would print it from this model: `-A CHAIN` and its parts in source order."""
+    pieces: list[tuple[int, int, list[str]]] = []
+    names = {"proto": "-p", "src": "-s", "dst": "-d", "in": "-i", "out": "-o"}
+    for key, cond in (("proto", rule.proto), ("src", rule.src), ("dst", rule.dst), ("in", rule.in_iface),
+                      ("out", rule.out_iface), ("fragment", rule.fragment)):
+        if cond is None:
+            continue
+        words = ["!"] if cond.negated else []
+        if key == "fragment":
+            words.append("-f")
+        elif key in ("src", "dst"):
+            words += [names[key], cond.text or ",".join(_net_text(n) for n in cond.value)]
+        else:
+            words += [names[key], cond.text or str(cond.value)]
+        pieces.append((cond.col, 0, words))
+    for m in rule.matches:
+        if not m.implicit:
+            pieces.append((m.col, 1, ["-m", m.module]))
+        for o in m.options:
+            if o.name == "!":
+                pieces.append((o.col, 2, ["!"]))
+                continue
+            pieces.append((o.col, 2, (["!"] if o.negated else []) + [o.name, *o.values]))
+    if rule.target is not None:
+        t = rule.target
+        pieces.append((t.col, 3, ["-g" if t.goto else "-j", t.name]))
+        for o in t.options:
+            pieces.append((o.col, 4, [o.name, *o.values]))
+    pieces.sort(key=lambda p: (p[0], p[1]))
+    words = ["-A", rule.chain] + [w for _, _, ws in pieces for w in ws]
+    return " ".join(_quote(w) for w in words)
+
+
+def _net_text(net: IPNetwork) -> str:
+    full = 32 if net.version == 4 else 128
+    return str(net.network_address) if net.prefixlen == full else str(net)

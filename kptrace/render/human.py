@@ -85,11 +85,18 @@ def _step_text(s: Step) -> Text:
     return t
 
 
-def _keep(s: Step, detail: Detail) -> bool:
+def _keep(steps: list[Step], i: int, detail: Detail) -> bool:
     if detail == Detail.full:
         return True
-    # A built-in chain whose rules all missed adds nothing to the story at this level.
-    return not (s.action == "POLICY ACCEPT" and s.rule is None and s.depth == 0 and s.hook != "routing")
+    s = steps[i]
+    # A built-in chain whose rules all missed adds nothing to the story at this level,
+    if s.action == "POLICY ACCEPT" and s.rule is None and s.depth == 0:
+        return False
+    # nor does a jump into a chain that matched nothing and came straight back.
+    if s.action in ("JUMP", "GOTO"):
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        return nxt is not None and nxt.depth > s.depth and nxt.hook == s.hook
+    return True
 
 
 def branch_tree(b: Branch, n: int, total: int, detail: Detail, prefix_from: tuple[int, int] | None) -> Tree:
@@ -104,27 +111,26 @@ def branch_tree(b: Branch, n: int, total: int, detail: Detail, prefix_from: tupl
         head.append(f"  out {b.egress.iface}")
     tree = Tree(head)
     steps = list(b.steps)
-    start = 0
-    if prefix_from is not None:
-        start, other = prefix_from
-        if start:
-            tree.add(Text(f"… the first {start} steps as in branch {other}", style="dim italic"))
+    shared = prefix_from[0] if prefix_from else 0
+    if shared:
+        tree.add(Text(f"(the first {shared} steps are those of branch {prefix_from[1]}, shown dimmed)", style="dim italic"))  # type: ignore[index]
     hook_node: Tree | None = None
     hook_name = None
     stack: list[Tree] = []
-    for s in steps[start:]:
-        if not _keep(s, detail):
+    for i, s in enumerate(steps):
+        if not _keep(steps, i, detail):
             continue
+        dim = i < shared
         if s.hook == "routing":
-            tree.add(Text("routing  ", style="bold") + _step_text(s))
+            tree.add(_dim(Text("routing  ", style="bold") + _step_text(s), dim))
             hook_node, hook_name, stack = None, None, []
             continue
         if hook_node is None or s.hook != hook_name:
-            hook_node = tree.add(Text(s.hook, style="bold underline"))
+            hook_node = tree.add(_dim(Text(s.hook, style="bold underline"), dim))
             hook_name, stack = s.hook, []
         label = Text(f"{s.table}  ", style="bold") if s.depth == 0 else Text()
         parent = hook_node if s.depth == 0 or not stack else stack[min(s.depth, len(stack)) - 1]
-        node = parent.add(label + _step_text(s))
+        node = parent.add(_dim(label + _step_text(s), dim))
         stack = stack[: s.depth] + [node]
     if detail == Detail.full:
         for a in b.assumptions:
@@ -132,6 +138,12 @@ def branch_tree(b: Branch, n: int, total: int, detail: Detail, prefix_from: tupl
     for u in b.unknowns:
         tree.add(Text(f"undetermined: {u}", style="yellow"))
     return tree
+
+
+def _dim(t: Text, dim: bool) -> Text:
+    if dim:
+        t.stylize("dim")
+    return t
 
 
 def _common_prefix(a: tuple[Step, ...], b: tuple[Step, ...]) -> int:

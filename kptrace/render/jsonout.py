@@ -38,11 +38,19 @@ def branch_json(b: Branch) -> dict[str, Any]:
         "dnat": b.dnat,
         "masquerade": b.masquerade,
         "snat": b.snat,
-        "egress": None if b.egress is None else {"iface": b.egress.iface, "next_hop": b.egress.next_hop, "node": b.egress.node},
+        "egress": None if b.egress is None else _egress(b),
         "steps": [step_json(s) for s in b.steps],
         "assumptions": list(b.assumptions),
         "unknowns": list(b.unknowns),
     }
+
+
+def _egress(b: Branch) -> dict[str, Any]:
+    assert b.egress is not None
+    out: dict[str, Any] = {"iface": b.egress.iface, "next_hop": b.egress.next_hop}
+    if b.egress.node is not None:
+        out["node"] = b.egress.node
+    return out
 
 
 def trace_json(t: Trace) -> dict[str, Any]:

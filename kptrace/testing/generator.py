@@ -38,6 +38,8 @@ both nft and legacy back ends; see tests/testing/test_generator.py):
   final jump, and gets filter KUBE-EXTERNAL-SERVICES ``DROP`` rules
   ("has no local endpoints").  KUBE-MARK-DROP no longer exists (>= 1.28).
 * A KUBE-FW chain ends with a rule that has a comment and *no* ``-j``.
+* With ``nfacct=True``: libxt_nfacct prints ``--nfacct-name  NAME`` with TWO
+  spaces, so splitting a rule on single spaces yields an empty token.
 """
 
 from __future__ import annotations
@@ -535,7 +537,7 @@ def _fixed_rules(mangle: _Table, filt: _Table, nat: _Table, nfacct: bool) -> Non
     filt.add("OUTPUT", "-j KUBE-FIREWALL")
     filt.add("KUBE-FIREWALL", '! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment '
              '"block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP')
-    counter = f"-m nfacct --nfacct-name {_NFACCT_INVALID} " if nfacct else ""
+    counter = f"-m nfacct --nfacct-name  {_NFACCT_INVALID} " if nfacct else ""
     filt.add("KUBE-FORWARD", f"-m conntrack --ctstate INVALID {counter}-j DROP")
     filt.add("KUBE-FORWARD", f'-m comment --comment "kubernetes forwarding rules" '
              f"-m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT")
@@ -593,7 +595,7 @@ def _service_nat_rules(nat: _Table, svc: ServicePort, pod_cidr: str, large: bool
         # With nfacct available (kube-proxy >= 1.29 on most kernels) each
         # NodePort also gets a counted localhost rule, matched first.
         nat.add("KUBE-NODEPORTS", f'-d 127.0.0.0/8 -p {p} -m comment --comment "{key}" '
-                f"{_port_match(svc, svc.node_port)} -m nfacct --nfacct-name {_NFACCT_LOCALHOST} -j {svc.ext_chain}")
+                f"{_port_match(svc, svc.node_port)} -m nfacct --nfacct-name  {_NFACCT_LOCALHOST} -j {svc.ext_chain}")
     if svc.node_port:
         nat.add("KUBE-NODEPORTS", f'-p {p} -m comment --comment "{key}" {_port_match(svc, svc.node_port)} '
                 f"-j {svc.ext_chain}")

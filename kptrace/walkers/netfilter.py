@@ -183,9 +183,10 @@ def _branch(w: _Walk, path: Path, disposition: Disposition) -> Branch:
     pkt = path.packet
     egress = None
     if disposition == Disposition.FORWARDED:
-        egress = Egress(pkt.out_iface, None)
         if pkt.out_iface is None:
             path = path.assume("no route for the destination in the input: the egress interface is not known")
+        else:
+            egress = Egress(pkt.out_iface, None)
     return Branch(
         probability=path.probability, disposition=disposition, steps=path.steps, dnat=pkt.dnat,
         masquerade=pkt.masquerade, snat=pkt.snat, egress=egress, assumptions=path.assumptions,

@@ -152,7 +152,9 @@ def _load_one(node: Node, label: str, data: bytes) -> None:
             raise InputError(f"{label}: a second IPv{rs.family} ruleset (already read {node.rulesets[rs.family].file})")
         node.rulesets[rs.family] = rs
     elif kind == "ip-addr":
-        node.addresses.extend(parse_ip_addr(text, label))
+        # A bundle may hold `ip addr` both as text and as JSON: the same address counts once.
+        seen = {(a.iface, a.address) for a in node.addresses}
+        node.addresses.extend(a for a in parse_ip_addr(text, label) if (a.iface, a.address) not in seen)
     elif kind == "sysctl":
         node.sysctls.update(parse_sysctl(text, label))
     elif kind == "node-meta":

@@ -50,7 +50,9 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns the command's exit code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except KptraceError as e:
         if state["debug"]:
             raise
@@ -65,9 +67,8 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - the one place a bug becomes exit 3 instead of a traceback
-        import click
-
-        if isinstance(e, click.ClickException):
+        # Usage errors come from click (vendored inside newer typer releases): they know how to show themselves.
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(int(ExitCode.USAGE))
         if state["debug"]:

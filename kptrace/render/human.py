@@ -161,7 +161,7 @@ def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) ->
         for n, b in enumerate(t.branches, start=1):
             why = _deciding(b) if b.disposition.failed or b.disposition == Disposition.UNDETERMINED else ""
             extra = f"  DNAT → {b.dnat}" if b.dnat else ""
-            console.print(f"  branch {n}: {b.probability * 100:.4g} % {b.disposition.value}{extra}" + (f" at {why}" if why else ""))
+            console.print(f"  branch {n}: {b.probability * 100:.4g} % {b.disposition.value}{extra}" + (f" at {why}" if why else ""), markup=False, highlight=False)
         return
     trees = []
     for n, b in enumerate(t.branches, start=1):

@@ -195,3 +195,22 @@ def test_ingress_interface_wildcards(tmp_path: Path) -> None:
     assert run(tmp_path, dump, "10.244.1.5", "10.244.2.9", in_iface="eth0").disposition == Disposition.FORWARDED
     t = run(tmp_path, dump, "10.244.1.5", "10.244.2.9")
     assert t.disposition == Disposition.UNDETERMINED and "input interface" in t.branches[0].unknowns[0]
+
+
+def test_ipv6_service_dnat(tmp_path: Path) -> None:
+    dump = """*nat
+:PREROUTING ACCEPT [0:0]
+:KUBE-SVC-6 - [0:0]
+-A PREROUTING -d fd00:10:96::a/128 -p udp -m udp --dport 53 -j KUBE-SVC-6
+-A KUBE-SVC-6 -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination [fd00:10:244:1::9]:53
+-A KUBE-SVC-6 -j DNAT --to-destination [fd00:10:244:2::7]:53
+COMMIT
+"""
+    d = tmp_path / "b"
+    d.mkdir()
+    (d / "ip6tables-save.txt").write_text(dump)
+    (d / "iptables-save.txt").write_text("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+    node = load_node([d], ["2001:db8::2"])
+    t = trace_flow(node, Flow(ip_address("fd00:10:244:1::5"), ip_address("fd00:10:96::a"), "udp", None, 53))
+    assert sorted(t.endpoints) == ["[fd00:10:244:1::9]:53", "[fd00:10:244:2::7]:53"]
+    assert t.disposition == Disposition.FORWARDED

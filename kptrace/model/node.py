@@ -7,6 +7,7 @@ from ipaddress import IPv4Interface, IPv6Interface, IPv4Network, IPv6Network
 
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import Ruleset
+from kptrace.model.routing import BridgePort, FdbEntry, FlannelSubnet, KernelModule, Link, Neighbor, PolicyRule, Route
 from kptrace.model.source import Source
 from kptrace.model.trace import InputFile
 
@@ -39,6 +40,14 @@ class Node:
     node_ips: list[IPAddress] = field(default_factory=list)  # given with --node-ip
     pod_cidrs: list[IPv4Network | IPv6Network] = field(default_factory=list)
     sysctls: dict[str, Setting] = field(default_factory=dict)
+    routes: list[Route] = field(default_factory=list)  # all tables, both families
+    policy_rules: list[PolicyRule] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    neighbors: list[Neighbor] = field(default_factory=list)
+    fdb: list[FdbEntry] = field(default_factory=list)
+    bridge_ports: list[BridgePort] = field(default_factory=list)
+    flannel: FlannelSubnet | None = None
+    modules: list[KernelModule] | None = None  # None: no module list in the input
     inputs: list[InputFile] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
 

@@ -45,7 +45,8 @@ PASSIVE_KINDS = {
 
 
 def demo_path() -> Path:
-    return Path(str(resources.files("kptrace") / "demo" / "cluster" / "node-a"))
+    """The demo cluster (node-a and node-b); traces start on node-a unless the source says otherwise."""
+    return Path(str(resources.files("kptrace") / "demo" / "cluster"))
 
 
 def decode(data: bytes, label: str) -> str:
@@ -98,6 +99,46 @@ def _read_entries(path: Path) -> Iterator[tuple[str, bytes]]:
     yield str(path), path.read_bytes()
 
 
+def _node_dirs(path: Path) -> list[Path]:
+    """A bundle directory is one node; a directory holding only bundle directories is a cluster."""
+    if not path.is_dir():
+        return [path]
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
+    if files or not subdirs:
+        return [path]
+    return subdirs
+
+
+def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None) -> list[Node]:
+    """One Node per bundle directory; loose files (pasted dumps) together make one more node."""
+    groups: list[list[Path]] = []
+    loose: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            groups.extend([d] for d in _node_dirs(p))
+        else:
+            loose.append(p)
+    if loose:
+        # Pasted files and --node-ip describe the node the user is asking about: trace starts there.
+        groups.insert(0, loose)
+    if not groups:
+        raise InputError("no input: give --dump PATH (a file, a bundle directory or .tar.gz)")
+    nodes = []
+    for i, group in enumerate(groups):
+        ips = node_ips if i == 0 else None
+        nodes.append(load_node(group, ips, pod_cidrs))
+    names = [n.name for n in nodes]
+    for i, n in enumerate(nodes):
+        if names.count(n.name) > 1 or n.name == "node":
+            n.name = _name_from(groups[i], i)
+    return nodes
+
+
+def _name_from(group: list[Path], i: int) -> str:
+    return group[0].name.removesuffix(".tar.gz").removesuffix(".tgz") if group[0].is_dir() or group[0].suffix in (".gz", ".tgz") else f"node{i + 1}"
+
+
 def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None) -> Node:
     node = Node()
     for raw in node_ips or []:
@@ -114,7 +155,8 @@ def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: l
         for label, data in _read_entries(p):
             _load_one(node, _short(label, p), data)
     if not node.rulesets:
-        raise InputError("no iptables-save dump in the input (give --dump FILE or a bundle directory)")
+        where = ", ".join(str(p) for p in paths)
+        raise InputError(f"no iptables-save dump in the input ({where}); give --dump FILE or a bundle directory")
     for rs in node.rulesets.values():
         add_kube_proxy_jumps(rs)
     if not node.pod_cidrs:
@@ -177,9 +219,11 @@ def _node_meta(node: Node, text: str, label: str) -> None:
         a = ip_address(str(ip))
         if a not in node.node_ips:
             node.node_ips.append(a)
-    cidr = meta.get("pod_cidr")
-    if cidr and not node.pod_cidrs:
-        node.pod_cidrs.append(ip_network(str(cidr), strict=False))
+    # `pod_cidr` is the node's own /24 (kubectl get node); `cluster_cidr` is the whole pod network.
+    if meta.get("pod_cidr"):
+        node.pod_subnet = ip_network(str(meta["pod_cidr"]), strict=False)
+    if meta.get("cluster_cidr") and not node.pod_cidrs:
+        node.pod_cidrs.append(ip_network(str(meta["cluster_cidr"]), strict=False))
 
 
 _MASQ_RE = re.compile(r"! -s (\S+) .*-j KUBE-MARK-MASQ")

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from kptrace.errors import ExitCode, KptraceError
-from kptrace.model.flow import Flow
+from kptrace.model.flow import Flow, IPAddress
+from kptrace.model.node import Node
 from kptrace.model.trace import Disposition, Trace
 from kptrace.render.human import Detail
 
@@ -59,7 +60,8 @@ def why(
     dump: list[Path] = typer.Option(None, "--dump", "-d", help="A dump file, bundle directory or bundle .tar.gz; repeatable."),
     node_ip: list[str] = typer.Option(None, "--node-ip", help="An address of this node (addrtype LOCAL); repeatable."),
     pod_cidr: list[str] = typer.Option(None, "--pod-cidr", help="The cluster's pod CIDR (default: read from kube-proxy's rules)."),
-    demo: bool = typer.Option(False, "--demo", help="Use the demo node shipped with kptrace."),
+    on: str = typer.Option(None, "--node", help="The node the packet starts on (default: the one owning --from, or the first)."),
+    demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace (flannel VXLAN, node-a and node-b)."),
     output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
 ) -> None:
@@ -71,7 +73,7 @@ def why(
 
       kptrace why 192.168.0.2:30080 --from 203.0.113.7 --dump node-a/ -o json
     """
-    from kptrace.load import demo_path, load_node
+    from kptrace.load import demo_path, load_cluster
     from kptrace.render.jsonout import dumps, trace_json
     from kptrace.walkers.netfilter import trace_flow
 
@@ -87,16 +89,12 @@ def why(
     if not paths:
         raise KptraceError("no input: give --dump PATH (a file, a bundle directory or .tar.gz) or --demo; "
                            "reading the live node comes with `kptrace collect`")
-    node = load_node(paths, list(node_ip or []), list(pod_cidr or []))
-    if src is None:
-        ips = sorted(node.local_addresses() - {a for a in node.local_addresses() if a.is_loopback}, key=str)
-        src = str(next((a for a in ips if a.version == ip_address(host).version), "127.0.0.1"))
-    try:
-        src_ip = ip_address(src)
-    except ValueError:
-        raise KptraceError(f"--from '{src}' is not an IP address") from None
-    flow = Flow(src_ip, ip_address(host), p, sport, port, in_iface)
-    trace = trace_flow(node, flow)
+    cluster = load_cluster(paths, list(node_ip or []), list(pod_cidr or []))
+    dst_ip = ip_address(host)
+    src_ip = _source(src, cluster, dst_ip)
+    node = start_node(cluster, src_ip, on)
+    flow = Flow(src_ip, dst_ip, p, sport, port, in_iface)
+    trace = trace_flow(node, flow, cluster)
     if output == OutputFormat.json:
         typer.echo(dumps(trace_json(trace)))
     else:
@@ -104,6 +102,44 @@ def why(
 
         render_trace(trace, Console(), detail)
     raise typer.Exit(int(exit_code(trace)))
+
+
+def _source(src: str | None, cluster: list[Node], dst: IPAddress) -> IPAddress:
+    """--from, or the address the first node would send from (the route's `src`, else its egress interface's)."""
+    if src is not None:
+        try:
+            return ip_address(src)
+        except ValueError:
+            raise KptraceError(f"--from '{src}' is not an IP address") from None
+    from kptrace.walkers.routing import lookup
+
+    node = cluster[0]
+    res = lookup(node, dst)
+    if res.route is not None and res.route.src is not None:
+        return res.route.src
+    devs = [h.dev for h in res.nexthops if h.dev]
+    candidates = [a for a in node.addresses if a.address.version == dst.version and not a.address.ip.is_loopback
+                  and a.scope != "link"]
+    for a in candidates:
+        if a.iface in devs:
+            return a.address.ip
+    ips = [a for a in node.node_ips if a.version == dst.version] + [a.address.ip for a in candidates]
+    return ips[0] if ips else ip_address("127.0.0.1" if dst.version == 4 else "::1")
+
+
+def start_node(cluster: list[Node], src: IPAddress, name: str | None) -> Node:
+    if name is not None:
+        for n in cluster:
+            if n.name == name:
+                return n
+        raise KptraceError(f"--node '{name}': no such node in the input ({', '.join(n.name for n in cluster)})")
+    for n in cluster:
+        if src in n.local_addresses():
+            return n
+    for n in cluster:
+        if n.pod_subnet is not None and src.version == n.pod_subnet.version and src in n.pod_subnet:
+            return n
+    return cluster[0]
 
 
 def register(app: typer.Typer) -> None:

@@ -38,7 +38,8 @@ class Node:
     rulesets: dict[int, Ruleset] = field(default_factory=dict)  # by family, 4 or 6
     addresses: list[Address] = field(default_factory=list)
     node_ips: list[IPAddress] = field(default_factory=list)  # given with --node-ip
-    pod_cidrs: list[IPv4Network | IPv6Network] = field(default_factory=list)
+    pod_cidrs: list[IPv4Network | IPv6Network] = field(default_factory=list)  # the cluster's pod network
+    pod_subnet: IPv4Network | IPv6Network | None = None  # this node's share of it (node.yaml pod_cidr)
     sysctls: dict[str, Setting] = field(default_factory=dict)
     routes: list[Route] = field(default_factory=list)  # all tables, both families
     policy_rules: list[PolicyRule] = field(default_factory=list)

@@ -33,6 +33,7 @@ class Step:
     action: str  # JUMP, GOTO, DNAT, MARK, ACCEPT, DROP, REJECT, RETURN, POLICY, ROUTE, UNDETERMINED …
     text: str
     depth: int = 0  # nesting of user-chain jumps, for the tree view
+    node: str | None = None  # set when a trace crosses nodes
 
 
 @dataclass(frozen=True, slots=True)

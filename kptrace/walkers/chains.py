@@ -25,19 +25,19 @@ Outcome = tuple[Path, str]
 
 
 class ChainWalker:
-    def __init__(self, ruleset: Ruleset, ctx: MatchContext, hook: str) -> None:
-        self.ruleset, self.ctx, self.hook = ruleset, ctx, hook
+    def __init__(self, ruleset: Ruleset, ctx: MatchContext, hook: str, node: str | None = None) -> None:
+        self.ruleset, self.ctx, self.hook, self.node = ruleset, ctx, hook, node
 
     def walk(self, table: str, chain_name: str, path: Path, depth: int = 0) -> list[Outcome]:
         chain = self.ruleset.chain(table, chain_name)
         if chain is None:
             reason = f"chain {table}/{chain_name} is not in the input"
-            s = Step(self.hook, table, chain_name, None, None, UNDETERMINED, reason, depth)
+            s = Step(self.hook, table, chain_name, None, None, UNDETERMINED, reason, depth, self.node)
             return [(path.step(s).unknown(reason), UNDETERMINED)]
         return self._rules(chain, 0, path, depth)
 
     def _step(self, rule: Rule, action: str, depth: int) -> Step:
-        return Step(self.hook, rule.table, rule.chain, rule.index, str(rule.source), action, rule.text, depth)
+        return Step(self.hook, rule.table, rule.chain, rule.index, str(rule.source), action, rule.text, depth, self.node)
 
     def _rules(self, chain: Chain, start: int, path: Path, depth: int) -> list[Outcome]:
         out: list[Outcome] = []
@@ -67,7 +67,7 @@ class ChainWalker:
                 return out + deferred
         if chain.policy is not None:
             s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}",
-                     chain.source.text, depth)
+                     chain.source.text, depth, self.node)
             out.append((path.step(s), chain.policy))
         else:
             out.append((path, CONTINUE))
@@ -119,7 +119,8 @@ class ChainWalker:
     def _fall_off(self, chain: Chain, path: Path, depth: int) -> Outcome:
         if chain.policy is None:
             return path, CONTINUE
-        s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}", chain.source.text, depth)
+        s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}", chain.source.text,
+                 depth, self.node)
         return path.step(s), chain.policy
 
 

@@ -6,6 +6,8 @@ Order (IPv4 and IPv6 alike), for the first packet of a NEW connection:
   from the node: routing -> OUTPUT raw, mangle, nat, filter, security -> re-route after DNAT
                  -> POSTROUTING mangle, nat -> (local destination) lo: PREROUTING raw, mangle -> INPUT mangle, filter, security
 nat chains run once per connection and direction, so a packet looped back through lo skips them.
+After POSTROUTING the link layer (kptrace/walkers/link.py) names the bridge port or the VXLAN peer,
+and a packet for another node of the input continues there.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from kptrace.model.flow import Flow, IPAddress
 from kptrace.model.netfilter import Ruleset
 from kptrace.model.node import Node
 from kptrace.model.trace import Branch, Disposition, Egress, Step, Trace
+from kptrace.walkers import link
 from kptrace.walkers.chains import ACCEPT, DROP, REJECT, UNDETERMINED, ChainWalker
 from kptrace.walkers.matches import MatchContext
 from kptrace.walkers.packet import Packet, Path
+from kptrace.walkers.routing import RouteResult, describe, lookup
 
 HOOK_TABLES: dict[str, tuple[str, ...]] = {
     "PREROUTING": ("raw", "mangle", "nat"),
@@ -31,6 +35,9 @@ HOOK_TABLES: dict[str, tuple[str, ...]] = {
 }
 _LOOPBACK4 = IPv4Network("127.0.0.0/8")
 _VERDICT_DISPOSITION = {DROP: Disposition.DROPPED, REJECT: Disposition.REJECTED, UNDETERMINED: Disposition.UNDETERMINED}
+_ROUTE_FAILURE = {"blackhole": Disposition.DROPPED, "prohibit": Disposition.REJECTED,
+                  "unreachable": Disposition.NO_ROUTE, "none": Disposition.NO_ROUTE}
+MAX_NODE_HOPS = 8  # a packet bouncing between nodes more often than this is a routing loop
 
 Final = tuple[Path, Disposition]
 
@@ -39,11 +46,17 @@ Final = tuple[Path, Disposition]
 class _Walk:
     node: Node
     ruleset: Ruleset
-    local: set[IPAddress]
-    finals: list[Final] = field(default_factory=list)
+    cluster: list[Node]
+    finals: list[Final]
+    label: str | None = None  # node name on steps, when the trace spans nodes
+    hops: int = 0
+    local: set[IPAddress] = field(default_factory=set)
 
     def ctx(self, hook: str) -> MatchContext:
         return MatchContext(self.local, self.node.knows_addresses, hook, [])
+
+    def step(self, text: str, source: str | None = None, action: str = "ROUTE", hook: str = "routing") -> Step:
+        return Step(hook, None, None, None, source, action, text, 0, self.label)
 
     def hook(self, hook: str, paths: list[Path], skip_nat: bool = False) -> list[Path]:
         """Run every table of one hook; return the paths that come out accepted."""
@@ -52,7 +65,7 @@ class _Walk:
                 continue
             if self.ruleset.chain(table, hook) is None:
                 continue
-            walker = ChainWalker(self.ruleset, self.ctx(hook), hook)
+            walker = ChainWalker(self.ruleset, self.ctx(hook), hook, self.label)
             nxt: list[Path] = []
             for path in paths:
                 if table == "nat" and path.packet.untracked:
@@ -68,48 +81,38 @@ class _Walk:
             paths = nxt
         return paths
 
-    def is_local(self, addr: IPAddress) -> bool:
-        if isinstance(addr, IPv4Address) and addr in _LOOPBACK4:
-            return True
-        return str(addr) == "::1" or addr in self.local
-
     def sysctl(self, key: str) -> tuple[str | None, str | None]:
         s = self.node.sysctls.get(key)
         return (s.value, str(s.source)) if s else (None, None)
 
-    def egress_iface(self, addr: IPAddress) -> str | None:
-        """The interface whose connected subnet holds addr (longest prefix); full routing is separate."""
-        best = None
-        for a in self.node.addresses:
-            net = a.address.network
-            if net.version == addr.version and addr in net and (best is None or net.prefixlen > best[0]):
-                best = (net.prefixlen, a.iface)
-        return best[1] if best else None
+    def route(self, path: Path, dst: IPAddress, iif: str | None) -> tuple[Path, RouteResult]:
+        res = lookup(self.node, dst, path.packet.src if iif else None, iif, None, path.packet.mark)
+        for a in res.assumptions:
+            path = path.assume(a)
+        return path, res
+
+    def fail(self, path: Path, res: RouteResult, dst: IPAddress) -> None:
+        text = describe(res, dst)
+        cite = res.cite or (str(res.rule.source) if res.rule and res.rule.source else None)
+        self.finals.append((path.step(self.step(text, cite, res.kind.upper())), _ROUTE_FAILURE[res.kind]))
 
 
-def route_step(text: str, source: str | None = None, action: str = "ROUTE") -> Step:
-    return Step("routing", None, None, None, source, action, text)
-
-
-def trace_flow(node: Node, flow: Flow) -> Trace:
-    ruleset = node.rulesets.get(flow.dst.version)
-    if ruleset is None:
-        which = "ip6tables-save" if flow.dst.version == 6 else "iptables-save"
-        raise InputError(f"the input has no {which} dump for an IPv{flow.dst.version} flow")
-    if flow.src.version != flow.dst.version:
-        raise InputError("source and destination are of different IP versions")
-    w = _Walk(node, ruleset, node.local_addresses())
+def trace_flow(node: Node, flow: Flow, cluster: list[Node] | None = None) -> Trace:
+    ruleset = _ruleset(node, flow)
+    finals: list[Final] = []
+    multi = cluster is not None and len(cluster) > 1
+    w = _Walk(node, ruleset, cluster or [node], finals, node.name if multi else None, 0, node.local_addresses())
     assumptions = list(ruleset.assumptions) + list(node.assumptions)
     assumptions.append("the first packet of a NEW connection (conntrack state NEW, no earlier entry)")
     if not node.knows_addresses:
         assumptions.append("no node addresses given (--node-ip or ip-addr.txt): only loopback counts as local")
-    local_origin = w.is_local(flow.src)
+    local_origin = _is_local(w, flow.src)
     origin = "local" if local_origin else ("pod" if _in_any(flow.src, node.pod_cidrs) else "external")
     in_iface = flow.in_iface
     if in_iface is None and not local_origin:
-        in_iface = w.egress_iface(flow.src)
+        in_iface = link.ingress_iface(node, flow.src)
         if in_iface is not None:
-            assumptions.append(f"the packet arrives on {in_iface}, the interface whose subnet holds {flow.src} (use --in-iface to change)")
+            assumptions.append(f"the packet arrives on {in_iface}, the interface the route back to {flow.src} uses (use --in-iface to change)")
     pkt = Packet(flow.src, flow.dst, flow.proto, flow.sport, flow.dport, None if local_origin else in_iface,
                  local_origin=local_origin)
     start = Path(1.0, pkt)
@@ -117,8 +120,27 @@ def trace_flow(node: Node, flow: Flow) -> Trace:
         _local(w, start)
     else:
         _incoming(w, start)
-    branches = tuple(_branch(w, p, d) for p, d in w.finals)
-    return Trace(flow, origin, pkt.in_iface, branches, tuple(node.inputs), tuple(dict.fromkeys(assumptions)))
+    branches = tuple(_branch(p, d) for p, d in finals)
+    return Trace(flow, origin, pkt.in_iface, branches, tuple(i for n in (cluster or [node]) for i in n.inputs),
+                 tuple(dict.fromkeys(assumptions)))
+
+
+def _ruleset(node: Node, flow: Flow) -> Ruleset:
+    if flow.src.version != flow.dst.version:
+        raise InputError("source and destination are of different IP versions")
+    ruleset = node.rulesets.get(flow.dst.version)
+    if ruleset is None:
+        which = "ip6tables-save" if flow.dst.version == 6 else "iptables-save"
+        raise InputError(f"the input for node {node.name} has no {which} dump for an IPv{flow.dst.version} flow")
+    return ruleset
+
+
+def _is_local(w: _Walk, addr: IPAddress) -> bool:
+    if isinstance(addr, IPv4Address) and addr in _LOOPBACK4:
+        return True
+    return str(addr) == "::1" or addr in w.local or any(
+        r.type == "local" and r.table in ("local", "255") and r.dst.prefixlen == r.dst.max_prefixlen and addr in r.dst
+        for r in w.node.routes)
 
 
 def _in_any(addr: IPAddress, nets: list[IPv4Network | IPv6Network]) -> bool:
@@ -138,55 +160,181 @@ def _route_incoming(w: _Walk, path: Path) -> None:
             if value is None:
                 path = path.assume("net.ipv4.conf.all.route_localnet = 0 (the kernel default; no sysctl dump)")
             why = f"martian destination {pkt.dst}: a 127.0.0.0/8 address arriving on an interface is dropped unless route_localnet=1"
-            w.finals.append((path.step(route_step(why, src, "DROP")), Disposition.DROPPED))
+            w.finals.append((path.step(w.step(why, src, "DROP")), Disposition.DROPPED))
             return
-    if w.is_local(pkt.dst):
-        path = path.step(route_step(f"{pkt.dst} is a local address: deliver (INPUT)"))
+    path, res = w.route(path, pkt.dst, pkt.in_iface or "?")
+    if res.kind in _ROUTE_FAILURE:
+        w.fail(path, res, pkt.dst)
+        return
+    rp = _rp_filter(w, path)
+    if rp is None:
+        return
+    path = rp
+    if res.kind in ("local", "broadcast", "multicast"):
+        path = path.step(w.step(describe(res, pkt.dst) + " (INPUT)", res.cite))
         for p in w.hook("INPUT", [path]):
             w.finals.append((p, Disposition.DELIVERED))
         return
-    key = "net.ipv4.ip_forward" if pkt.dst.version == 4 else "net.ipv6.conf.all.forwarding"
-    value, src = w.sysctl(key)
-    if value == "0":
-        why = f"{pkt.dst} is not local and {key} = 0: the kernel does not forward"
-        w.finals.append((path.step(route_step(why, src, "DROP")), Disposition.DROPPED))
+    fwd = _forwarding(w, path)
+    if fwd is None:
         return
-    if value is None:
-        path = path.assume(f"{key} = 1 (no sysctl dump)")
-    out = w.egress_iface(pkt.dst)
-    path = path.with_packet(out_iface=out).step(route_step(f"{pkt.dst} is not a local address: forward" + (f" via {out}" if out else "")))
-    for p in w.hook("FORWARD", [path]):
-        for q in w.hook("POSTROUTING", [p]):
-            w.finals.append((q, Disposition.FORWARDED))
+    for p in _per_nexthop(w, fwd, res, pkt.dst):
+        for q in w.hook("FORWARD", [p]):
+            for r in w.hook("POSTROUTING", [q]):
+                _leave(w, r)
+
+
+def _forwarding(w: _Walk, path: Path) -> Path | None:
+    """ip_forward=0 (or forwarding off on the input interface) means the kernel does not forward."""
+    pkt = path.packet
+    if pkt.dst.version == 4:
+        keys = [f"net.ipv4.conf.{pkt.in_iface}.forwarding"] if pkt.in_iface else []
+        keys += ["net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"]
+    else:
+        keys = [f"net.ipv6.conf.{pkt.in_iface}.forwarding", "net.ipv6.conf.all.forwarding"]
+    for key in keys:
+        value, src = w.sysctl(key)
+        if value is None:
+            continue
+        if value == "0":
+            why = f"{pkt.dst} is not local and {key} = 0: the kernel does not forward"
+            w.finals.append((path.step(w.step(why, src, "DROP")), Disposition.DROPPED))
+            return None
+        return path
+    return path.assume(f"{keys[-1] if pkt.dst.version == 6 else 'net.ipv4.ip_forward'} = 1 (no sysctl dump)")
+
+
+def _rp_filter(w: _Walk, path: Path) -> Path | None:
+    """Reverse-path filter: 1 (strict) drops a packet whose source is not routed back out of the
+    interface it came in on; 2 (loose) drops it only when there is no route back at all."""
+    pkt = path.packet
+    if pkt.src.version != 4 or pkt.in_iface is None or not w.node.routes:
+        return path
+    values = []
+    cites = []
+    for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{pkt.in_iface}.rp_filter"):
+        v, src = w.sysctl(key)
+        if v is not None and v.isdigit():
+            values.append(int(v))
+            cites.append(src)
+    if not values:
+        return path.assume("rp_filter is off (no sysctl dump)")
+    mode = max(values)  # the kernel uses the larger of conf.all and conf.<iface>
+    if mode == 0:
+        return path
+    back = lookup(w.node, pkt.src)
+    devs = {h.dev for h in back.nexthops}
+    cite = cites[values.index(mode)]
+    if back.kind not in ("unicast", "local"):
+        why = f"rp_filter={mode}: no route back to {pkt.src}, so the kernel drops it as a martian source"
+    elif mode == 1 and pkt.in_iface not in devs:
+        why = (f"rp_filter=1 (strict): the route back to {pkt.src} leaves via {', '.join(sorted(d or '?' for d in devs))}, "
+               f"not {pkt.in_iface} where it arrived; the kernel drops it")
+    else:
+        return path
+    w.finals.append((path.step(w.step(why, cite, "DROP")), Disposition.DROPPED))
+    return None
+
+
+def _per_nexthop(w: _Walk, path: Path, res: RouteResult, dst: IPAddress) -> list[Path]:
+    """One path per next hop; ECMP shares follow the weights (the kernel hashes the flow onto one)."""
+    hops = res.nexthops or ()
+    total = sum(h.weight for h in hops) or 1
+    out = []
+    for h in hops:
+        p = path
+        if len(hops) > 1:
+            p = p.scaled(h.weight / total).assume("multipath route: the kernel hashes each flow onto one next hop; shares follow the weights")
+        text = describe(res, dst) if len(hops) == 1 else f"{dst} via {h.gateway or 'direct'} dev {h.dev} (ECMP weight {h.weight}/{total})"
+        p = p.with_packet(out_iface=h.dev, next_hop=h.gateway).step(w.step(text + ": forward", res.cite))
+        out.append(p)
+    return out
 
 
 def _local(w: _Walk, path: Path) -> None:
     pkt = path.packet
-    out = "lo" if w.is_local(pkt.dst) else w.egress_iface(pkt.dst)
-    path = path.with_packet(out_iface=out).step(route_step(f"locally generated; output route to {pkt.dst}" + (f" via {out}" if out else "")))
-    for p in w.hook("OUTPUT", [path]):
+    # The output route is looked up before any packet exists (connect()): no route, no DNAT.
+    path, res = w.route(path, pkt.dst, None)
+    if res.kind in _ROUTE_FAILURE:
+        w.fail(path.assume("a socket on the node cannot even send: the kernel reports the error to connect()"), res, pkt.dst)
+        return
+    paths = _output_paths(w, path, res, pkt.dst, "locally generated; output route:")
+    for p in w.hook("OUTPUT", paths):
         if p.packet.dst != pkt.dst:
             # A DNAT in nat OUTPUT changes the destination, so the kernel routes the packet again.
-            out2 = "lo" if w.is_local(p.packet.dst) else w.egress_iface(p.packet.dst)
-            p = p.with_packet(out_iface=out2).step(route_step(f"re-routed after DNAT to {p.packet.dst}" + (f" via {out2}" if out2 else "")))
-        for q in w.hook("POSTROUTING", [p]):
-            if w.is_local(q.packet.dst):
-                q = q.with_packet(in_iface="lo", out_iface=None).step(route_step("looped back through lo to a local socket"))
+            p, res2 = w.route(p, p.packet.dst, None)
+            if res2.kind in _ROUTE_FAILURE:
+                w.fail(p, res2, p.packet.dst)
+                continue
+            rerouted = _output_paths(w, p, res2, p.packet.dst, "re-routed after DNAT:")
+        else:
+            rerouted = [p]
+        for q in w.hook("POSTROUTING", rerouted):
+            if q.packet.out_iface == "lo":
+                q = q.with_packet(in_iface="lo", out_iface=None).step(w.step("looped back through lo to a local socket"))
                 for r in w.hook("PREROUTING", [q], skip_nat=True):
                     for s in w.hook("INPUT", [r], skip_nat=True):
                         w.finals.append((s, Disposition.DELIVERED))
             else:
-                w.finals.append((q, Disposition.FORWARDED))
+                _leave(w, q)
 
 
-def _branch(w: _Walk, path: Path, disposition: Disposition) -> Branch:
+def _output_paths(w: _Walk, path: Path, res: RouteResult, dst: IPAddress, what: str) -> list[Path]:
+    if res.kind in ("local", "broadcast", "multicast"):
+        return [path.with_packet(out_iface="lo").step(w.step(f"{what} {describe(res, dst)} via lo", res.cite))]
+    paths = []
+    for p in _per_nexthop(w, path, res, dst):
+        paths.append(p)
+    return paths
+
+
+def _leave(w: _Walk, path: Path) -> None:
+    """The packet has passed POSTROUTING: the link layer decides where it really goes."""
+    out = link.egress(w.node, w.cluster, path)
+    for text, cite in out.steps:
+        path = path.step(w.step(text, cite, "LINK", "link"))
+    for a in out.assumptions:
+        path = path.assume(a)
+    if out.failure is not None:
+        w.finals.append((path.unknown(out.failure) if out.undetermined else path,
+                         Disposition.UNDETERMINED if out.undetermined else Disposition.DROPPED))
+        return
+    if out.remote_node is None or w.hops >= MAX_NODE_HOPS:
+        # Name where it goes: the VXLAN peer's address, or this node when the trace spans several.
+        path = path.with_packet(egress_node=out.remote_label or w.label)
+        w.finals.append((path, Disposition.FORWARDED))
+        return
+    _continue_on(w, path, out.remote_node, out.remote_iface)
+
+
+def _continue_on(w: _Walk, path: Path, node: Node, iface: str | None) -> None:
+    """The packet arrives on another node of the input (VXLAN or a plain route): walk it there."""
+    flow_like = Flow(path.packet.src, path.packet.dst)
+    try:
+        rs = _ruleset(node, flow_like)
+    except InputError as e:
+        w.finals.append((path.unknown(str(e)), Disposition.UNDETERMINED))
+        return
+    nxt = _Walk(node, rs, w.cluster, w.finals, node.name, w.hops + 1, node.local_addresses())
+    pkt = path.packet
+    src = pkt.src
+    if pkt.masquerade or pkt.snat:
+        src = link.snat_source(w.node, pkt) or src
+    carried = path.with_packet(src=src, in_iface=iface, out_iface=None, mark=0, ctmark=0, untracked=False,
+                               local_origin=False, next_hop=None)
+    carried = carried.step(nxt.step(f"arrives on {node.name} via {iface or '?'} (src {src}, dst {pkt.dst}); "
+                                    f"its own conntrack sees a NEW connection", None, "ARRIVE", "link"))
+    _incoming(nxt, carried)
+
+
+def _branch(path: Path, disposition: Disposition) -> Branch:
     pkt = path.packet
     egress = None
-    if disposition == Disposition.FORWARDED:
+    if disposition == Disposition.FORWARDED or pkt.egress_node:
         if pkt.out_iface is None:
             path = path.assume("no route for the destination in the input: the egress interface is not known")
         else:
-            egress = Egress(pkt.out_iface, None)
+            egress = Egress(pkt.out_iface, str(pkt.next_hop) if pkt.next_hop else None, pkt.egress_node)
     return Branch(
         probability=path.probability, disposition=disposition, steps=path.steps, dnat=pkt.dnat,
         masquerade=pkt.masquerade, snat=pkt.snat, egress=egress, assumptions=path.assumptions,

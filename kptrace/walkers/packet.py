@@ -26,6 +26,8 @@ class Packet:
     masquerade: bool = False
     untracked: bool = False  # NOTRACK / CT --notrack: conntrack (and so NAT) skips it
     local_origin: bool = False
+    next_hop: IPAddress | None = None  # the route's gateway (`via`), None when directly connected
+    egress_node: str | None = None  # where the packet finally goes, when kptrace can name it
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,173 @@
+"""After POSTROUTING: which bridge port, which VXLAN peer, which node the packet really goes to.
+
+A bridge (cni0, docker0, cbr0) hands the frame to the port that holds the destination's MAC
+(neighbour entry -> fdb entry). A VXLAN device (flannel.1) resolves the next hop's MAC from its
+neighbour table and the MAC's remote (underlay) address from its fdb, both programmed by flanneld;
+the device is NOARP, so a missing entry means the packet is dropped, not resolved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kptrace.model.flow import IPAddress
+from kptrace.model.node import Node
+from kptrace.model.routing import FdbEntry, Link, Neighbor
+from kptrace.walkers.packet import Packet, Path
+from kptrace.walkers.routing import lookup
+
+
+@dataclass(slots=True)
+class LinkOutcome:
+    steps: list[tuple[str, str | None]] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+    failure: str | None = None
+    undetermined: bool = False
+    remote_node: Node | None = None
+    remote_iface: str | None = None
+    remote_label: str | None = None  # the underlay address when no bundle of that node was given
+
+
+def _cite(obj: object) -> str | None:
+    src = getattr(obj, "source", None)
+    return str(src) if src is not None else None
+
+
+def find_link(node: Node, name: str | None) -> Link | None:
+    return next((link for link in node.links if link.name == name), None)
+
+
+def ingress_iface(node: Node, src: IPAddress) -> str | None:
+    """The interface a packet from src arrives on: where the route back to src points."""
+    res = lookup(node, src)
+    if res.kind == "unicast" and res.nexthops and res.nexthops[0].dev:
+        return res.nexthops[0].dev
+    return None
+
+
+def snat_source(node: Node, pkt: Packet) -> IPAddress | None:
+    """MASQUERADE uses the egress interface's primary address."""
+    for a in node.addresses:
+        if a.iface == pkt.out_iface and a.address.version == pkt.dst.version and a.scope != "link":
+            return a.address.ip
+    return None
+
+
+def _neigh(node: Node, addr: IPAddress, dev: str) -> Neighbor | None:
+    return next((n for n in node.neighbors if n.dst == addr and n.dev == dev and n.state != "FAILED"), None)
+
+
+def _fdb(node: Node, mac: str, dev: str) -> list[FdbEntry]:
+    mac = mac.lower()
+    return [f for f in node.fdb if f.mac.lower() == mac and (f.dev == dev or f.master == dev)]
+
+
+def node_owning(cluster: list[Node], addr: IPAddress, exclude: Node) -> tuple[Node | None, str | None]:
+    for n in cluster:
+        if n is exclude:
+            continue
+        for a in n.addresses:
+            if a.address.ip == addr:
+                return n, a.iface
+        if addr in n.node_ips:
+            return n, None
+    return None, None
+
+
+def egress(node: Node, cluster: list[Node], path: Path) -> LinkOutcome:
+    pkt = path.packet
+    out = LinkOutcome()
+    dev = pkt.out_iface
+    if dev is None:
+        return out
+    lk = find_link(node, dev)
+    if lk is None:
+        if node.links:
+            out.assumptions.append(f"{dev} is not in the ip-link dump")
+        return _plain(node, cluster, pkt, out, dev)
+    if not lk.up:
+        out.failure = f"{dev} is down ({_cite(lk) or 'ip-link'}): the packet is dropped"
+        out.steps.append((out.failure, _cite(lk)))
+        return out
+    if lk.kind == "vxlan":
+        return _vxlan(node, cluster, pkt, out, lk)
+    if lk.kind == "bridge":
+        return _bridge(node, pkt, out, lk)
+    return _plain(node, cluster, pkt, out, dev)
+
+
+def _vxlan(node: Node, cluster: list[Node], pkt: Packet, out: LinkOutcome, lk: Link) -> LinkOutcome:
+    hop = pkt.next_hop or pkt.dst
+    vx = lk.vxlan
+    desc = f"{lk.name} is a VXLAN device" + (f" (VNI {vx.vni}, UDP {vx.dstport}, underlay {vx.dev})" if vx else "")
+    out.steps.append((desc, _cite(lk)))
+    if not node.neighbors:
+        out.assumptions.append("no ip-neigh dump: the VXLAN peer of the next hop is not known")
+        out.failure, out.undetermined = f"no ip-neigh dump: cannot tell which node {lk.name} sends {hop} to", True
+        return out
+    n = _neigh(node, hop, lk.name)
+    if n is None or not n.lladdr:
+        out.failure = (f"no neighbour entry for next hop {hop} on {lk.name}: flanneld programs one per remote node "
+                       f"and the device is NOARP, so the kernel drops the packet")
+        out.steps.append((out.failure, None))
+        return out
+    out.steps.append((f"next hop {hop} has MAC {n.lladdr}", _cite(n)))
+    if not node.fdb:
+        out.failure, out.undetermined = f"no bridge-fdb dump: the underlay address for MAC {n.lladdr} is not known", True
+        return out
+    entries = [f for f in _fdb(node, n.lladdr, lk.name) if f.dst is not None]
+    if not entries:
+        out.failure = f"no fdb entry with a dst for MAC {n.lladdr} on {lk.name}: the VXLAN device has nowhere to send it; dropped"
+        out.steps.append((out.failure, None))
+        return out
+    dst = entries[0].dst
+    assert dst is not None
+    remote, _ = node_owning(cluster, dst, node)
+    if remote is None:
+        out.remote_label = str(dst)
+        out.steps.append((f"encapsulated to {dst} (UDP {vx.dstport if vx else 8472}); no bundle of that node in the input", _cite(entries[0])))
+        return out
+    rif = next((x.name for x in remote.links if x.kind == "vxlan" and vx and x.vxlan and x.vxlan.vni == vx.vni), lk.name)
+    out.steps.append((f"encapsulated to {dst}, node {remote.name} (UDP {vx.dstport if vx else 8472})", _cite(entries[0])))
+    out.remote_node, out.remote_iface = remote, rif
+    return out
+
+
+def _bridge(node: Node, pkt: Packet, out: LinkOutcome, lk: Link) -> LinkOutcome:
+    hop = pkt.next_hop or pkt.dst
+    n = _neigh(node, hop, lk.name) if node.neighbors else None
+    if n is None or not n.lladdr:
+        out.steps.append((f"{lk.name} is a bridge; no neighbour entry for {hop}: the kernel ARPs for it on the bridge", _cite(lk)))
+        return out
+    ports = [f for f in _fdb(node, n.lladdr, lk.name) if f.dev != lk.name]
+    if not ports:
+        out.steps.append((f"{lk.name} is a bridge; {hop} is {n.lladdr} ({_cite(n)}), not in the fdb dump: the bridge floods it", _cite(lk)))
+        return out
+    port = ports[0].dev
+    out.steps.append((f"{lk.name} is a bridge; {hop} is {n.lladdr} → port {port}", _cite(ports[0])))
+    if pkt.in_iface == lk.name and node.neighbors:
+        # A pod reaching itself through a Service: the frame must go back out the port it came in on.
+        src_n = _neigh(node, pkt.src, lk.name) if pkt.src != hop else n
+        src_ports = [f.dev for f in _fdb(node, src_n.lladdr, lk.name)] if src_n and src_n.lladdr else []
+        if port in src_ports:
+            bp = next((b for b in node.bridge_ports if b.name == port), None)
+            if bp is not None and bp.hairpin is False:
+                out.failure = (f"hairpin: the frame must leave {lk.name} by {port}, the port it came in on, "
+                               f"and hairpin mode is off on {port}: the bridge drops it")
+                out.steps.append((out.failure, _cite(bp)))
+            elif bp is None or bp.hairpin is None:
+                out.assumptions.append(f"hairpin mode on {port} is on (the kubelet/CNI sets it; not in the dump)")
+    return out
+
+
+def _plain(node: Node, cluster: list[Node], pkt: Packet, out: LinkOutcome, dev: str) -> LinkOutcome:
+    hop = pkt.next_hop or pkt.dst
+    remote, rif = node_owning(cluster, hop, node)
+    if remote is None and pkt.next_hop is not None:
+        return out
+    if remote is None:
+        remote, rif = node_owning(cluster, pkt.dst, node)
+    if remote is not None:
+        out.steps.append((f"next hop {hop} is node {remote.name}" + (f" ({rif})" if rif else ""), None))
+        out.remote_node, out.remote_iface = remote, rif
+    return out

@@ -20,10 +20,11 @@ from kptrace.errors import InputError, ParseError
 from kptrace.model.node import Node
 from kptrace.model.trace import InputFile
 from kptrace.parsers.ip_addr import parse_ip_addr
-from kptrace.parsers.iptables_save import parse_iptables_save
+from kptrace.parsers.iptables_save import parse_iptables_save, scan_iptables_save
 from kptrace.parsers.sysctl import parse_sysctl
 from kptrace.walkers.kube_jumps import add_kube_proxy_jumps
 
+STRICT = [False]  # --strict: parse every rule of every dump, whatever its size
 MAX_INPUT_BYTES = 512 * 1024 * 1024  # past this a "dump" is not one; refuse rather than exhaust memory
 
 # Bundle file name -> kind. Names not listed are sniffed.
@@ -187,7 +188,7 @@ def _load_one(node: Node, label: str, data: bytes) -> None:
         raise InputError(f"{label}:1:1: cannot tell what command produced this file (see docs/bundle.md for names)")
     if kind in ("iptables-save", "ip6tables-save"):
         family = 6 if kind == "ip6tables-save" else None
-        rs = parse_iptables_save(text, label, family).ruleset
+        rs = (parse_iptables_save(text, label, family).ruleset if STRICT[0] else scan_iptables_save(text, label, family))
         if rs.family in node.rulesets and node.rulesets[rs.family].tables:
             if not rs.tables:
                 return
@@ -235,10 +236,10 @@ def _infer_pod_cidrs(node: Node) -> None:
         nat = rs.tables.get("nat")
         if nat is None:
             continue
-        for name, chain in nat.chains.items():
-            if not name.startswith("KUBE-SVC-"):
-                continue
-            for r in chain.rules:
+        # Reading a few KUBE-SVC chains is enough; a large dump's other chains stay unparsed.
+        svc = [name for name in nat.chains if name.startswith("KUBE-SVC-")][:50]
+        for name in svc:
+            for r in nat.chains[name].rules:
                 if r.src is not None and r.src.negated and r.target and r.target.name == "KUBE-MARK-MASQ":
                     net = r.src.value[0]
                     node.pod_cidrs.append(net)

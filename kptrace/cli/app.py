@@ -42,9 +42,11 @@ def root(
 
 
 def _register() -> None:
-    from kptrace.cli import why
+    from kptrace.cli import check, explain, why
 
     why.register(app)
+    check.register(app)
+    explain.register(app)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def build_graph(rs: Ruleset) -> nx.MultiDiGraph:
     for t in rs.tables.values():
         for c in t.chains.values():
             g.add_node(chain_node(t.name, c.name), kind="chain", table=t.name, policy=c.policy,
-                       builtin=c.builtin, rules=len(c.rules), source=str(c.source))
+                       builtin=c.builtin, rules=len(c), source=str(c.source))
             for r in c.rules:
                 if r.target is None or r.target.name in TERMINALS or r.target.name not in t.chains:
                     continue

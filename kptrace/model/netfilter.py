@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from kptrace.model.source import Source
 
@@ -106,25 +107,91 @@ class Rule:
         return None
 
 
-@dataclass(slots=True)
+class RawRules(Protocol):
+    """A chain's rules still as text; parsed one at a time when a walk reads them."""
+
+    def __len__(self) -> int: ...
+
+    def parse(self, i: int) -> Rule: ...
+
+    def candidates(self, dst: str, start: int) -> Iterable[int]: ...
+
+
 class Chain:
-    table: str
-    name: str
-    policy: str | None  # None for user-defined chains
-    source: Source
-    rules: list[Rule] = field(default_factory=list)
-    counters: tuple[int, int] | None = None
+    """A chain and its rules. Rules from a large dump stay text until read (see parsers/iptables_save.py)."""
+
+    __slots__ = ("table", "name", "policy", "source", "counters", "_rules", "_raw")
+
+    def __init__(self, table: str, name: str, policy: str | None, source: Source, rules: list[Rule] | None = None,
+                 counters: tuple[int, int] | None = None, raw: RawRules | None = None) -> None:
+        self.table, self.name, self.policy, self.source, self.counters = table, name, policy, source, counters
+        self._rules: list[Rule] | None = rules if rules is not None else ([] if raw is None else None)
+        self._raw = raw
 
     @property
     def builtin(self) -> bool:
         return self.name in BUILTIN_CHAINS.get(self.table, ())
+
+    @property
+    def rules(self) -> list[Rule]:
+        """Every rule, parsed (forces a lazy chain)."""
+        if self._rules is None:
+            assert self._raw is not None
+            self._rules = [self._raw.parse(i) for i in range(len(self._raw))]
+        return self._rules
+
+    def __len__(self) -> int:
+        return len(self._rules) if self._rules is not None else len(self._raw or ())
+
+    def rule_at(self, i: int) -> Rule:
+        if self._rules is not None:
+            return self._rules[i]
+        assert self._raw is not None
+        return self._raw.parse(i)
+
+    def candidates(self, dst: str, start: int = 0) -> Iterable[int]:
+        """Indexes of the rules, from start, that can match a packet to dst (all of them unless indexed)."""
+        if self._rules is not None or self._raw is None:
+            return range(start, len(self))
+        return self._raw.candidates(dst, start)
 
 
 @dataclass(slots=True)
 class Table:
     name: str
     source: Source
-    chains: dict[str, Chain] = field(default_factory=dict)
+    chains: MutableChains = field(default_factory=dict)  # type: ignore[assignment]
+
+
+class LazyChains(Mapping[str, Chain]):
+    """Chains of a large table, made when first looked up: a 10k-service node declares 100k+ chains."""
+
+    def __init__(self, names: dict[str, object], make: object) -> None:
+        self._names, self._make, self._made = names, make, {}  # type: ignore[var-annotated]
+
+    def __getitem__(self, name: str) -> Chain:
+        c = self._made.get(name)
+        if c is None:
+            if name not in self._names:
+                raise KeyError(name)
+            c = self._made[name] = self._make(name)  # type: ignore[operator]
+        return c  # type: ignore[no-any-return]
+
+    def __setitem__(self, name: str, chain: Chain) -> None:
+        self._names.setdefault(name, None)
+        self._made[name] = chain
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+MutableChains = dict[str, Chain] | LazyChains
 
 
 @dataclass(slots=True)

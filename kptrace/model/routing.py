@@ -18,6 +18,9 @@ class Nexthop:
     dev: str | None
     weight: int = 1  # multipath `weight N` (ECMP share)
     onlink: bool = False
+    # Other RTNH flags as printed: dead linkdown pervasive offload trap. The kernel never picks a
+    # `dead` nexthop, nor a `linkdown` one when ignore_routes_with_linkdown is set.
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,12 @@ class Route:
     metric: int = 0
     tos: str | None = None
     source: Source | None = None
+    nhid: int | None = None  # `nhid N`: the nexthop object; its resolved via/dev are in nexthops
+    mtu: int | None = None  # `mtu [lock] N` route metric
+    pref: str | None = None  # IPv6 router preference: low medium high
+    # Words the parser does not model and that may change what the route matches or where it sends
+    # (`from` source-specific routes, `encap`, …), verbatim. Non-empty: never guess past this route.
+    unknown: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +59,11 @@ class PolicyRule:
     fwmark: tuple[int, int] | None = None  # (value, mask)
     invert: bool = False  # `not`
     source: Source | None = None
+    goto: int | None = None  # `goto N`: continue at the first rule with priority >= N
+    suppress_prefixlength: int | None = None  # a lookup result with prefix length <= N is ignored
+    # Selectors and words not modelled (`ipproto tcp`, `dport 80`, `uidrange`, `tos`, `[detached]`),
+    # verbatim. Non-empty: whether the rule matches is unknown.
+    unknown: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,9 @@ class Link:
     vxlan: Vxlan | None = None
     netns_id: int | None = None  # `link-netnsid 0`
     source: Source | None = None
+    # `link-netns cni-…`: text names the peer's namespace instead of its id when it has a name
+    # (`ip -j` still gives the id). Either one set means the peer is in another namespace.
+    netns: str | None = None
 
     @property
     def up(self) -> bool:

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import groupby
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 from kptrace.errors import ParseError
-from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Cond, IPNetwork, Match, Option, Rule, Ruleset, Table, Target
+from kptrace.model.netfilter import (
+    BUILTIN_CHAINS, Chain, Cond, IPNetwork, LazyChains, Match, Option, Rule, Ruleset, Table, Target,
+)
 from kptrace.model.source import Source
 
 # Option name -> number of values, per match module. Aliases map to one spelling.
@@ -106,6 +109,8 @@ GENERIC = {
 BOUNDARY = set(GENERIC) | {"-m", "--match", "-j", "--jump", "-g", "--goto", "-c", "--set-counters", "-4", "-6"}
 PROTO_NUMBERS = {"1": "icmp", "6": "tcp", "17": "udp", "132": "sctp", "58": "ipv6-icmp", "136": "udplite"}
 POLICIES = {"ACCEPT", "DROP", "RETURN", "QUEUE", "-"}
+_PORT_OPTIONS = {"--sport", "--dport", "--sports", "--dports", "--ports"}
+_PORT_RE = re.compile(r"[0-9A-Za-z_.:,-]+")
 _CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
 _COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s+")
 
@@ -455,16 +460,15 @@ def _module_option(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int
     if i < len(words) and words[i][0] == "!" and not isinstance(words[i][0], Quoted) and nargs > 0:
         # Old spelling: `--dport ! 80`.
         neg, i = True, i + 1
-    if i + nargs > len(words) or any(_is_flag(words[k][0]) for k in range(i, i + nargs)):
+    if i + nargs > len(words):
         raise b.err(col, f"option '{w}' needs {nargs} value(s)")
+    # Like getopt, a required value is the next word whatever it looks like (`--comment -s` is valid).
     vals = tuple(words[k][0] for k in range(i, i + nargs))
+    if name in _PORT_OPTIONS and (not vals[0] or vals[0].startswith("-") or not _PORT_RE.fullmatch(vals[0])):
+        raise b.err(words[i][1], f"invalid port '{vals[0]}' for '{w}'")
     opts.append(Option(name, vals, neg, col))
     b.matches[slot] = (mod, mcol, opts, known, why)
     return i + nargs
-
-
-def _is_flag(word: str) -> bool:
-    return not isinstance(word, Quoted) and (word in BOUNDARY or word.startswith("--"))
 
 
 def _owner_of(b: _RuleBuilder, name: str) -> int | None:
@@ -563,3 +567,196 @@ def render_rule(rule: Rule) -> str:
 def _net_text(net: IPNetwork) -> str:
     full = 32 if net.version == 4 else 128
     return str(net.network_address) if net.prefixlen == full else str(net)
+
+
+# --- Large dumps: scan the structure, parse rules when a walk reads them ---------------------------
+
+LAZY_MIN_LINES = 5000  # below this a full parse costs less than 0.2 s: validate everything
+INDEX_MIN_RULES = 64  # chains this long get a destination index (KUBE-SERVICES, KUBE-NODEPORTS)
+_DECL_RE = re.compile(r"^:(\S+)[ \t]+(\S+)(?:[ \t]+\[(\d+):(\d+)\])?[ \t\r]*$", re.M)
+
+
+class _LazyRules:
+    """Rule lines of one chain in a scanned section; `parse(i)` tokenizes line i on first use."""
+
+    __slots__ = ("lines", "base", "rows", "table", "chain", "file", "_parsed", "_index", "_others")
+
+    def __init__(self, lines: list[str], base: int, rows: list[int], table: str, chain: str, file: str) -> None:
+        self.lines, self.base, self.rows = lines, base, rows
+        self.table, self.chain, self.file = table, chain, file
+        self._parsed: dict[int, Rule] = {}
+        self._index: dict[str, list[int]] | None = None
+        self._others: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def parse(self, i: int) -> Rule:
+        r = self._parsed.get(i)
+        if r is None:
+            row = self.rows[i]
+            r = parse_rule_line(self.table, self.lines[row], self.file, self.base + row)
+            r = _reindex(r, i + 1, r.tokens)
+            self._parsed[i] = r
+        return r
+
+    def candidates(self, dst: str, start: int) -> list[int] | range:
+        if len(self.rows) < INDEX_MIN_RULES:
+            return range(start, len(self.rows))
+        if self._index is None:
+            self._build_index()
+        assert self._index is not None
+        hits = self._index.get(dst, [])
+        if not hits:
+            return [i for i in self._others if i >= start]
+        return sorted(i for i in (*hits, *self._others) if i >= start)
+
+    def _build_index(self) -> None:
+        """Rules with a plain `-d HOST` can only match that host; everything else stays a candidate."""
+        index: dict[str, list[int]] = {}
+        others: list[int] = []
+        for i, row in enumerate(self.rows):
+            line = self.lines[row]
+            p = line.find(" -d ")
+            host = None
+            if p >= 0 and line[p - 2 : p] != " !" and '"' not in line[:p] and line.find(" -d ", p + 1) < 0 \
+                    and " --dst " not in line and " --destination " not in line:
+                end = line.find(" ", p + 4)
+                value = line[p + 4 : end if end >= 0 else len(line)].rstrip("\r")
+                host = _host_key(value)
+            if host is None:
+                others.append(i)
+            else:
+                index.setdefault(host, []).append(i)
+        self._index, self._others = index, others
+
+
+def _host_key(value: str) -> str | None:
+    addr, _, plen = value.partition("/")
+    if ":" not in addr:
+        # iptables-save prints IPv4 in canonical dotted form, so the text is the key.
+        return addr if plen in ("", "32") else None
+    if plen not in ("", "128"):
+        return None
+    try:
+        return str(ip_address(addr))
+    except ValueError:
+        return None
+
+
+def scan_iptables_save(text: str, file: str = "iptables-save", family: int | None = None) -> Ruleset:
+    """Read a dump's structure (tables, chains, which lines are whose rules) without tokenizing rules.
+
+    Falls back to the full parse for small dumps and for anything but plain `iptables-save` layout
+    (declarations first, then `-A` lines, no comments or inserts inside a table).
+    """
+    if text.count("\n") < LAZY_MIN_LINES:
+        return parse_iptables_save(text, file, family).ruleset
+    lines = text.split("\n")
+    rs = Ruleset(file=file, family=family or 4)
+    # Table headers and COMMITs by plain string search: a regex over 40 MB costs more than the rest.
+    starts = _section_rows(text, lines)
+    if starts is None:
+        return parse_iptables_save(text, file, family).ruleset
+    for head, commit in starts:
+        name = lines[head].strip()[1:]
+        if not _scan_section(rs, name, lines, head, commit, file):
+            return parse_iptables_save(text, file, family).ruleset
+    if family is None and ":" in text[:200000] and re.search(r" -[sd] [0-9a-fA-F]*:[0-9a-fA-F:]*[/ ]", text[:2000000]):
+        rs.family = 6
+    rs.assumptions.append(
+        f"{file} is large ({len(lines)} lines): rules are parsed when the trace reads them, so a syntax error "
+        f"in a rule it never reads is not reported (kptrace why --strict checks every rule)"
+    )
+    return rs
+
+
+def _section_rows(text: str, lines: list[str]) -> list[tuple[int, int]] | None:
+    """(header row, COMMIT row) of each table, found with str.find; None for anything unusual."""
+    out = []
+    pos = 0
+    row = 0
+    while True:
+        h = text.find("*", pos) if pos == 0 and text.startswith("*") else text.find("\n*", pos)
+        if h < 0:
+            break
+        h = h if text.startswith("*", h) else h + 1
+        c = text.find("\nCOMMIT", h)
+        if c < 0:
+            return None
+        nxt = text.find("\n*", h + 1)
+        if 0 <= nxt < c:
+            return None
+        hrow = row + text.count("\n", pos, h)
+        crow = hrow + text.count("\n", h, c + 1)
+        if lines[crow].rstrip("\r") != "COMMIT":
+            return None
+        out.append((hrow, crow))
+        pos, row = c + 1, crow
+    if not out or any(line.strip() and not line.startswith("#") for line in lines[: out[0][0]]):
+        return None
+    return out
+
+
+def _scan_section(rs: Ruleset, name: str, lines: list[str], head: int, commit: int, file: str) -> bool:
+    """One `*table` … `COMMIT` block (rows head..commit of lines); False when it needs the full parser."""
+    first = head + 2  # 1-based line number of the first line inside the table
+    if name not in BUILTIN_CHAINS:
+        raise ParseError(file, head + 1, 2, f"unknown table '{name}'", lines[head])
+    body = lines[head + 1 : commit]
+    ndecl = 0
+    for line in body:
+        if not line.startswith(":"):
+            break
+        ndecl += 1
+    rule_lines = body[ndecl:]
+    # Only plain `-A` lines may follow the declarations (no comments, blank lines, -I or [counters]).
+    names = [line[3 : line.find(" ", 3) % (len(line) + 1)].rstrip("\r") if line.startswith("-A ") else "" for line in rule_lines]
+    if "" in names:
+        return False
+    decls = _DECL_RE.findall("\n".join(body[:ndecl]) + "\n")
+    if len(decls) != ndecl:
+        return False
+    table = Table(name, Source(file, first - 1, 1, lines[first - 2]))
+    start = first - 1 + len(decls)  # index into `lines` of the table's first rule
+    blocks: dict[str, list[tuple[int, int]]] = {}  # chain -> [(first row, count)], usually one block
+    pos = start
+    for chain, grp in groupby(names):
+        n = len(list(grp))
+        blocks.setdefault(chain, []).append((pos, n))
+        pos += n
+    builtins = BUILTIN_CHAINS[name]
+    declared: dict[str, object] = {d[0]: (d[1], d[2], d[3], first - 1 + k) for k, d in enumerate(decls)}
+    for cname in blocks.keys() - declared.keys():
+        if cname not in builtins:
+            row = blocks[cname][0][0]
+            raise ParseError(file, row + 1, 4, f"chain '{cname}' is not declared in table '{name}'", lines[row])
+        declared[cname] = ("ACCEPT", None, None, None)
+    for k, (cname, policy, _, _) in enumerate(decls):
+        if policy == "-" and cname not in builtins:
+            continue
+        row = first - 1 + k
+        if policy not in POLICIES:
+            raise ParseError(file, row + 1, len(cname) + 3, f"invalid policy '{policy}'", lines[row])
+        if cname not in builtins:
+            raise ParseError(file, row + 1, len(cname) + 3, f"user chain '{cname}' cannot have policy '{policy}'", lines[row])
+        if policy == "-":
+            rs.assumptions.append(f"{file}:{row + 1}: built-in chain {name}/{cname} has policy '-' (kept by restore); "
+                                  "assumed ACCEPT, the kernel default")
+
+    def make(cname: str) -> Chain:
+        policy, pk, by, row = declared[cname]  # type: ignore[misc]
+        builtin = cname in builtins
+        if builtin and policy == "-":
+            policy = "ACCEPT"
+        if not builtin:
+            policy = None
+        src = Source(file, row + 1, 1, lines[row].rstrip("\r")) if row is not None else Source(file, first - 1, 1, "")
+        counters = (int(pk), int(by)) if pk else None
+        rows = [r for a, n in blocks.get(cname, ()) for r in range(a, a + n)]
+        raw = _LazyRules(lines, 1, rows, name, cname, file)
+        return Chain(name, cname, policy, src, None, counters, raw)
+
+    table.chains = LazyChains(declared, make)
+    rs.tables[name] = table
+    return True

@@ -42,8 +42,9 @@ class ChainWalker:
     def _rules(self, chain: Chain, start: int, path: Path, depth: int) -> list[Outcome]:
         out: list[Outcome] = []
         deferred: list[Outcome] = []  # the non-matching shares of random rules, listed after the matching ones
-        for i in range(start, len(chain.rules)):
-            rule = chain.rules[i]
+        # A large chain (KUBE-SERVICES) is indexed by destination: rules for other addresses are never parsed.
+        for i in chain.candidates(str(path.packet.dst), start):
+            rule = chain.rule_at(i)
             self.ctx.assumptions.clear()
             result = eval_rule(rule, path.packet, self.ctx)
             for a in self.ctx.assumptions:

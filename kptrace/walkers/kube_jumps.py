@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kptrace.model.netfilter import Chain, Ruleset
+from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Ruleset
 from kptrace.model.source import Source
 from kptrace.model.source import ASSUMED_FILE
 from kptrace.parsers.iptables_save import parse_rule_line
@@ -37,8 +37,9 @@ KUBE_PROXY_JUMPS = (
 def has_base_jumps(rs: Ruleset) -> bool:
     """True when any built-in chain already jumps to a KUBE-* chain (a real node's dump)."""
     for t in rs.tables.values():
-        for c in t.chains.values():
-            if c.builtin and any(r.target and r.target.name.startswith("KUBE-") for r in c.rules):
+        for name in BUILTIN_CHAINS[t.name]:
+            c = t.chains.get(name)
+            if c is not None and any(r.target and r.target.name.startswith("KUBE-") for r in c.rules):
                 return True
     return False
 

@@ -1,0 +1,3 @@
+"""KPT5xx: the host around Kubernetes (firewall daemons)."""
+
+CHECKS = ("kpt501_host_firewall",)

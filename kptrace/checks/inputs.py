@@ -1,0 +1,443 @@
+"""What checks read: the loaded nodes, the bundle files load.py does not read (yet), and facts from both.
+
+load.py turns a bundle into a Node but refuses files it cannot place: `services.txt` and
+`conntrack.txt` are not recognised, and `iptables-legacy-save.txt` or `iptables-nft-save.txt` next
+to `iptables-save.txt` make "a second IPv4 ruleset". `load_for_checks` reads those files here and
+hands load.py the rest of the bundle (through a directory of links with the same names, so every
+file keeps the label it has everywhere else). TODO: move these kinds into load.py (BUNDLE_NAMES,
+a `Node.extra_rulesets`, parsers/services.py and parsers/conntrack.py), then delete the shim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+
+from kptrace.errors import ParseError
+from kptrace.load import _node_dirs, _read_entries, _short, decode, load_cluster, sniff
+from kptrace.model.flow import IPAddress
+from kptrace.model.netfilter import Chain, Cond, IPNetwork, Rule, Ruleset
+from kptrace.model.node import Node
+from kptrace.model.source import ASSUMED_FILE, Source
+from kptrace.model.trace import InputFile
+
+# Bundle files read here rather than by load.py, with the kind the JSON `inputs` list gives them.
+EXTRA_KINDS = {
+    "services.txt": "services",
+    "conntrack.txt": "conntrack",
+    "iptables-legacy-save.txt": "iptables-legacy-save",
+    "iptables-nft-save.txt": "iptables-nft-save",
+}
+# Of these, load.py gets the first one a bundle holds; the others are read here as text.
+IPV4_DUMPS = ("iptables-save.txt", "iptables-nft-save.txt", "iptables-legacy-save.txt")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceUnit:
+    """One `systemctl list-units --type=service` row."""
+
+    name: str  # without .service
+    load: str
+    active: str
+    sub: str
+    description: str
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class ConntrackEntry:
+    """One `conntrack -L` (or /proc/net/nf_conntrack) line: original and reply tuple."""
+
+    proto: str
+    orig_src: IPAddress
+    orig_dst: IPAddress
+    orig_dport: int | None
+    reply_src: IPAddress
+    flags: tuple[str, ...]  # UNREPLIED ASSURED …
+    source: Source
+
+
+@dataclass(slots=True)
+class BundleExtras:
+    inputs: list[InputFile] = field(default_factory=list)  # files read here, not by load.py
+    present: set[str] = field(default_factory=set)  # base names of every file in this node's bundle
+    iptables_text: dict[str, str] = field(default_factory=dict)  # label -> text, comments kept
+    services: tuple[ServiceUnit, ...] | None = None
+    conntrack: tuple[ConntrackEntry, ...] | None = None
+    errors: list[ParseError] = field(default_factory=list)  # KPT001
+
+
+@dataclass(slots=True)
+class CheckContext:
+    node: Node | None  # None: the bundle could not be loaded (errors says why)
+    extra: BundleExtras
+    peers: tuple[Node, ...] = ()  # the other nodes checked in the same run
+    # Filled for late checks (KPT002, KPT003) from the others' results:
+    missing_inputs: dict[str, list[str]] = field(default_factory=dict)  # file -> check ids
+    crashed: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.node.name if self.node is not None else "node"
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    root: Path
+    path: str  # as read: the file's path, or `archive:member`
+    label: str  # as load.py cites it
+    data: bytes
+
+    @property
+    def dir(self) -> str:
+        return self.label.rsplit("/", 1)[0] if "/" in self.label else ""
+
+    @property
+    def base(self) -> str:
+        return re.split(r"[/:]", self.label)[-1]
+
+
+def load_for_checks(paths: list[Path], node_ips: list[str] | None = None,
+                    pod_cidrs: list[str] | None = None) -> list[CheckContext]:
+    """One context per node (a bundle directory, or the loose files together), each with its peers."""
+    # Labels as load_cluster gives them: relative to each node's own bundle directory.
+    entries = [_Entry(p, path, _short(path, g), data)
+               for p in paths for g in _node_dirs(p) for path, data in _read_entries(g)]
+    held = {(e.dir, e.base) for e in entries}
+    kept_out = {id(e) for e in entries if _read_here(e, held)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="kptrace-check-") as tmp:
+            nodes = load_cluster(_without(paths, entries, kept_out, Path(tmp)), node_ips, pod_cidrs)
+    except ParseError as e:
+        # Nothing loaded: what can be read from the raw files still runs (KPT001, KPT202, KPT209, KPT501).
+        merged = BundleExtras(errors=[e])
+        for entry in entries:
+            _read_extra(entry, merged, id(entry) in kept_out, None)
+        return [CheckContext(None, merged)]
+    per_node = [BundleExtras() for _ in nodes]
+    dirs = [{i.file.rsplit("/", 1)[0] if "/" in i.file else "" for i in n.inputs} for n in nodes]
+    dumps = {rs.file for n in nodes for rs in n.rulesets.values()}
+    for entry in entries:
+        k = next((i for i, d in enumerate(dirs) if entry.dir in d), 0)
+        _read_extra(entry, per_node[k], id(entry) in kept_out, dumps)
+    return [CheckContext(n, x, tuple(p for p in nodes if p is not n)) for n, x in zip(nodes, per_node, strict=True)]
+
+
+def inputs_of(contexts: list[CheckContext]) -> list[InputFile]:
+    """Every file read, by load.py or here, for the document's `inputs`."""
+    return [i for c in contexts for i in [*(c.node.inputs if c.node else ()), *c.extra.inputs]]
+
+
+def _read_here(e: _Entry, held: set[tuple[str, str]]) -> bool:
+    if e.base in IPV4_DUMPS:
+        first = next(name for name in IPV4_DUMPS if (e.dir, name) in held)
+        return e.base != first
+    return e.base in EXTRA_KINDS
+
+
+def _without(paths: list[Path], entries: list[_Entry], kept_out: set[int], tmp: Path) -> list[Path]:
+    """The paths for load.py, minus the files read here: a bundle directory becomes a tree of links."""
+    out: list[Path] = []
+    for p in paths:
+        mine = [e for e in entries if e.root is p]
+        if not any(id(e) in kept_out for e in mine):
+            out.append(p)
+        elif p.is_dir():
+            # TODO(load.py): a .tar.gz bundle holding these files still fails there; only directories are filtered.
+            farm = tmp / str(len(out)) / p.resolve().name
+            for e in mine:
+                if id(e) not in kept_out:
+                    rel = Path(e.path).relative_to(p)
+                    (farm / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (farm / rel).symlink_to(Path(e.path).resolve())
+            farm.mkdir(parents=True, exist_ok=True)
+            out.append(farm)
+    return out
+
+
+def _read_extra(entry: _Entry, extra: BundleExtras, kept_out: bool, dumps: set[str] | None) -> None:
+    """Record the file; read it if load.py did not, or keep the text of an iptables dump it parsed.
+
+    dumps: the labels of the rulesets load.py read; None when it failed, and then any file that looks
+    like an iptables dump is kept (for the checks that read raw lines).
+    """
+    extra.present.add(entry.base)
+    kind = EXTRA_KINDS.get(entry.base) if kept_out else None
+    if kind is None and dumps is not None and entry.label not in dumps:
+        return
+    try:
+        text = decode(entry.data, entry.label)
+    except ParseError as e:
+        if kept_out:
+            extra.errors.append(e)
+        return
+    if kind is None:
+        # The parser skips comments (`# Generated by … (nf_tables)`, `# Warning: iptables-legacy tables present`).
+        kind = sniff(entry.label, text) if dumps is None else None
+        if dumps is not None or kind in ("iptables-save", "ip6tables-save"):
+            extra.iptables_text[entry.label] = text
+        if kind is not None:
+            extra.inputs.append(InputFile(entry.label, kind, hashlib.sha256(entry.data).hexdigest()))
+        return
+    extra.inputs.append(InputFile(entry.label, kind, hashlib.sha256(entry.data).hexdigest()))
+    try:
+        if kind == "services":
+            extra.services = parse_services(text, entry.label)
+        elif kind == "conntrack":
+            extra.conntrack = parse_conntrack(text, entry.label)
+        else:
+            extra.iptables_text[entry.label] = text
+    except ParseError as e:
+        extra.errors.append(e)
+
+
+# --- parsers for the files above (move to kptrace/parsers/ with the load.py change) ------------
+
+_UNIT_RE = re.compile(r"^\s*(?:[●*x×]\s+)?(\S+)\.service\s+(\S+)\s+(\S+)\s+(\S+)\s*(.*)$")
+
+
+def parse_services(text: str, file: str = "services.txt") -> tuple[ServiceUnit, ...]:
+    """`systemctl list-units --type=service --all --no-pager` (with or without --plain/--no-legend).
+
+        UNIT                     LOAD   ACTIVE SUB     DESCRIPTION
+      ● firewalld.service        loaded active running firewalld - dynamic firewall daemon
+        ufw.service              loaded active exited  Uncomplicated firewall
+        (blank line, then the LOAD/ACTIVE/SUB legend and "N loaded units listed.")
+    """
+    units: list[ServiceUnit] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            if units:
+                break  # the legend follows the first blank line
+            continue
+        m = _UNIT_RE.match(line)
+        if m:
+            units.append(ServiceUnit(m.group(1), m.group(2), m.group(3), m.group(4), m.group(5).strip(),
+                                     Source(file, n, 1, line)))
+        elif not units and line.lstrip().startswith("UNIT "):
+            continue
+        elif not units:
+            raise ParseError(file, n, 1, "expected `systemctl list-units --type=service` output", line)
+    return tuple(units)
+
+
+_CT_HEAD_RE = re.compile(r"^(?:ipv[46]\s+\d+\s+)?([a-z0-9-]+)\s+(\d+)\s+(\d+)\s+(?:([A-Z_]+)\s+)?(?=src=)")
+
+
+def parse_conntrack(text: str, file: str = "conntrack.txt") -> tuple[ConntrackEntry, ...]:
+    """`conntrack -L` or /proc/net/nf_conntrack:
+
+        udp  17 29 src=10.244.1.5 dst=10.96.0.10 sport=53271 dport=53 [UNREPLIED] src=10.96.0.10 dst=10.244.1.5 sport=53 dport=53271 mark=0 use=1
+        tcp  6 431999 ESTABLISHED src=… dst=… sport=… dport=… src=… … [ASSURED] mark=0 use=1
+        ipv4 2 udp 17 29 src=…                                   (/proc/net/nf_conntrack)
+        conntrack v1.4.6 (conntrack-tools): 2 flow entries have been shown.   (ignored)
+    """
+    out: list[ConntrackEntry] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        s = line.strip()
+        if not s or s.startswith("conntrack v"):
+            continue
+        m = _CT_HEAD_RE.match(s)
+        if m is None:
+            raise ParseError(file, n, 1, "expected a conntrack entry (proto, number, timeout, src=… dst=…)", line)
+        tuples: list[dict[str, str]] = []
+        flags: list[str] = []
+        for word in s[m.end():].split():
+            if word.startswith("[") and word.endswith("]"):
+                flags.append(word[1:-1])
+            elif "=" in word:
+                key, _, value = word.partition("=")
+                if key == "src":
+                    tuples.append({})
+                if tuples:
+                    tuples[-1][key] = value
+        try:
+            orig, reply = tuples[0], tuples[1]
+            dport = orig.get("dport")
+            out.append(ConntrackEntry(m.group(1), ip_address(orig["src"]), ip_address(orig["dst"]),
+                                      int(dport) if dport else None, ip_address(reply["src"]), tuple(flags),
+                                      Source(file, n, 1, line)))
+        except (IndexError, KeyError, ValueError):
+            raise ParseError(file, n, 1, "expected an original and a reply tuple (src= dst= twice)", line) from None
+    return tuple(out)
+
+
+# --- facts the checks share ------------------------------------------------------------------
+
+
+def dumped(chain: Chain | None) -> list[Rule]:
+    """A chain's rules as they are in the dump: without the jumps kptrace assumed (<assumed:kube-proxy>)."""
+    if chain is None:
+        return []
+    return [r for r in chain.rules if r.source.file != ASSUMED_FILE]
+
+
+def has_assumed(rs: Ruleset) -> bool:
+    return any(r.source.file == ASSUMED_FILE for name in ("PREROUTING", "OUTPUT", "POSTROUTING")
+               for r in (rs.chain("nat", name).rules if rs.chain("nat", name) else ()))
+
+
+def conf_key(family: int, iface: str, name: str) -> str:
+    """sysctl key of a per-interface setting; a dot in the name is a slash in the key (flannel.1 -> flannel/1)."""
+    return f"net.ipv{family}.conf.{iface.replace('.', '/')}.{name}"
+
+
+def pod_networks(node: Node) -> list[IPNetwork]:
+    """Every pod network the bundle names: the cluster CIDR(s), this node's share, flannel's."""
+    nets: list[IPNetwork] = list(node.pod_cidrs)
+    for n in (node.pod_subnet, node.flannel.network if node.flannel else None,
+              node.flannel.subnet if node.flannel else None):
+        if n is not None and n not in nets:
+            nets.append(n)
+    return nets
+
+
+def _in_any(ip: IPAddress, nets: list[IPNetwork]) -> bool:
+    return any(ip.version == n.version and ip in n for n in nets)
+
+
+def local_pod_subnets(node: Node) -> list[IPNetwork]:
+    """This node's own pod subnet(s): node.yaml pod_cidr, flannel's subnet, the pod bridge's network."""
+    nets: list[IPNetwork] = []
+    for n in (node.pod_subnet, node.flannel.subnet if node.flannel else None):
+        if n is not None:
+            nets.append(n)
+    for a in node.addresses:
+        if a.iface in pod_bridges(node) and a.address.network not in nets:
+            nets.append(a.address.network)
+    return nets
+
+
+def pod_bridges(node: Node) -> list[str]:
+    """Bridges pods hang off: an interface holding a subnet (not a /32) inside the pod network."""
+    nets = pod_networks(node)
+    names = [a.iface for a in node.addresses
+             if a.address.network.prefixlen < a.address.max_prefixlen and _in_any(a.address.ip, nets)]
+    names += [link.name for link in node.links if link.kind == "bridge" and link.name in ("cni0", "cbr0")]
+    return sorted(set(names))
+
+
+def overlays(node: Node) -> list[str]:
+    """Tunnel devices pod traffic to other nodes leaves through (flannel.1, vxlan.calico, …)."""
+    names = {link.name for link in node.links if link.vxlan is not None or link.kind in ("vxlan", "geneve", "ipip")}
+    if node.flannel is not None:
+        names |= {a.iface for a in node.addresses if a.iface.startswith("flannel")}
+    return sorted(names)
+
+
+def node_ifaces(node: Node) -> list[str]:
+    """Interfaces holding the node's own addresses (node.yaml node_ips / --node-ip)."""
+    return sorted({a.iface for a in node.addresses if a.address.ip in node.node_ips})
+
+
+def dual_stack(node: Node) -> bool:
+    """IPv6 Services or pods on this node: an IPv6 pod CIDR, or kube-proxy's IPv6 service chains."""
+    if any(n.version == 6 for n in pod_networks(node)):
+        return True
+    rs = node.rulesets.get(6)
+    nat = rs.tables.get("nat") if rs else None
+    return nat is not None and any(name.startswith(("KUBE-SVC-", "KUBE-SEP-")) for name in nat.chains)
+
+
+def iface_matches(pattern: str, iface: str) -> bool:
+    """iptables' -i/-o: a trailing + matches any suffix."""
+    return iface.startswith(pattern[:-1]) if pattern.endswith("+") else iface == pattern
+
+
+def nets_of(cond: Cond[tuple[IPNetwork, ...]] | None) -> tuple[IPNetwork, ...]:
+    return () if cond is None or cond.negated else cond.value
+
+
+def overlaps(nets: tuple[IPNetwork, ...] | list[IPNetwork], others: list[IPNetwork]) -> bool:
+    return any(a.version == b.version and a.overlaps(b) for a in nets for b in others)  # type: ignore[arg-type]
+
+
+def walk(rs: Ruleset, table: str, chain: str, follow: Callable[[str], bool],
+         via: tuple[Rule, ...] = (), seen: frozenset[str] = frozenset()) -> Iterator[tuple[Rule, tuple[Rule, ...]]]:
+    """Every rule a packet can reach from `chain`, depth first, with the jumps that lead to it.
+
+    Only jumps to user chains `follow` accepts are followed; the jump rule itself is yielded too.
+    """
+    for r in dumped(rs.chain(table, chain)):
+        yield r, via
+        target = r.target.name if r.target else ""
+        if rs.chain(table, target) is not None and target not in seen and follow(target):
+            yield from walk(rs, table, target, follow, via + (r,), seen | {chain})
+
+
+def ctstates(rule: Rule) -> set[str] | None:
+    """The conntrack states a rule is limited to (None: any); a negated list is turned around."""
+    every = {"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT", "DNAT"}
+    for m in rule.matches:
+        o = m.opt("--ctstate", "--state")
+        if o is not None and m.module in ("conntrack", "state"):
+            states = set(o.value().split(","))
+            return every - states if o.negated else states
+    return None
+
+
+def comment_service(rule: Rule, *suffixes: str) -> str | None:
+    """`ns/name:port` from a kube-proxy comment such as "default/web:http has no endpoints"."""
+    c = rule.comment()
+    if c is None:
+        return None
+    for s in suffixes:
+        if c.endswith(s):
+            return c[: -len(s)].strip()
+    return None if suffixes else c
+
+
+def dnat_target(rule: Rule) -> tuple[IPAddress, str] | None:
+    """The address (and the text) a DNAT rule translates to: `--to-destination 10.244.1.9:53`."""
+    if rule.target is None or rule.target.name != "DNAT":
+        return None
+    o = rule.target.opt("--to-destination", "--to")
+    if o is None:
+        return None
+    text = o.value()
+    host = text[1:].split("]", 1)[0] if text.startswith("[") else (text.rsplit(":", 1)[0] if text.count(":") == 1 else text)
+    try:
+        return ip_address(host.split("-", 1)[0]), text
+    except ValueError:
+        return None
+
+
+def dnat_rules(rs: Ruleset) -> list[Rule]:
+    """DNAT rules of the nat table: kube-proxy's KUBE-SEP-* chains and anyone else's (Docker, users)."""
+    nat = rs.tables.get("nat")
+    if nat is None:
+        return []
+    # kube-proxy's other chains never DNAT; skipping them keeps a 10k-service dump mostly unparsed.
+    names = [n for n in nat.chains if n.startswith("KUBE-SEP-") or not n.startswith("KUBE-")]
+    return [r for n in names for r in dumped(nat.chains[n]) if dnat_target(r) is not None]
+
+
+def service_vips(rs: Ruleset) -> list[tuple[IPAddress, str, Rule]]:
+    """Service addresses from nat KUBE-SERVICES: (VIP, comment, rule) for each `-d VIP/32 … -j KUBE-SVC|FW|EXT-…`."""
+    out = []
+    for r in dumped(rs.chain("nat", "KUBE-SERVICES")):
+        nets = nets_of(r.dst)
+        if nets and nets[0].prefixlen == nets[0].max_prefixlen and r.target and r.target.name.startswith("KUBE-"):
+            out.append((nets[0].network_address, r.comment() or r.target.name, r))
+    return out
+
+
+# CNI plugins' own filter chains (flannel, the CNI portmap/bridge plugins, Calico, Cilium, kube-router, Weave, Antrea).
+CNI_CHAIN_PREFIXES = ("FLANNEL-", "CNI-", "cali-", "CILIUM_", "KUBE-ROUTER-", "WEAVE-", "ANTREA-")
+
+
+def is_cni_chain(name: str) -> bool:
+    return name.startswith(CNI_CHAIN_PREFIXES)
+
+
+def is_kube_chain(name: str) -> bool:
+    """kube-proxy's and the kubelet's chains."""
+    return name.startswith("KUBE-") and not name.startswith("KUBE-ROUTER-")

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kptrace.checks.inputs import (
+    CheckContext,
+    conf_key,
+    local_pod_subnets,
+    node_ifaces,
+    overlaps,
+    overlays,
+    pod_bridges,
+    pod_networks,
+)
+from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.model.finding import Severity
+from kptrace.model.node import Node
+from kptrace.model.routing import Route
+from kptrace.model.source import Source
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.strip().isdigit() else None
+
+
+def _devs(r: Route) -> set[str]:
+    return {h.dev for h in r.nexthops if h.dev}
+
+
+def _asymmetry(node: Node, iface: str) -> tuple[str, Source | None] | None:
+    """Why traffic arriving on iface would have its reply routed out of another interface, if it would."""
+    main = [r for r in node.routes if r.dst.version == 4 and r.table in ("main", "254") and r.type == "unicast"]
+    if iface in overlays(node):
+        local = local_pod_subnets(node)
+        remote = [r for r in main if r.dst.prefixlen > 0 and overlaps([r.dst], pod_networks(node)) and r.dst not in local]
+        elsewhere = [r for r in remote if iface not in _devs(r)]
+        if elsewhere and len(elsewhere) < len(remote):
+            r = elsewhere[0]
+            return f"pod subnet {r.dst} is routed via {', '.join(sorted(_devs(r)))}, not {iface}", r.source
+        return None
+    if iface in pod_bridges(node):
+        for net in local_pod_subnets(node):
+            best = max((r for r in main if net.network_address in r.dst), key=lambda r: r.dst.prefixlen, default=None)
+            if best is not None and iface not in _devs(best):
+                return f"the route to this node's pods ({net}) leaves via {', '.join(sorted(_devs(best)))}", best.source
+        return None
+    # A node interface: off-link clients (NodePort, LoadBalancer, externalIPs) are answered via the default route.
+    defaults = [r for r in main if r.dst.prefixlen == 0]
+    if defaults and not any(iface in _devs(r) for r in defaults):
+        devs = ", ".join(sorted(set().union(*(_devs(r) for r in defaults))))
+        why = (f"the default route leaves via {devs}, so off-link clients reaching NodePorts or LoadBalancer IPs "
+               f"through {iface} are dropped")
+        return why, defaults[0].source
+    return None
+
+
+@check(id="KPT104", name="rp-filter-strict", severity=Severity.MEDIUM,
+       remediation="sysctl -w net.ipv4.conf.all.rp_filter=2 and net.ipv4.conf.<if>.rp_filter=2 (loose) for the "
+                   "interfaces shown; make it permanent in /etc/sysctl.d/99-kubernetes.conf.")
+def rp_filter(ctx: CheckContext) -> Iterator[Outcome]:
+    """Strict rp_filter (1) on an interface whose traffic is answered through another one: the kernel drops it."""
+    node = ctx.node
+    assert node is not None
+    all_s = node.sysctls.get("net.ipv4.conf.all.rp_filter")
+    if all_s is None or _int(all_s.value) is None:
+        yield missing("sysctl.txt", why="net.ipv4.conf.all.rp_filter is not in it")
+        return
+    all_v = _int(all_s.value) or 0
+    ifaces = sorted(set(pod_bridges(node) + overlays(node) + node_ifaces(node)))
+    if not ifaces:
+        prefix, suffix = "net.ipv4.conf.", ".rp_filter"
+        ifaces = sorted(k[len(prefix):-len(suffix)].replace("/", ".") for k in node.sysctls
+                        if k.startswith(prefix) and k.endswith(suffix)
+                        and k[len(prefix):-len(suffix)] not in ("all", "default", "lo"))
+    strict: list[tuple[str, Source]] = []
+    unknown: list[str] = []
+    for i in ifaces:
+        s = node.sysctls.get(conf_key(4, i, "rp_filter"))
+        v = _int(s.value) if s is not None else None
+        # The kernel applies the larger of conf.all and conf.<if> (IN_DEV_RPFILTER).
+        if v is None and all_v != 2:
+            unknown.append(i)
+        elif max(all_v, v or 0) == 1:
+            strict.append((i, s.source if s is not None and v == 1 else all_s.source))
+    if not strict:
+        if unknown:
+            yield missing("sysctl.txt", why=f"net.ipv4.conf.<if>.rp_filter of {', '.join(unknown)} is not in it")
+        else:
+            yield passed(f"rp_filter is not strict on {', '.join(ifaces) or 'any interface'} "
+                         f"(conf.all.rp_filter = {all_v})", all_s.source)
+        return
+    if not node.routes:
+        yield missing("ip-route.txt", why=f"rp_filter = 1 on {', '.join(i for i, _ in strict)}; whether replies "
+                                          f"leave by another interface depends on the routes")
+        return
+    bad = [(i, src, a) for i, src in strict if (a := _asymmetry(node, i)) is not None]
+    for i, src, (why, route_src) in bad:
+        yield fail(f"rp_filter = 1 on {i} but {why}: strict reverse-path filtering drops those packets "
+                   f"(counted in LinuxIPReversePathFilter / `nstat -az TcpExtIPReversePathFilter`)", src, route_src)
+    if not bad:
+        yield passed(f"rp_filter = 1 on {', '.join(i for i, _ in strict)}, and the routes back to what arrives there "
+                     f"leave by the same interface", *(s for _, s in strict))

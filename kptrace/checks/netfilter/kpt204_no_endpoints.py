@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kptrace.checks.inputs import CheckContext, comment_service, dumped, service_vips
+from kptrace.checks.registry import Outcome, check, fail, passed
+from kptrace.model.finding import Severity
+from kptrace.model.source import Source
+
+NO_ENDPOINTS = " has no endpoints"
+
+
+@check(id="KPT204", name="service-no-endpoints", severity=Severity.MEDIUM,
+       remediation="kubectl get endpointslices -n <ns> -l kubernetes.io/service-name=<name>: fix the Service's "
+                   "selector or targetPort, or the pods' readiness, so the Service has ready endpoints.")
+def no_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
+    """A Service has no endpoints: kube-proxy rejects its traffic ("has no endpoints") or its KUBE-SVC chain is empty."""
+    node = ctx.node
+    assert node is not None
+    services: dict[str, list[Source]] = {}
+    for _, rs in sorted(node.rulesets.items()):
+        for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
+            for r in dumped(rs.chain("filter", chain)):
+                svc = comment_service(r, NO_ENDPOINTS)
+                if svc and r.target and r.target.name in ("REJECT", "DROP"):
+                    services.setdefault(svc, []).append(r.source)
+        nat = rs.tables.get("nat")
+        if nat is None:
+            continue
+        names = {r.target.name: comment.removesuffix(" cluster IP") for _, comment, r in service_vips(rs) if r.target}
+        for name in [n for n in nat.chains if n.startswith("KUBE-SVC-")]:
+            chain = nat.chains[name]
+            if not any(r.target and r.target.name.startswith("KUBE-SEP-") for r in dumped(chain)):
+                services.setdefault(names.get(name, name), []).append(chain.source)
+    for svc, sources in sorted(services.items()):
+        yield fail(f"{svc} has no endpoints: kube-proxy rejects connections to it (ICMP port unreachable, or a TCP "
+                   f"reset); its selector matches no ready pod", *sources)
+    if not services:
+        yield passed("every Service in kube-proxy's rules has endpoints")

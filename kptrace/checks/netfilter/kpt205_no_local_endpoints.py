@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kptrace.checks.inputs import (
+    CheckContext,
+    comment_service,
+    dnat_rules,
+    dnat_target,
+    dumped,
+    local_pod_subnets,
+)
+from kptrace.checks.registry import Outcome, check, fail, info, passed
+from kptrace.model.finding import Severity
+from kptrace.model.flow import IPAddress
+from kptrace.model.source import Source
+
+NO_LOCAL = " has no local endpoints"
+
+
+@check(id="KPT205", name="no-local-endpoints", severity=Severity.MEDIUM,
+       remediation="If the Service's pods run on this node, make kube-proxy use the Node's name: --hostname-override "
+                   "(or hostnameOverride in the KubeProxyConfiguration, usually from spec.nodeName) must equal "
+                   "`kubectl get node` NAME. Otherwise schedule an endpoint here, or use Cluster traffic policy.")
+def no_local_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
+    """A Local traffic policy Service has no endpoint on this node ("has no local endpoints"): its traffic is dropped here."""
+    node = ctx.node
+    assert node is not None
+    drops: dict[str, list[Source]] = {}
+    endpoints: dict[str, list[IPAddress]] = {}
+    for _, rs in sorted(node.rulesets.items()):
+        for table in ("filter", "nat"):
+            for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
+                for r in dumped(rs.chain(table, chain)):
+                    svc = comment_service(r, NO_LOCAL)
+                    if svc and r.target and r.target.name in ("DROP", "REJECT", "KUBE-MARK-DROP"):
+                        drops.setdefault(svc, []).append(r.source)
+        if drops:
+            for r in dnat_rules(rs):
+                target, svc = dnat_target(r), r.comment()
+                if target and svc:
+                    endpoints.setdefault(svc, []).append(target[0])
+    mine = local_pod_subnets(node)
+    local = node.local_addresses()
+    for svc, sources in sorted(drops.items()):
+        eps = endpoints.get(svc, [])
+        here = [ip for ip in eps if ip in local or any(ip.version == n.version and ip in n for n in mine)]
+        if here:
+            yield fail(f"{svc}: kube-proxy drops its traffic here as having no local endpoints, yet "
+                       f"{', '.join(map(str, here))} is on this node: kube-proxy does not take its own endpoints for "
+                       f"local, so its node name (--hostname-override) is probably not the Node's name ({node.name})",
+                       *sources)
+        else:
+            elsewhere = f"its endpoints are elsewhere ({', '.join(map(str, eps))})" if eps else "no endpoint is in this dump"
+            yield info(f"{svc} has externalTrafficPolicy or internalTrafficPolicy Local and no endpoint on this node "
+                       f"({elsewhere}): kube-proxy drops its traffic here by design. If a pod of it runs here, check "
+                       f"kube-proxy's node name (--hostname-override) against the Node name ({node.name})"
+                       + ("" if mine else "; this node's pod subnet is not known, so that was not compared"), *sources)
+    if not drops:
+        yield passed("no Service with a Local traffic policy lacks a local endpoint")

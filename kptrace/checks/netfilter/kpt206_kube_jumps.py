@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kptrace.checks.inputs import CheckContext, dumped, has_assumed
+from kptrace.checks.registry import Outcome, check, fail, passed
+from kptrace.model.finding import Severity
+
+BASE_JUMPS = (("PREROUTING", "KUBE-SERVICES"), ("OUTPUT", "KUBE-SERVICES"), ("POSTROUTING", "KUBE-POSTROUTING"))
+
+
+@check(id="KPT206", name="kube-jumps-missing", severity=Severity.HIGH,
+       remediation="Restart kube-proxy (it re-adds its jumps at every sync); if they vanish again, find what flushes "
+                   "the built-in chains (firewalld reload, iptables-restore of a saved ruleset at boot such as "
+                   "/etc/iptables/rules.v4 or /etc/sysconfig/iptables, a CNI) and stop it.")
+def kube_jumps(ctx: CheckContext) -> Iterator[Outcome]:
+    """kube-proxy's jumps from the built-in nat chains are missing, or KUBE-NODEPORTS is not last in KUBE-SERVICES."""
+    node = ctx.node
+    assert node is not None
+    found, checked = False, []
+    for _, rs in sorted(node.rulesets.items()):
+        nat = rs.tables.get("nat")
+        if nat is None or "KUBE-SERVICES" not in nat.chains:
+            continue
+        checked.append(rs.file)
+        services = nat.chains["KUBE-SERVICES"]
+        # Only rules as dumped count: the loader adds these jumps (<assumed:kube-proxy>) when a dump has none.
+        gone = [f"nat {base} → {target}" for base, target in BASE_JUMPS if target in nat.chains
+                and not any(r.target and r.target.name == target for r in dumped(rs.chain("nat", base)))]
+        if gone:
+            found = True
+            note = (" (kptrace's traces assume them, cited as <assumed:kube-proxy>, because kube-proxy's own test dumps "
+                    "leave them out; a node's dump must have them)") if has_assumed(rs) else ""
+            yield fail(f"{rs.file} has no {', '.join(gone)} jump: packets never reach kube-proxy's Service rules "
+                       f"(ClusterIPs and NodePorts go nowhere, masquerading is skipped){note}", services.source)
+        rules = dumped(services)
+        last = max((i for i, r in enumerate(rules) if r.target and r.target.name == "KUBE-NODEPORTS"), default=None)
+        if last is not None and last != len(rules) - 1:
+            found = True
+            after = rules[last + 1]
+            yield fail(f"the KUBE-NODEPORTS jump ({rules[last].source}) is not the last rule of KUBE-SERVICES: "
+                       f"{len(rules) - last - 1} rule(s) follow it, from {after.source}; kube-proxy writes it last so "
+                       f"a NodePort on a node address never wins over a Service's own rules, and a kube-proxy that "
+                       f"did not write these rules may be fighting another writer", rules[last].source, after.source)
+    if not found:
+        yield passed(f"kube-proxy's base-chain jumps are in {', '.join(checked)} and KUBE-NODEPORTS is last"
+                     if checked else "no kube-proxy iptables chains in the dump (kube-proxy runs in another mode, or not)")

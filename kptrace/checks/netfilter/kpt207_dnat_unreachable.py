@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kptrace.checks.inputs import CheckContext, dnat_rules, dnat_target
+from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.model.finding import Severity
+from kptrace.model.flow import IPAddress
+from kptrace.model.netfilter import Rule
+from kptrace.walkers.routing import FAILING_TYPES, describe, lookup
+
+MAX_LISTED = 20
+
+
+@check(id="KPT207", name="dnat-target-unreachable", severity=Severity.HIGH,
+       remediation="Restore the route to the endpoint (for pods on other nodes: the CNI's route for that node's pod "
+                   "subnet, e.g. restart flanneld), bring the interface up (ip link set <if> up), or remove the "
+                   "blackhole/unreachable route (ip route del <prefix>); persist routes in the network configuration "
+                   "(/etc/netplan/*.yaml, /etc/sysconfig/network-scripts/route-<if>).")
+def dnat_unreachable(ctx: CheckContext) -> Iterator[Outcome]:
+    """A DNAT target (a Service endpoint) has no route from this node, a blackhole route, or one via a down interface."""
+    node = ctx.node
+    assert node is not None
+    targets: dict[IPAddress, Rule] = {}
+    for _, rs in sorted(node.rulesets.items()):
+        for r in dnat_rules(rs):
+            t = dnat_target(r)
+            if t is not None:
+                targets.setdefault(t[0], r)
+    if not targets:
+        yield passed("no DNAT rule in the dump")
+        return
+    if not node.routes:
+        yield missing("ip-route.txt", why=f"{len(targets)} DNAT targets to look up")
+        return
+    links = {link.name: link for link in node.links}
+    bad = 0
+    for ip, rule in sorted(targets.items(), key=lambda kv: (kv[0].version, kv[0])):
+        res = lookup(node, ip)
+        why = None
+        if res.kind == "none" or res.kind in FAILING_TYPES:
+            why = describe(res, ip)
+        elif res.kind == "unicast":
+            down = [h.dev for h in res.nexthops if h.dev and (
+                {"dead", "linkdown"} & set(getattr(h, "flags", ())) or (h.dev in links and not links[h.dev].up))]
+            if down and len(down) == len(res.nexthops):
+                why = f"{describe(res, ip)}, but {', '.join(down)} is down"
+        if why is not None:
+            bad += 1
+            if bad <= MAX_LISTED:
+                link = links.get(res.nexthops[0].dev or "") if res.nexthops else None
+                yield fail(f"DNAT to {ip} ({rule.comment() or rule.chain}) cannot leave this node: {why}",
+                           rule.source, res.route.source if res.route else None, link.source if link else None)
+    if bad > MAX_LISTED:
+        yield fail(f"{bad - MAX_LISTED} more DNAT targets cannot be reached (only the first {MAX_LISTED} are listed)")
+    if not bad:
+        yield passed(f"all {len(targets)} DNAT targets have a usable route")

@@ -1,0 +1,139 @@
+"""The check registry: `@check(...)` on a small function that reads a node and yields outcomes.
+
+Each check lives in `checks/<group>/kptNNN_<slug>.py`; `checks/<group>/__init__.py` lists its
+modules in `CHECKS`, and nothing is imported until the registry is first asked for a check
+(sqlfluff's `get_rules` per plugin group works the same way). The summary users see is the
+docstring's first line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kptrace.model.finding import Location, Severity, Status
+from kptrace.model.source import ASSUMED_FILE, Source
+
+if TYPE_CHECKING:
+    from kptrace.checks.inputs import CheckContext
+
+GROUPS = ("input", "kernel", "netfilter", "routing", "host")
+ID_RE = re.compile(r"^KPT\d{3}$")
+DOCS_URL = "docs/checks/{id}.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a check function yields; the runner adds the check's id, name, severity and docs."""
+
+    status: Status
+    message: str
+    locations: tuple[Location, ...] = ()
+    missing: tuple[str, ...] = ()  # bundle files whose absence made this a WARN (KPT002 lists them)
+
+
+CheckFn = Callable[["CheckContext"], Iterable[Outcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    id: str
+    name: str
+    severity: Severity
+    summary: str
+    remediation: str
+    docs_url: str
+    func: CheckFn
+    needs_node: bool  # False: runs on the raw files alone, even when the node could not be loaded
+    late: bool  # True: runs after the others and reads their results (KPT002, KPT003)
+
+
+_REGISTRY: dict[str, CheckSpec] = {}
+_loaded = [False]
+
+
+def check(*, id: str, name: str, severity: Severity, remediation: str, needs_node: bool = True,
+          late: bool = False) -> Callable[[CheckFn], CheckFn]:
+    """Register a check. Explicit arguments keep every ID greppable."""
+
+    def register(fn: CheckFn) -> CheckFn:
+        if not ID_RE.match(id):
+            raise ValueError(f"{fn.__module__}: check id '{id}' does not match KPTnnn")
+        old = _REGISTRY.get(id)
+        if old is not None and old.func.__module__ != fn.__module__:
+            raise ValueError(f"{fn.__module__}: check id {id} is already used by {old.func.__module__}")
+        doc = inspect.getdoc(fn) or ""
+        _REGISTRY[id] = CheckSpec(id, name, Severity(severity), doc.split("\n", 1)[0].strip(), remediation,
+                                  DOCS_URL.format(id=id), fn, needs_node, late)
+        return fn
+
+    return register
+
+
+def _load() -> None:
+    if _loaded[0]:
+        return
+    for group in GROUPS:
+        package = importlib.import_module(f"kptrace.checks.{group}")
+        for module in package.CHECKS:
+            importlib.import_module(f"kptrace.checks.{group}.{module}")
+    _loaded[0] = True
+
+
+def all_checks() -> list[CheckSpec]:
+    _load()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_check(key: str) -> CheckSpec | None:
+    """A check by id (any case) or by name."""
+    _load()
+    spec = _REGISTRY.get(key.upper())
+    return spec or next((s for s in _REGISTRY.values() if s.name == key.lower()), None)
+
+
+# --- outcomes -----------------------------------------------------------------------------------
+
+Where = Source | Location | None
+
+
+def locations(*where: Where) -> tuple[Location, ...]:
+    """Citations for a finding. Rules kptrace assumed itself (<assumed:kube-proxy>) are no input: never cited."""
+    out: list[Location] = []
+    for w in where:
+        if isinstance(w, Source):
+            if w.file == ASSUMED_FILE:
+                continue
+            w = Location(w.file, w.line)
+        if w is not None and w not in out:
+            out.append(w)
+    return tuple(out)
+
+
+def fail(message: str, *where: Where) -> Outcome:
+    return Outcome(Status.FAIL, message, locations(*where))
+
+
+def passed(message: str, *where: Where) -> Outcome:
+    return Outcome(Status.PASS, message, locations(*where))
+
+
+def info(message: str, *where: Where) -> Outcome:
+    return Outcome(Status.INFO, message, locations(*where))
+
+
+def missing(*files: str, why: str = "") -> Outcome:
+    """The check could not run: a bundle file (or a value in one) it needs is not in the input."""
+    return Outcome(Status.WARN, f"could not run: input missing: {', '.join(files)}" + (f" ({why})" if why else ""),
+                   (), files)
+
+
+def doc_page(check_id: str) -> str:
+    """The check's page as shipped in the package (kptrace/checks/docs/KPTnnn.md, a copy of docs/checks/)."""
+    from importlib import resources
+
+    return (resources.files("kptrace") / "checks" / "docs" / f"{check_id}.md").read_text(encoding="utf-8")

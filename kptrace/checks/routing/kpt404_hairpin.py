@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kptrace.checks.inputs import (
+    CheckContext,
+    dnat_rules,
+    dnat_target,
+    local_pod_subnets,
+    pod_bridges,
+)
+from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.model.finding import Severity
+from kptrace.model.flow import IPAddress
+
+
+@check(id="KPT404", name="hairpin-off", severity=Severity.MEDIUM,
+       remediation="Turn hairpin on for the port (bridge link set dev <veth> hairpin on, or "
+                   "echo 1 > /sys/class/net/<veth>/brport/hairpin_mode); for new pods set the kubelet's "
+                   "--hairpin-mode=hairpin-veth (hairpinMode in /var/lib/kubelet/config.yaml) or \"hairpinMode\": "
+                   "true in the CNI bridge config (/etc/cni/net.d/).")
+def hairpin(ctx: CheckContext) -> Iterator[Outcome]:
+    """A pod bridge port has hairpin mode off while its pod is a Service endpoint: the pod cannot reach itself via the Service."""
+    node = ctx.node
+    assert node is not None
+    bridges = pod_bridges(node)
+    ports = [p for p in node.bridge_ports if p.master in bridges]
+    if not ports or all(p.hairpin is None for p in ports):
+        yield missing("bridge-link.txt", why="hairpin is shown by `bridge -d link show` or `ip -d link show`")
+        return
+    subnets = local_pod_subnets(node)
+    endpoints: dict[IPAddress, str] = {}
+    for _, rs in sorted(node.rulesets.items()):
+        for r in dnat_rules(rs):
+            t = dnat_target(r)
+            if t and any(t[0].version == n.version and t[0] in n for n in subnets):
+                endpoints.setdefault(t[0], r.comment() or r.chain)
+    off = {p.name: p for p in ports if p.hairpin is False}
+    if not off or not endpoints:
+        yield passed(f"hairpin is on for all {len(ports)} pod ports" if not off else
+                     f"hairpin is off on {', '.join(sorted(off))}, but no Service endpoint runs on this node")
+        return
+    if not node.neighbors or not node.fdb:
+        yield missing(*[f for f, have in (("ip-neigh.txt", node.neighbors), ("bridge-fdb.txt", node.fdb)) if not have],
+                      why="to tell which bridge port holds which endpoint")
+        return
+    found = False
+    for ip, svc in sorted(endpoints.items(), key=lambda kv: (kv[0].version, kv[0])):
+        # endpoint IP -> MAC (neighbour on the bridge) -> port (fdb entry learned on that port)
+        n = next((n for n in node.neighbors if n.dst == ip and n.dev in bridges and n.lladdr), None)
+        f = next((f for f in node.fdb if n and n.lladdr and f.mac.lower() == n.lladdr.lower()
+                  and f.master in bridges and f.dev in off), None) if n else None
+        if n is not None and f is not None:
+            found = True
+            yield fail(f"{ip} ({svc}) sits on {f.dev}, whose hairpin mode is off: when that pod connects to its own "
+                       f"Service and is picked as the endpoint, the bridge will not send the packet back out the port "
+                       f"it came in on, so the connection times out", off[f.dev].source, n.source, f.source)
+    if not found:
+        yield passed(f"hairpin is off on {', '.join(sorted(off))}, but no Service endpoint sits on those ports")

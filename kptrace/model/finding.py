@@ -1,0 +1,68 @@
+"""What a check reports: a finding with its status, severity and the input lines it cites."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Severity(str, Enum):
+    """Impact if the check fails; `--fail-on` compares against this order."""
+
+    HIGH = "HIGH"
+    MEDIUM = "MEDIUM"
+    LOW = "LOW"
+    INFO = "INFO"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Severity.HIGH: 3, Severity.MEDIUM: 2, Severity.LOW: 1, Severity.INFO: 0}
+
+
+class Status(str, Enum):
+    """After kube-bench's State: FAIL, WARN (the check could not run), INFO, PASS."""
+
+    FAIL = "FAIL"
+    WARN = "WARN"
+    INFO = "INFO"
+    PASS = "PASS"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """An input line a finding cites; line and col are 1-based."""
+
+    file: str
+    line: int
+    col: int | None = None
+
+    def __post_init__(self) -> None:
+        # ansible-lint's MatchError refuses 0 too: a 0 here is a bug in the check, not in the input.
+        if self.line < 1 or (self.col is not None and self.col < 1):
+            raise ValueError(f"location {self.file}:{self.line}:{self.col}: line and col start at 1")
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" + (f":{self.col}" if self.col is not None else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    id: str
+    name: str
+    severity: Severity
+    status: Status
+    message: str
+    locations: tuple[Location, ...] = ()
+    remediation: str = ""
+    docs_url: str = ""
+    node: str | None = None  # which node's bundle, when several are checked together
+
+    def fingerprint(self) -> str:
+        """sha256 of id, first cited file and line, and message: stable across runs on the same inputs."""
+        first = self.locations[0] if self.locations else None
+        parts = (self.id, first.file if first else "", str(first.line) if first else "", self.message)
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -1,0 +1,124 @@
+"""Check results for people (a rich table, worst first) and for programs (the `kind: check` document)."""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kptrace import __version__
+from kptrace.model.finding import Finding, Location, Severity, Status
+from kptrace.model.trace import InputFile
+from kptrace.render.jsonout import SCHEMA_ID, inputs_json
+
+ORDER = {Status.FAIL: 0, Status.WARN: 1, Status.INFO: 2, Status.PASS: 3}
+STYLE = {Status.FAIL: "bold red", Status.WARN: "yellow", Status.INFO: "cyan", Status.PASS: "green"}
+MAX_LOCATIONS = 4
+
+
+class LocationRecord(TypedDict):
+    file: str
+    line: int
+    col: NotRequired[int]
+
+
+class FindingRecord(TypedDict):
+    id: str
+    name: str
+    severity: str
+    status: str
+    message: str
+    locations: list[LocationRecord]
+    remediation: str
+    docs_url: str
+    fingerprint: str
+    node: NotRequired[str]
+
+
+# `pass` is a keyword, hence the functional form.
+SummaryRecord = TypedDict("SummaryRecord", {"total": int, "fail": int, "warn": int, "info": int, "pass": int})
+
+
+def location_json(loc: Location) -> LocationRecord:
+    out: LocationRecord = {"file": loc.file, "line": loc.line}
+    if loc.col is not None:
+        out["col"] = loc.col
+    return out
+
+
+def finding_json(f: Finding) -> FindingRecord:
+    out: FindingRecord = {
+        "id": f.id, "name": f.name, "severity": f.severity.value, "status": f.status.value, "message": f.message,
+        "locations": [location_json(loc) for loc in f.locations], "remediation": f.remediation,
+        "docs_url": f.docs_url, "fingerprint": f.fingerprint(),
+    }
+    if f.node is not None:
+        out["node"] = f.node
+    return out
+
+
+def summary_json(findings: list[Finding]) -> SummaryRecord:
+    counts = {s: sum(1 for f in findings if f.status is s) for s in Status}
+    return {"total": len(findings), "fail": counts[Status.FAIL], "warn": counts[Status.WARN],
+            "info": counts[Status.INFO], "pass": counts[Status.PASS]}
+
+
+def check_json(findings: list[Finding], inputs: list[InputFile]) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_ID,
+        "kind": "check",
+        "kptrace_version": __version__,
+        "inputs": inputs_json(inputs),
+        "results": [finding_json(f) for f in findings],
+        "summary": summary_json(findings),
+    }
+
+
+def sort_key(f: Finding) -> tuple[int, int, str, str]:
+    return ORDER[f.status], -f.severity.rank, f.node or "", f.id
+
+
+def summary_line(findings: list[Finding], verbose: bool = False) -> str:
+    s = summary_json(findings)
+    high = sum(1 for f in findings if f.status is Status.FAIL and f.severity is Severity.HIGH)
+    passes = f"{s['pass']} PASS" + ("" if verbose or not s["pass"] else " (shown with --verbose)")
+    return (f"{s['fail']} FAIL ({high} HIGH), {s['warn']} WARN (could not run), {s['info']} INFO, {passes}")
+
+
+def render_findings(findings: list[Finding], console: Console, verbose: bool = False) -> None:
+    """FAIL, WARN and INFO rows worst first (PASS too with verbose), then each failing check's fix."""
+    shown = sorted((f for f in findings if verbose or f.status is not Status.PASS), key=sort_key)
+    nodes = any(f.node for f in findings)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+    table.add_column("status", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    if nodes:
+        table.add_column("node", no_wrap=True)
+    table.add_column("where", overflow="fold")
+    table.add_column("message", ratio=1, overflow="fold")
+    for f in shown:
+        where = [str(loc) for loc in f.locations[:MAX_LOCATIONS]]
+        if len(f.locations) > MAX_LOCATIONS:
+            where.append(f"+{len(f.locations) - MAX_LOCATIONS} more")
+        # Text, not markup: rule text is full of brackets ([0:0], [unsupported revision]).
+        row = [Text(f.status.value, style=STYLE[f.status]), Text(f.severity.value), Text(f.id)]
+        if nodes:
+            row.append(Text(f.node or ""))
+        row += [Text("\n".join(where)), Text(f.message)]
+        table.add_row(*row)
+    if shown:
+        console.print(table)
+    fixes: dict[str, Finding] = {}
+    for f in shown:
+        if f.status is Status.FAIL:
+            fixes.setdefault(f.id, f)
+    if fixes:
+        console.print(Text("how to fix:", style="bold"))
+        for f in fixes.values():
+            console.print(Text(f"  {f.id} {f.name}: ", style="bold") + Text(f.remediation)
+                          + Text(f"  (kptrace explain {f.id})", style="dim"))
+    console.print(Text(summary_line(findings, verbose)))

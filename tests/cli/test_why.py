@@ -102,7 +102,7 @@ def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     ("content", "located"),
     [
         (DUMP.rsplit("COMMIT", 1)[0], ":12:1: table 'filter' has no COMMIT"),  # truncated
-        (DUMP.replace("--dport 53", "--dport"), ":5:46: option '--dport' needs 1 value(s)"),
+        (DUMP.replace("--dport 53", "--dport"), ":5:54: invalid port '-j' for '--dport'"),
         (DUMP.replace("-j DROP", "-j DROPP"), ":11:32: jump to chain 'DROPP'"),
     ],
 )

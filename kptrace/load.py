@@ -11,15 +11,24 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import Any
 
 from kptrace.errors import InputError, ParseError
 from kptrace.model.node import Node
 from kptrace.model.trace import InputFile
+from kptrace.model.routing import Route
+from kptrace.parsers.bridge import parse_brctl_show, parse_bridge_fdb, parse_bridge_link
+from kptrace.parsers.flannel import parse_flannel_subnet
 from kptrace.parsers.ip_addr import parse_ip_addr
+from kptrace.parsers.ip_link import parse_ip_link
+from kptrace.parsers.ip_neigh import parse_ip_neigh
+from kptrace.parsers.ip_route import parse_ip_route
+from kptrace.parsers.ip_rule import parse_ip_rule
+from kptrace.parsers.modules import parse_modules
 from kptrace.parsers.iptables_save import parse_iptables_save, scan_iptables_save
 from kptrace.parsers.sysctl import parse_sysctl
 from kptrace.walkers.kube_jumps import add_kube_proxy_jumps
@@ -32,16 +41,25 @@ BUNDLE_NAMES = {
     "iptables-save.txt": "iptables-save",
     "iptables-nft-save.txt": "iptables-save",
     "ip6tables-save.txt": "ip6tables-save",
-    "ip-addr.txt": "ip-addr",
-    "ip-addr.json": "ip-addr",
+    "ip-addr.txt": "ip-addr", "ip-addr.json": "ip-addr",
+    "ip-route.txt": "ip-route", "ip-route.json": "ip-route",
+    "ip-6-route.txt": "ip-route", "ip-6-route.json": "ip-route",
+    "ip-rule.txt": "ip-rule", "ip-rule.json": "ip-rule", "ip-6-rule.txt": "ip-rule", "ip-6-rule.json": "ip-rule",
+    "ip-link.txt": "ip-link", "ip-link.json": "ip-link",
+    "ip-neigh.txt": "ip-neigh", "ip-neigh.json": "ip-neigh",
+    "bridge-fdb.txt": "bridge-fdb", "bridge-fdb.json": "bridge-fdb",
+    "bridge-link.txt": "bridge-link", "bridge-link.json": "bridge-link",
+    "brctl-show.txt": "brctl-show",
+    "flannel-subnet.env": "flannel-subnet", "subnet.env": "flannel-subnet",
+    "modules.txt": "modules", "lsmod.txt": "modules",
     "sysctl.txt": "sysctl",
     "node.yaml": "node-meta",
 }
-# Files a bundle may hold that this version reads elsewhere or not yet; listed, not parsed.
+# Files a bundle may hold that `why` does not read (checks read some of them); listed, not parsed.
 PASSIVE_KINDS = {
-    "ip-link": re.compile(r"^ip-link"), "ip-route": re.compile(r"^ip-(6-)?route"), "ip-rule": re.compile(r"^ip-rule"),
-    "ip-neigh": re.compile(r"^ip-neigh"), "bridge": re.compile(r"^bridge-"), "modules": re.compile(r"^modules"),
-    "flannel": re.compile(r"^flannel"), "hostname": re.compile(r"^hostname"), "manifest": re.compile(r"^manifest"),
+    "hostname": re.compile(r"^hostname"), "manifest": re.compile(r"^manifest"), "services": re.compile(r"^services"),
+    "conntrack": re.compile(r"^conntrack"), "legacy": re.compile(r"^iptables-legacy-save"), "ipvs": re.compile(r"^(ipvsadm|ipset)"),
+    "nft": re.compile(r"^nft-ruleset"), "readme": re.compile(r"(?i)^(readme|source)"),
 }
 
 
@@ -67,20 +85,35 @@ def sniff(name: str, text: str) -> str | None:
     if base in BUNDLE_NAMES:
         return BUNDLE_NAMES[base]
     head = text.lstrip()[:4096]
-    if head.startswith("[") and '"addr_info"' in head:
-        return "ip-addr"
+    if head.startswith("["):
+        for key, kind in (('"addr_info"', "ip-addr"), ('"linkinfo"', "ip-link"), ('"link_type"', "ip-link"),
+                          ('"priority"', "ip-rule"), ('"lladdr"', "ip-neigh"), ('"mac"', "bridge-fdb"),
+                          ('"dst"', "ip-route")):
+            if key in head:
+                return kind
     if re.search(r"^\*(filter|nat|mangle|raw|security)\s*$", text[:200000], re.M) or "iptables-save v" in head[:200]:
         return "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in head[:200] else "iptables-save"
     if re.search(r"^\d+: [^:]+: <", head, re.M) and re.search(r"^\s+inet6? ", head, re.M):
         return "ip-addr"
     if re.match(r"^(net|kernel|vm|fs)\.[\w.\-/]+\s*=", head):
         return "sysctl"
+    if re.search(r"^\d+: [^:]+: <", head, re.M):
+        return "ip-link"
+    if re.search(r"^\d+:\s+(not )?from ", head, re.M):
+        return "ip-rule"
+    if re.search(r"^(default|[0-9a-f.:]+(/\d+)?) (via|dev) ", head, re.M):
+        return "ip-route"
+    if re.search(r"^\S+ dev \S+ lladdr ", head, re.M):
+        return "ip-neigh"
+    if re.search(r"^FLANNEL_(NETWORK|SUBNET)=", head, re.M):
+        return "flannel-subnet"
     return None
 
 
 def _read_entries(path: Path) -> Iterator[tuple[str, bytes]]:
     if path.is_dir():
-        for p in sorted(path.rglob("*")):
+        # Text before JSON of the same command, so steps cite the form people read.
+        for p in sorted(path.rglob("*"), key=lambda q: (str(q.parent), q.stem, q.suffix != ".txt", q.name)):
             if p.is_file():
                 yield str(p), p.read_bytes()
         return
@@ -154,7 +187,7 @@ def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: l
             raise InputError(f"--pod-cidr: '{raw}' is not a CIDR") from None
     for p in paths:
         for label, data in _read_entries(p):
-            _load_one(node, _short(label, p), data)
+            _load_one(node, _short(label, p), data, in_bundle=p.is_dir() or label != str(p))
     if not node.rulesets:
         where = ", ".join(str(p) for p in paths)
         raise InputError(f"no iptables-save dump in the input ({where}); give --dump FILE or a bundle directory")
@@ -175,7 +208,7 @@ def _short(label: str, root: Path) -> str:
     return label
 
 
-def _load_one(node: Node, label: str, data: bytes) -> None:
+def _load_one(node: Node, label: str, data: bytes, in_bundle: bool = False) -> None:
     digest = hashlib.sha256(data).hexdigest()
     base = label.rsplit("/", 1)[-1]
     if any(rx.match(base) for rx in PASSIVE_KINDS.values()):
@@ -184,6 +217,10 @@ def _load_one(node: Node, label: str, data: bytes) -> None:
     kind = sniff(label, text)
     if kind is None:
         if not text.strip():
+            return
+        if in_bundle:
+            # A bundle may carry extra files (notes, outputs of later versions): say so, go on.
+            node.assumptions.append(f"{label} was not recognised and is not used")
             return
         raise InputError(f"{label}:1:1: cannot tell what command produced this file (see docs/bundle.md for names)")
     if kind in ("iptables-save", "ip6tables-save"):
@@ -198,11 +235,37 @@ def _load_one(node: Node, label: str, data: bytes) -> None:
         # A bundle may hold `ip addr` both as text and as JSON: the same address counts once.
         seen = {(a.iface, a.address) for a in node.addresses}
         node.addresses.extend(a for a in parse_ip_addr(text, label) if (a.iface, a.address) not in seen)
+    elif kind in _LIST_KINDS:
+        parse, attr, key = _LIST_KINDS[kind]
+        current = getattr(node, attr)
+        seen_keys = {key(x) for x in current}
+        # Text and JSON of one command, or `ip route show table all` and `ip -6 route` (which overlap):
+        # the same entry counts once, cited where it was first read.
+        current.extend(x for x in parse(text, label) if key(x) not in seen_keys)
+    elif kind == "flannel-subnet":
+        node.flannel = parse_flannel_subnet(text, label)
+    elif kind == "modules":
+        node.modules = (node.modules or []) + parse_modules(text, label)
     elif kind == "sysctl":
         node.sysctls.update(parse_sysctl(text, label))
     elif kind == "node-meta":
         _node_meta(node, text, label)
     node.inputs.append(InputFile(label, kind, digest))
+
+
+def _route_key(r: Route) -> object:
+    return (r.table, r.type, r.dst, r.nexthops, r.metric, r.src, r.proto, r.scope)
+
+
+_LIST_KINDS: dict[str, tuple[Callable[[str, str], list[Any]], str, Callable[[Any], object]]] = {
+    "ip-route": (parse_ip_route, "routes", _route_key),
+    "ip-rule": (parse_ip_rule, "policy_rules", lambda r: (r.priority, r.action, r.table, r.src, r.dst, r.iif, r.oif, r.fwmark, r.invert)),
+    "ip-link": (parse_ip_link, "links", lambda x: x.name),
+    "ip-neigh": (parse_ip_neigh, "neighbors", lambda n: (n.dst, n.dev, n.lladdr)),
+    "bridge-fdb": (parse_bridge_fdb, "fdb", lambda f: (f.mac, f.dev, f.master, f.dst, f.vlan)),
+    "bridge-link": (parse_bridge_link, "bridge_ports", lambda b: b.name),
+    "brctl-show": (parse_brctl_show, "bridge_ports", lambda b: b.name),
+}
 
 
 def _node_meta(node: Node, text: str, label: str) -> None:

@@ -109,6 +109,8 @@ def locations(*where: Where) -> tuple[Location, ...]:
             if w.file == ASSUMED_FILE:
                 continue
             w = Location(w.file, w.line)
+        elif w is not None and not isinstance(w, Location):
+            raise TypeError(f"cite a Source or a Location, not {type(w).__name__}")
         if w is not None and w not in out:
             out.append(w)
     return tuple(out)

@@ -55,6 +55,8 @@ def summary_line(t: Trace) -> str:
         word = b.disposition.value.lower()
         if b.disposition == Disposition.FORWARDED and b.egress and b.egress.iface:
             word += f" via {b.egress.iface}"
+            if b.egress.node:
+                word += f" on {b.egress.node}"
         if b.disposition in (Disposition.DROPPED, Disposition.REJECTED, Disposition.UNDETERMINED):
             why = _deciding(b)
             if why:
@@ -122,13 +124,15 @@ def branch_tree(b: Branch, n: int, total: int, detail: Detail, prefix_from: tupl
             continue
         dim = i < shared
         if s.hook == "routing":
-            tree.add(_dim(Text("routing  ", style="bold") + _step_text(s), dim))
+            where = f"routing · {s.node}  " if s.node else "routing  "
+            tree.add(_dim(Text(where, style="bold") + _step_text(s), dim))
             hook_node, hook_name, stack = None, None, []
             continue
-        if hook_node is None or s.hook != hook_name:
-            hook_node = tree.add(_dim(Text(s.hook, style="bold underline"), dim))
-            hook_name, stack = s.hook, []
-        label = Text(f"{s.table}  ", style="bold") if s.depth == 0 else Text()
+        key = f"{s.hook} · {s.node}" if s.node else s.hook
+        if hook_node is None or key != hook_name:
+            hook_node = tree.add(_dim(Text(key, style="bold underline"), dim))
+            hook_name, stack = key, []
+        label = Text(f"{s.table}  ", style="bold") if s.depth == 0 and s.table else Text()
         parent = hook_node if s.depth == 0 or not stack else stack[min(s.depth, len(stack)) - 1]
         node = parent.add(_dim(label + _step_text(s), dim))
         stack = stack[: s.depth] + [node]
@@ -179,4 +183,5 @@ def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) ->
         for a in list(dict.fromkeys(shared + sorted(branch_assumptions))):
             console.print(Text(f"  - {a}", style="italic"))
     if t.inputs:
-        console.print(Text("inputs: " + ", ".join(f"{i.file} ({i.kind})" for i in t.inputs), style="dim"))
+        dirs = sorted({i.file.rsplit("/", 1)[0] + "/" if "/" in i.file else i.file for i in t.inputs})
+        console.print(Text(f"inputs: {len(t.inputs)} files from {', '.join(dirs)} (-o json lists them with sha256)", style="dim"))

@@ -36,7 +36,8 @@ HOOK_TABLES: dict[str, tuple[str, ...]] = {
 _LOOPBACK4 = IPv4Network("127.0.0.0/8")
 _VERDICT_DISPOSITION = {DROP: Disposition.DROPPED, REJECT: Disposition.REJECTED, UNDETERMINED: Disposition.UNDETERMINED}
 _ROUTE_FAILURE = {"blackhole": Disposition.DROPPED, "prohibit": Disposition.REJECTED,
-                  "unreachable": Disposition.NO_ROUTE, "none": Disposition.NO_ROUTE}
+                  "unreachable": Disposition.NO_ROUTE, "none": Disposition.NO_ROUTE,
+                  "undetermined": Disposition.UNDETERMINED}
 MAX_NODE_HOPS = 8  # a packet bouncing between nodes more often than this is a routing loop
 
 Final = tuple[Path, Disposition]
@@ -94,6 +95,8 @@ class _Walk:
     def fail(self, path: Path, res: RouteResult, dst: IPAddress) -> None:
         text = describe(res, dst)
         cite = res.cite or (str(res.rule.source) if res.rule and res.rule.source else None)
+        if res.kind == "undetermined":
+            path = path.unknown(f"{cite}: {res.reason}" if cite else res.reason)
         self.finals.append((path.step(self.step(text, cite, res.kind.upper())), _ROUTE_FAILURE[res.kind]))
 
 

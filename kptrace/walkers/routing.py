@@ -30,6 +30,7 @@ class RouteResult:
     rule: PolicyRule | None = None
     nexthops: tuple[Nexthop, ...] = ()
     assumptions: tuple[str, ...] = field(default=())
+    reason: str = ""  # why the lookup is undetermined
 
     @property
     def cite(self) -> str | None:
@@ -80,6 +81,8 @@ def lookup(node: Node, dst: IPAddress, src: IPAddress | None = None, iif: str | 
                    or list(DEFAULT_RULES), key=lambda r: r.priority)
     has_local_table = any(_table_name(r.table) == "local" for r in family_routes)
     for rule in rules:
+        if rule.unknown:
+            return RouteResult("undetermined", None, rule, reason=f"ip rule {rule.priority} has selectors kptrace does not model: {' '.join(rule.unknown)}")
         if not _rule_matches(rule, src, dst, iif, oif, mark):
             continue
         if rule.action in FAILING_TYPES:
@@ -95,9 +98,13 @@ def lookup(node: Node, dst: IPAddress, src: IPAddress | None = None, iif: str | 
         rt = _best_in_table(family_routes, table, dst)
         if rt is None or rt.type == "throw":
             continue
+        if rt.unknown:
+            return RouteResult("undetermined", rt, rule, reason=f"route {rt.dst} has attributes kptrace does not model: {' '.join(rt.unknown)}")
         if rt.type in FAILING_TYPES | {"local", "broadcast", "multicast"}:
             return RouteResult(rt.type, rt, rule)
-        hops = _resolve(family_routes, rt)
+        hops = tuple(h for h in _resolve(family_routes, rt) if "dead" not in h.flags)
+        if not hops:
+            return RouteResult("unreachable", rt, rule)
         return RouteResult("unicast", rt, rule, hops)
     return RouteResult("none")
 
@@ -109,7 +116,7 @@ def _resolve(routes: list[Route], rt: Route) -> tuple[Nexthop, ...]:
         if nh.dev is None and nh.gateway is not None:
             via = _best_in_table(routes, "main", nh.gateway)
             if via is not None and via.nexthops:
-                nh = Nexthop(nh.gateway, via.nexthops[0].dev, nh.weight, nh.onlink)
+                nh = Nexthop(nh.gateway, via.nexthops[0].dev, nh.weight, nh.onlink, nh.flags)
         out.append(nh)
     return tuple(out)
 
@@ -150,6 +157,8 @@ def describe(res: RouteResult, dst: IPAddress) -> str:
             for h in res.nexthops
         )
         return f"{dst} {hops}{where}"
+    if res.kind == "undetermined":
+        return f"route to {dst} undetermined: {res.reason}"
     if res.kind == "none":
         return f"no route to {dst}: no rule's table has a matching route (network unreachable)"
     return f"{dst}: {res.kind} route{where}"

@@ -65,7 +65,8 @@ def forward_policy_drop(ctx: CheckContext) -> Iterator[Outcome]:
                     if _accepts_pods(r, via, pods, bridges)), None)
         if hit is not None:
             r, via = hit
-            yield passed(f"filter FORWARD policy DROP, but {r.source} accepts pod traffic", chain.source, *via, r.source)
+            yield passed(f"filter FORWARD policy DROP, but {r.source} accepts pod traffic", chain.source,
+                         *(v.source for v in via), r.source)
         elif not pods and not bridges:
             yield missing("node.yaml", why="the pod CIDR is not known (node.yaml cluster_cidr or --pod-cidr), so "
                                            "accepts for it cannot be recognised")

@@ -85,7 +85,7 @@ def drop_before_kube(ctx: CheckContext) -> Iterator[Outcome]:
                                + (f", reached from {via[0].source}" if via else "") + f") {verdict.target.name}s "
                                f"before kube-proxy's or the CNI's jump to {anchor.target.name} ({anchor.source}): "
                                f"Service and pod traffic it matches never reaches their accepts",
-                               *via, verdict.source, anchor.source)
+                               *(v.source for v in via), verdict.source, anchor.source)
     if not found:
         yield passed("no DROP or REJECT before kube-proxy's and the CNI's rules in filter " + (", ".join(checked) or
                      "INPUT or FORWARD (neither jumps to them in the dump)"))

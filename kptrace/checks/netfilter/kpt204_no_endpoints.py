@@ -34,6 +34,6 @@ def no_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
                 services.setdefault(names.get(name, name), []).append(chain.source)
     for svc, sources in sorted(services.items()):
         yield fail(f"{svc} has no endpoints: kube-proxy rejects connections to it (ICMP port unreachable, or a TCP "
-                   f"reset); its selector matches no ready pod", *sources)
+                   f"reset); its selector matches no ready pod", *sorted(sources, key=lambda s: (s.file, s.line)))
     if not services:
         yield passed("every Service in kube-proxy's rules has endpoints")

@@ -85,6 +85,11 @@ class CheckContext:
     def name(self) -> str:
         return self.node.name if self.node is not None else "node"
 
+    def unread(self, file: str) -> bool:
+        """In the bundle, but read by nothing yet (load.py skips it until its parser lands)."""
+        read = {re.split(r"[/:]", i.file)[-1] for i in [*(self.node.inputs if self.node else ()), *self.extra.inputs]}
+        return file in self.extra.present and file not in read
+
 
 # --- loading -----------------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ def run_all(contexts: list[CheckContext], *, debug: bool = False) -> list[Findin
 
 def _finding(spec: CheckSpec, o: Outcome, ctx: CheckContext, node: str | None) -> Finding:
     message = o.message
-    unread = [f for f in o.missing if f in ctx.extra.present]
+    unread = [f for f in o.missing if ctx.unread(f)]
     if unread:
         message += f" ({', '.join(unread)} {'is' if len(unread) == 1 else 'are'} in the bundle, but kptrace " \
                    f"{__version__} does not read {'it' if len(unread) == 1 else 'them'} yet)"

@@ -191,10 +191,10 @@ def _forwarding(w: _Walk, path: Path) -> Path | None:
     """ip_forward=0 (or forwarding off on the input interface) means the kernel does not forward."""
     pkt = path.packet
     if pkt.dst.version == 4:
-        keys = [f"net.ipv4.conf.{pkt.in_iface}.forwarding"] if pkt.in_iface else []
+        keys = [f"net.ipv4.conf.{_key(pkt.in_iface)}.forwarding"] if pkt.in_iface else []
         keys += ["net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"]
     else:
-        keys = [f"net.ipv6.conf.{pkt.in_iface}.forwarding", "net.ipv6.conf.all.forwarding"]
+        keys = [f"net.ipv6.conf.{_key(pkt.in_iface or 'all')}.forwarding", "net.ipv6.conf.all.forwarding"]
     for key in keys:
         value, src = w.sysctl(key)
         if value is None:
@@ -215,7 +215,7 @@ def _rp_filter(w: _Walk, path: Path) -> Path | None:
         return path
     values = []
     cites = []
-    for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{pkt.in_iface}.rp_filter"):
+    for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{_key(pkt.in_iface)}.rp_filter"):
         v, src = w.sysctl(key)
         if v is not None and v.isdigit():
             values.append(int(v))
@@ -237,6 +237,11 @@ def _rp_filter(w: _Walk, path: Path) -> Path | None:
         return path
     w.finals.append((path.step(w.step(why, cite, "DROP")), Disposition.DROPPED))
     return None
+
+
+def _key(iface: str) -> str:
+    # sysctl writes an interface's dots as slashes: net.ipv4.conf.flannel/1.rp_filter.
+    return iface.replace(".", "/")
 
 
 def _per_nexthop(w: _Walk, path: Path, res: RouteResult, dst: IPAddress) -> list[Path]:

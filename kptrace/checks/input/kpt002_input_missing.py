@@ -34,8 +34,10 @@ COLLECT = {
 def input_missing(ctx: CheckContext) -> Iterator[Outcome]:
     """A file some checks need is not in the bundle, so those checks could only WARN."""
     for file, ids in sorted(ctx.missing_inputs.items()):
-        if file in ctx.extra.present:
+        if ctx.unread(file):
             why = f"{file} is in the bundle, but kptrace {__version__} does not read it yet"
+        elif file in ctx.extra.present:
+            why = f"{file} is in the bundle but lacks what they need (see their messages)"
         else:
             why = f"{file} is not in the bundle; collect it with `{COLLECT.get(file, file)}`"
         yield Outcome(Status.WARN, f"{why}: {', '.join(sorted(set(ids)))} could not run")

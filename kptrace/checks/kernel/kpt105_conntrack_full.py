@@ -28,8 +28,9 @@ def conntrack_full(ctx: CheckContext) -> Iterator[Outcome]:
                  and e.orig_dst in vips and e.reply_src == e.orig_dst]
     if stale:
         shown = ", ".join(f"{e.orig_src} → {e.orig_dst}:{e.orig_dport}" for e in stale[:MAX_CITED])
-        yield fail(f"{len(stale)} UNREPLIED UDP conntrack entr{'y' if len(stale) == 1 else 'ies'} to a Service VIP "
-                   f"that were never DNATed ({shown}{', …' if len(stale) > MAX_CITED else ''}): those flows keep "
+        one = len(stale) == 1
+        yield fail(f"{len(stale)} UNREPLIED UDP conntrack entr{'y' if one else 'ies'} to a Service VIP "
+                   f"that {'was' if one else 'were'} never DNATed ({shown}{', …' if len(stale) > MAX_CITED else ''}): those flows keep "
                    f"going to no endpoint until the entries expire", *(e.source for e in stale[:MAX_CITED]))
     if count is None or limit is None or not count.value.isdigit() or not limit.value.isdigit() or int(limit.value) == 0:
         yield missing("sysctl.txt", why="net.netfilter.nf_conntrack_count and nf_conntrack_max are not both in it")

@@ -41,10 +41,10 @@ def _accepts_pods(rule: Rule, via: tuple[Rule, ...], pods: list[IPNetwork], brid
 
 
 @check(id="KPT201", name="forward-policy-drop", severity=Severity.HIGH,
-       remediation="iptables -P FORWARD ACCEPT, or accept the pod network explicitly: iptables -I FORWARD -s "
-                   "<pod CIDR> -j ACCEPT && iptables -I FORWARD -d <pod CIDR> -j ACCEPT. Docker sets the DROP policy "
-                   "at start: keep it from doing so with \"ip-forward-no-drop\": true in /etc/docker/daemon.json, or "
-                   "let the CNI add its accepts (flannel: do not run flanneld with --iptables-forward-rules=false).")
+       remediation="Accept the pod network in FORWARD: iptables -I FORWARD 1 -s <cluster CIDR> -j ACCEPT && "
+                   "iptables -I FORWARD 1 -d <cluster CIDR> -j ACCEPT (with Docker, put them in DOCKER-USER, which "
+                   "Docker keeps first), or let the CNI add them (flannel: do not run flanneld with "
+                   "--iptables-forward-rules=false); persist them in /etc/iptables/rules.v4 or the CNI's config.")
 def forward_policy_drop(ctx: CheckContext) -> Iterator[Outcome]:
     """filter FORWARD drops by default (policy DROP, e.g. Docker's) and no rule accepts the pod network."""
     node = ctx.node

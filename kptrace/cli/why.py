@@ -44,7 +44,7 @@ def parse_dest(text: str) -> tuple[str, int | None]:
 
 def exit_code(t: Trace) -> ExitCode:
     kinds = {b.disposition for b in t.branches}
-    if any(k.failed for k in kinds):
+    if any(k.failed for k in kinds) or any(b.reply_failed for b in t.branches):
         return ExitCode.FAIL
     if Disposition.UNDETERMINED in kinds or not kinds:
         return ExitCode.INCONCLUSIVE

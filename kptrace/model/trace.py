@@ -44,6 +44,15 @@ class Egress:
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer packet of a branch's connection, walked back with conntrack ESTABLISHED."""
+
+    disposition: Disposition
+    steps: tuple[Step, ...]
+    problem: str | None = None  # why the connection fails although the first packet arrives
+
+
+@dataclass(frozen=True, slots=True)
 class Branch:
     probability: float
     disposition: Disposition
@@ -54,6 +63,11 @@ class Branch:
     egress: Egress | None = None
     assumptions: tuple[str, ...] = ()
     unknowns: tuple[str, ...] = ()
+    reply: Reply | None = None
+
+    @property
+    def reply_failed(self) -> bool:
+        return self.reply is not None and self.reply.problem is not None
 
 
 @dataclass(frozen=True, slots=True)

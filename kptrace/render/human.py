@@ -66,6 +66,9 @@ def summary_line(t: Trace) -> str:
         parts.append(next(iter(kinds)))
     else:
         parts.append(" / ".join(f"{k} ({p * 100:.4g} %)" for k, p in kinds.items()))
+    broken = sum(b.probability for b in t.branches if b.reply_failed)
+    if broken:
+        parts.append(f"but the REPLY fails ({broken * 100:.4g} %)")
     return f"{_flow_text(t)}: {d.value}: " + ", ".join(parts)
 
 
@@ -136,6 +139,16 @@ def branch_tree(b: Branch, n: int, total: int, detail: Detail, prefix_from: tupl
         parent = hook_node if s.depth == 0 or not stack else stack[min(s.depth, len(stack)) - 1]
         node = parent.add(_dim(label + _step_text(s), dim))
         stack = stack[: s.depth] + [node]
+    if b.reply is not None:
+        r = b.reply
+        head = Text("reply  ", style="bold") + Text(r.disposition.value, style=_STYLE[r.disposition])
+        if r.problem:
+            head.append(f"  {r.problem}", style="bold red")
+        rt = tree.add(head)
+        for i, s in enumerate(r.steps):
+            if detail == Detail.full or _keep(list(r.steps), i, detail):
+                where = f"{s.hook}" + (f" · {s.node}" if s.node else "")
+                rt.add(Text(f"{where}  ", style="bold") + _step_text(s))
     if detail == Detail.full:
         for a in b.assumptions:
             tree.add(Text(f"assumed: {a}", style="italic"))

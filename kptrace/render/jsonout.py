@@ -27,8 +27,11 @@ def inputs_json(inputs: tuple[InputFile, ...] | list[InputFile]) -> list[dict[st
 
 
 def step_json(s: Step) -> StepRecord:
-    return {"hook": s.hook, "table": s.table, "chain": s.chain, "rule": s.rule, "source": s.source,
-            "action": s.action, "text": s.text}
+    rec: StepRecord = {"hook": s.hook, "table": s.table, "chain": s.chain, "rule": s.rule, "source": s.source,
+                       "action": s.action, "text": s.text}
+    if s.node is not None:
+        rec["node"] = s.node  # type: ignore[typeddict-unknown-key]
+    return rec
 
 
 def branch_json(b: Branch) -> dict[str, Any]:
@@ -42,6 +45,11 @@ def branch_json(b: Branch) -> dict[str, Any]:
         "steps": [step_json(s) for s in b.steps],
         "assumptions": list(b.assumptions),
         "unknowns": list(b.unknowns),
+        "reply": None if b.reply is None else {
+            "disposition": b.reply.disposition.value,
+            "problem": b.reply.problem,
+            "steps": [step_json(s) for s in b.reply.steps],
+        },
     }
 
 

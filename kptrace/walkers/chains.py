@@ -183,7 +183,7 @@ def apply_nat(t: Target, path: Path, ctx: MatchContext) -> Path:
                 host = str(pkt.dst)
             tp = t.opt("--to-ports")
             port = tp.value() if tp else None
-        changes: dict[str, object] = {"orig_dst": pkt.dst, "orig_dport": pkt.dport}
+        changes: dict[str, object] = {"orig_dst": pkt.dst, "orig_dport": pkt.dport, "dnat_node": pkt.node}
         try:
             changes["dst"] = ip_address(host)
         except ValueError:
@@ -198,5 +198,5 @@ def apply_nat(t: Target, path: Path, ctx: MatchContext) -> Path:
         return path.with_packet(**changes)
     if t.name == "SNAT":
         to = t.opt("--to-source")
-        return path.with_packet(snat=to.value() if to else None)
-    return path.with_packet(masquerade=True)
+        return path.with_packet(snat=to.value() if to else None, snat_node=pkt.node)
+    return path.with_packet(masquerade=True, snat_node=pkt.node)

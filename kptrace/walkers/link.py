@@ -147,7 +147,8 @@ def _bridge(node: Node, pkt: Packet, out: LinkOutcome, lk: Link) -> LinkOutcome:
     out.steps.append((f"{lk.name} is a bridge; {hop} is {n.lladdr} → port {port}", _cite(ports[0])))
     if pkt.in_iface == lk.name and node.neighbors:
         # A pod reaching itself through a Service: the frame must go back out the port it came in on.
-        src_n = _neigh(node, pkt.src, lk.name) if pkt.src != hop else n
+        sender = pkt.orig_src or pkt.src  # before masquerade: the pod that sent it
+        src_n = _neigh(node, sender, lk.name) if sender != hop else n
         src_ports = [f.dev for f in _fdb(node, src_n.lladdr, lk.name)] if src_n and src_n.lladdr else []
         if port in src_ports:
             bp = next((b for b in node.bridge_ports if b.name == port), None)
@@ -171,3 +172,35 @@ def _plain(node: Node, cluster: list[Node], pkt: Packet, out: LinkOutcome, dev: 
         out.steps.append((f"next hop {hop} is node {remote.name}" + (f" ({rif})" if rif else ""), None))
         out.remote_node, out.remote_iface = remote, rif
     return out
+
+
+def is_bridge(node: Node, iface: str | None) -> bool:
+    lk = find_link(node, iface)
+    return lk is not None and lk.kind == "bridge"
+
+
+def bridged(node: Node, in_iface: str | None, src: IPAddress, dst: IPAddress) -> bool:
+    """A host on the bridge's subnet talks to another one directly (ARP, its MAC): the bridge switches
+    the frame, the node does not route it."""
+    if in_iface is None or not is_bridge(node, in_iface):
+        return False
+    for a in node.addresses:
+        net = a.address.network
+        if a.iface == in_iface and net.version == dst.version and dst in net and src in net and a.address.ip not in (src, dst):
+            return True
+    return False
+
+
+def br_netfilter(node: Node, version: int) -> tuple[bool | None, str | None, str]:
+    """Whether bridged frames pass iptables: (on?, citation, how kptrace knows)."""
+    key = "net.bridge.bridge-nf-call-iptables" if version == 4 else "net.bridge.bridge-nf-call-ip6tables"
+    s = node.sysctls.get(key)
+    if s is not None:
+        return s.value.strip() == "1", str(s.source), f"{key} = {s.value.strip()}"
+    if node.sysctls:
+        # The key only exists once br_netfilter is loaded.
+        return False, None, f"{key} is absent from the sysctl dump: br_netfilter is not loaded"
+    if node.modules is not None:
+        loaded = any(m.name == "br_netfilter" for m in node.modules)
+        return loaded, None, "br_netfilter is " + ("loaded" if loaded else "not in the module list")
+    return None, None, f"no sysctl dump: {key} assumed 1 (kubeadm requires it)"

@@ -183,7 +183,7 @@ def _mark(m: Match, pkt: Packet) -> Result:
 def ct_states(pkt: Packet) -> set[str]:
     if pkt.untracked:
         return {"UNTRACKED"}
-    states = {"NEW"}
+    states = {"ESTABLISHED"} if pkt.reply else {"NEW"}
     if pkt.dnat is not None:
         states.add("DNAT")
     if pkt.snat is not None or pkt.masquerade:

@@ -19,7 +19,7 @@ from kptrace.errors import InputError
 from kptrace.model.flow import Flow, IPAddress
 from kptrace.model.netfilter import Ruleset
 from kptrace.model.node import Node
-from kptrace.model.trace import Branch, Disposition, Egress, Step, Trace
+from kptrace.model.trace import Branch, Disposition, Egress, Reply, Step, Trace
 from kptrace.walkers import link
 from kptrace.walkers.chains import ACCEPT, DROP, REJECT, UNDETERMINED, ChainWalker
 from kptrace.walkers.matches import MatchContext
@@ -63,13 +63,14 @@ class _Walk:
         """Run every table of one hook; return the paths that come out accepted."""
         for table in HOOK_TABLES[hook]:
             if table == "nat" and skip_nat:
-                continue
+                continue  # conntrack already holds this connection's NAT: nat chains are not consulted
             if self.ruleset.chain(table, hook) is None:
                 continue
             walker = ChainWalker(self.ruleset, self.ctx(hook), hook, self.label)
             nxt: list[Path] = []
             for path in paths:
-                if table == "nat" and path.packet.untracked:
+                if table == "nat" and (path.packet.untracked or path.packet.reply):
+                    nxt.append(path)
                     continue
                 for out, verdict in walker.walk(table, hook, path):
                     if verdict == ACCEPT:
@@ -117,13 +118,14 @@ def trace_flow(node: Node, flow: Flow, cluster: list[Node] | None = None) -> Tra
         if in_iface is not None:
             assumptions.append(f"the packet arrives on {in_iface}, the interface the route back to {flow.src} uses (use --in-iface to change)")
     pkt = Packet(flow.src, flow.dst, flow.proto, flow.sport, flow.dport, None if local_origin else in_iface,
-                 local_origin=local_origin)
+                 local_origin=local_origin, node=node.name)
     start = Path(1.0, pkt)
     if local_origin:
         _local(w, start)
     else:
         _incoming(w, start)
-    branches = tuple(_branch(p, d) for p, d in finals)
+    nodes = cluster or [node]
+    branches = tuple(_branch(p, d, _reply(nodes, flow, p, d, multi)) for p, d in finals)
     return Trace(flow, origin, pkt.in_iface, branches, tuple(i for n in (cluster or [node]) for i in n.inputs),
                  tuple(dict.fromkeys(assumptions)))
 
@@ -151,8 +153,56 @@ def _in_any(addr: IPAddress, nets: list[IPv4Network | IPv6Network]) -> bool:
 
 
 def _incoming(w: _Walk, path: Path) -> None:
+    pkt = path.packet
+    if link.bridged(w.node, pkt.in_iface, pkt.src, pkt.dst):
+        _bridged(w, path)
+        return
     for p in w.hook("PREROUTING", [path]):
-        _route_incoming(w, p)
+        _route_incoming(w, _undo_snat(w, p))
+
+
+def _bridged(w: _Walk, path: Path) -> None:
+    """Same subnet on the same bridge: switched, and seen by iptables only through br_netfilter."""
+    pkt = path.packet
+    on, cite, how = link.br_netfilter(w.node, pkt.dst.version)
+    if on is None:
+        path = path.assume(how)
+        on = True
+    if not on:
+        text = f"{pkt.dst} is on {pkt.in_iface}'s own subnet: the bridge switches the frame; iptables never sees it ({how})"
+        _leave(w, path.with_packet(out_iface=pkt.in_iface).step(w.step(text, cite, "BRIDGE", "link")), conntrack=False)
+        return
+    text = f"{pkt.dst} is on {pkt.in_iface}'s own subnet: bridged, and br_netfilter passes the frame through iptables ({how})"
+    path = path.step(w.step(text, cite, "BRIDGE", "link"))
+    for p in w.hook("PREROUTING", [path]):
+        p = _undo_snat(w, p)
+        if p.packet.dst != pkt.dst:
+            # br_netfilter routes a frame whose destination a DNAT changed.
+            _route_incoming(w, p)
+            continue
+        p = p.with_packet(out_iface=pkt.in_iface)
+        for q in w.hook("FORWARD", [p]):
+            for r in w.hook("POSTROUTING", [q]):
+                _leave(w, r)
+
+
+def _undo_snat(w: _Walk, path: Path) -> Path:
+    """A reply to a masqueraded connection gets its destination back in PREROUTING, before routing."""
+    pkt = path.packet
+    if not pkt.reply or pkt.snat_node != w.node.name or pkt.orig_src is None:
+        return path
+    text = f"conntrack: the reply to {pkt.dst} belongs to a masqueraded connection; destination restored to {pkt.orig_src}"
+    return path.with_packet(dst=pkt.orig_src, dport=pkt.orig_sport, snat_node=None).step(w.step(text, None, "UN-SNAT", "PREROUTING"))
+
+
+def _undo_dnat(w: _Walk, path: Path, hook: str) -> Path:
+    """A reply leaving the node that DNATed its connection gets the Service address back as source."""
+    pkt = path.packet
+    if not pkt.reply or pkt.dnat_node != w.node.name or pkt.orig_dst is None:
+        return path
+    port = f":{pkt.orig_dport}" if pkt.orig_dport is not None else ""
+    text = f"conntrack: the reply from {pkt.src} belongs to a DNATed connection; source restored to {pkt.orig_dst}{port}"
+    return path.with_packet(src=pkt.orig_dst, sport=pkt.orig_dport, dnat_node=None).step(w.step(text, None, "UN-DNAT", hook))
 
 
 def _route_incoming(w: _Walk, path: Path) -> None:
@@ -176,7 +226,7 @@ def _route_incoming(w: _Walk, path: Path) -> None:
     if res.kind in ("local", "broadcast", "multicast"):
         path = path.step(w.step(describe(res, pkt.dst) + " (INPUT)", res.cite))
         for p in w.hook("INPUT", [path]):
-            w.finals.append((p, Disposition.DELIVERED))
+            w.finals.append((_undo_dnat(w, p, "INPUT"), Disposition.DELIVERED))
         return
     fwd = _forwarding(w, path)
     if fwd is None:
@@ -296,8 +346,16 @@ def _output_paths(w: _Walk, path: Path, res: RouteResult, dst: IPAddress, what: 
     return paths
 
 
-def _leave(w: _Walk, path: Path) -> None:
-    """The packet has passed POSTROUTING: the link layer decides where it really goes."""
+def _leave(w: _Walk, path: Path, conntrack: bool = True) -> None:
+    """The packet has passed POSTROUTING (or bypassed netfilter: conntrack=False, so no NAT is
+    undone): the link layer decides where it really goes."""
+    if conntrack:
+        path = _undo_dnat(w, path, "POSTROUTING")
+    pkt = path.packet
+    if not pkt.reply and pkt.snat_node == w.node.name and pkt.orig_src is None and (pkt.masquerade or pkt.snat):
+        new_src = link.snat_source(w.node, pkt) if pkt.masquerade else _snat_addr(pkt.snat)
+        if new_src is not None:
+            path = path.with_packet(src=new_src, orig_src=pkt.src, orig_sport=pkt.sport)
     out = link.egress(w.node, w.cluster, path)
     for text, cite in out.steps:
         path = path.step(w.step(text, cite, "LINK", "link"))
@@ -326,16 +384,57 @@ def _continue_on(w: _Walk, path: Path, node: Node, iface: str | None) -> None:
     nxt = _Walk(node, rs, w.cluster, w.finals, node.name, w.hops + 1, node.local_addresses())
     pkt = path.packet
     src = pkt.src
-    if pkt.masquerade or pkt.snat:
-        src = link.snat_source(w.node, pkt) or src
-    carried = path.with_packet(src=src, in_iface=iface, out_iface=None, mark=0, ctmark=0, untracked=False,
-                               local_origin=False, next_hop=None)
-    carried = carried.step(nxt.step(f"arrives on {node.name} via {iface or '?'} (src {src}, dst {pkt.dst}); "
-                                    f"its own conntrack sees a NEW connection", None, "ARRIVE", "link"))
+    carried = path.with_packet(in_iface=iface, out_iface=None, mark=0, ctmark=0, untracked=False,
+                               local_origin=False, next_hop=None, node=node.name)
+    state = "its conntrack has the connection (ESTABLISHED)" if pkt.reply else "its own conntrack sees a NEW connection"
+    carried = carried.step(nxt.step(f"arrives on {node.name} via {iface or '?'} (src {src}, dst {pkt.dst}); {state}",
+                                    None, "ARRIVE", "link"))
     _incoming(nxt, carried)
 
 
-def _branch(path: Path, disposition: Disposition) -> Branch:
+def _snat_addr(text: str | None) -> IPAddress | None:
+    from ipaddress import ip_address
+
+    host = (text or "").split(":")[0].split("-")[0]
+    try:
+        return ip_address(host)
+    except ValueError:
+        return None
+
+
+def _reply(nodes: list[Node], flow: Flow, path: Path, disposition: Disposition, multi: bool) -> Reply | None:
+    """Walk the answer back: from where the packet ended, towards the address it came from."""
+    pkt = path.packet
+    if disposition != Disposition.FORWARDED or pkt.reply:
+        return None
+    node = next((n for n in nodes if n.name == pkt.node), None)
+    if node is None or node.rulesets.get(pkt.dst.version) is None:
+        return None
+    finals: list[Final] = []
+    w = _Walk(node, node.rulesets[pkt.dst.version], nodes, finals, node.name if multi else None, 0, node.local_addresses())
+    back = Packet(pkt.dst, pkt.src, pkt.proto, pkt.dport, pkt.sport, pkt.out_iface, node=node.name, reply=True,
+                  dnat_node=pkt.dnat_node, snat_node=pkt.snat_node, orig_dst=pkt.orig_dst, orig_dport=pkt.orig_dport,
+                  orig_src=pkt.orig_src, orig_sport=pkt.orig_sport)
+    start = Path(1.0, back).step(w.step(f"reply {back.src} → {back.dst} arrives on {back.in_iface or '?'} (conntrack ESTABLISHED)",
+                                        None, "REPLY", "link"))
+    _incoming(w, start)
+    if not finals:
+        return None
+    # The first way the reply can go is shown; the others differ only by ECMP or random choices.
+    rpath, rdisp = finals[0]
+    problem = None
+    if rdisp.failed:
+        last = rpath.steps[-1] if rpath.steps else None
+        problem = f"the reply is {rdisp.value.lower()}" + (f" at {last.source}" if last and last.source else "")
+    elif rdisp in (Disposition.FORWARDED, Disposition.DELIVERED):
+        got = rpath.packet
+        if got.src != flow.dst or (flow.dport is not None and got.sport != flow.dport):
+            problem = (f"the reply reaches {got.dst} from {got.src}:{got.sport} but the client sent to {flow.dst}:{flow.dport}; "
+                       f"the conntrack entry that would restore {flow.dst} was bypassed, so the client drops the reply")
+    return Reply(Disposition.DROPPED if problem and not rdisp.failed else rdisp, rpath.steps, problem)
+
+
+def _branch(path: Path, disposition: Disposition, reply: Reply | None = None) -> Branch:
     pkt = path.packet
     egress = None
     if disposition == Disposition.FORWARDED or pkt.egress_node:
@@ -346,5 +445,5 @@ def _branch(path: Path, disposition: Disposition) -> Branch:
     return Branch(
         probability=path.probability, disposition=disposition, steps=path.steps, dnat=pkt.dnat,
         masquerade=pkt.masquerade, snat=pkt.snat, egress=egress, assumptions=path.assumptions,
-        unknowns=path.unknowns,
+        unknowns=path.unknowns, reply=reply,
     )

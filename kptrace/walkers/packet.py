@@ -28,6 +28,12 @@ class Packet:
     local_origin: bool = False
     next_hop: IPAddress | None = None  # the route's gateway (`via`), None when directly connected
     egress_node: str | None = None  # where the packet finally goes, when kptrace can name it
+    node: str | None = None  # the node walking it now
+    dnat_node: str | None = None  # which node's conntrack holds the DNAT (to undo on the reply)
+    snat_node: str | None = None
+    orig_src: IPAddress | None = None  # the source before SNAT/MASQUERADE
+    orig_sport: int | None = None
+    reply: bool = False  # the reply direction: conntrack ESTABLISHED, nat tables not consulted
 
 
 @dataclass(frozen=True, slots=True)

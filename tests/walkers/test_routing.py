@@ -74,7 +74,7 @@ def test_text_and_json_dumps_give_the_same_trace(cluster_dir: Path, tmp_path: Pa
     for doc in (a, b):
         doc["inputs"] = []
         for br in doc["branches"]:
-            for s in br["steps"]:
+            for s in br["steps"] + (br["reply"]["steps"] if br["reply"] else []):
                 s["source"] = s["source"].split(":")[0].rsplit(".", 1)[0] if s["source"] else None
                 if s["hook"] in ("routing", "link"):
                     s["text"] = s["text"]
@@ -143,3 +143,35 @@ def test_hairpin_off_drops_pod_calling_itself(cluster_dir: Path) -> None:
     self_branch = next(b for b in t.branches if b.dnat == "10.244.1.12:8080")
     assert self_branch.disposition == Disposition.DROPPED
     assert "hairpin" in self_branch.steps[-1].text
+
+
+def test_replies_are_un_natted_on_the_healthy_demo(cluster_dir: Path) -> None:
+    t = trace(cluster_dir, "10.244.1.5", "10.96.0.10", 53, "udp")
+    for b in t.branches:
+        assert b.reply is not None and b.reply.problem is None
+        assert b.reply.disposition == Disposition.FORWARDED
+        assert any(s.action == "UN-DNAT" and "10.96.0.10:53" in s.text for s in b.reply.steps)
+
+
+def test_bridge_nf_call_iptables_off_breaks_same_node_replies(cluster_dir: Path) -> None:
+    # KPT101: the endpoint answers the client directly over cni0; without br_netfilter conntrack
+    # never sees that frame, so the source is never turned back into the Service address.
+    edit(cluster_dir / "node-a" / "sysctl.txt", "net.bridge.bridge-nf-call-iptables = 1", "net.bridge.bridge-nf-call-iptables = 0")
+    t = trace(cluster_dir, "10.244.1.5", "10.96.0.10", 53, "udp")
+    local = next(b for b in t.branches if b.dnat == "10.244.1.9:53")
+    assert local.disposition == Disposition.FORWARDED  # the request does arrive
+    assert local.reply is not None and local.reply.problem is not None
+    assert "from 10.244.1.9:53 but the client sent to 10.96.0.10:53" in local.reply.problem
+    assert any(s.action == "BRIDGE" and "iptables never sees it" in s.text for s in local.reply.steps)
+    remote = next(b for b in t.branches if b.dnat == "10.244.2.7:53")
+    assert remote.reply is not None and remote.reply.problem is None  # routed back through flannel.1: un-NATed
+
+
+def test_pod_to_pod_same_bridge_is_switched(cluster_dir: Path) -> None:
+    t = trace(cluster_dir, "10.244.1.5", "10.244.1.9", 53, "udp")
+    assert t.disposition == Disposition.FORWARDED
+    assert t.branches[0].steps[0].action == "BRIDGE"
+    assert any(s.hook == "FORWARD" for s in t.branches[0].steps)  # br_netfilter on: iptables FORWARD sees it
+    edit(cluster_dir / "node-a" / "sysctl.txt", "net.bridge.bridge-nf-call-iptables = 1", "net.bridge.bridge-nf-call-iptables = 0")
+    t = trace(cluster_dir, "10.244.1.5", "10.244.1.9", 53, "udp")
+    assert not any(s.hook == "FORWARD" for s in t.branches[0].steps)

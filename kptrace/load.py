@@ -40,6 +40,9 @@ MAX_INPUT_BYTES = 512 * 1024 * 1024  # past this a "dump" is not one; refuse rat
 BUNDLE_NAMES = {
     "iptables-save.txt": "iptables-save",
     "iptables-nft-save.txt": "iptables-save",
+    "iptables-legacy-save.txt": "iptables-legacy-save",
+    "ip6tables-legacy-save.txt": "ip6tables-legacy-save",
+    "ip6tables-nft-save.txt": "ip6tables-save",
     "ip6tables-save.txt": "ip6tables-save",
     "ip-addr.txt": "ip-addr", "ip-addr.json": "ip-addr",
     "ip-route.txt": "ip-route", "ip-route.json": "ip-route",
@@ -58,7 +61,7 @@ BUNDLE_NAMES = {
 # Files a bundle may hold that `why` does not read (checks read some of them); listed, not parsed.
 PASSIVE_KINDS = {
     "hostname": re.compile(r"^hostname"), "manifest": re.compile(r"^manifest"), "services": re.compile(r"^services"),
-    "conntrack": re.compile(r"^conntrack"), "legacy": re.compile(r"^iptables-legacy-save"), "ipvs": re.compile(r"^(ipvsadm|ipset)"),
+    "conntrack": re.compile(r"^conntrack"), "ipvs": re.compile(r"^(ipvsadm|ipset)"),
     "nft": re.compile(r"^nft-ruleset"), "readme": re.compile(r"(?i)^(readme|source)"),
 }
 
@@ -188,10 +191,16 @@ def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: l
     for p in paths:
         for label, data in _read_entries(p):
             _load_one(node, _short(label, p), data, in_bundle=p.is_dir() or label != str(p))
+    for fam, legacy in list(node.legacy_rulesets.items()):
+        if not legacy.tables:
+            del node.legacy_rulesets[fam]
+        elif fam not in node.rulesets:
+            # Only the legacy backend holds rules: it is the node's iptables.
+            node.rulesets[fam] = node.legacy_rulesets.pop(fam)
     if not node.rulesets:
         where = ", ".join(str(p) for p in paths)
         raise InputError(f"no iptables-save dump in the input ({where}); give --dump FILE or a bundle directory")
-    for rs in node.rulesets.values():
+    for rs in [*node.rulesets.values(), *node.legacy_rulesets.values()]:
         add_kube_proxy_jumps(rs)
     if not node.pod_cidrs:
         _infer_pod_cidrs(node)
@@ -223,14 +232,21 @@ def _load_one(node: Node, label: str, data: bytes, in_bundle: bool = False) -> N
             node.assumptions.append(f"{label} was not recognised and is not used")
             return
         raise InputError(f"{label}:1:1: cannot tell what command produced this file (see docs/bundle.md for names)")
-    if kind in ("iptables-save", "ip6tables-save"):
-        family = 6 if kind == "ip6tables-save" else None
+    if kind in ("iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save"):
+        if digest in {i.sha256 for i in node.inputs}:
+            # iptables-save.txt is whichever backend the node's iptables points at: a copy of one we read.
+            node.assumptions.append(f"{label} is identical to another dump in the input and was read once")
+            return
+        family = 6 if kind.startswith("ip6") else None
         rs = (parse_iptables_save(text, label, family).ruleset if STRICT[0] else scan_iptables_save(text, label, family))
-        if rs.family in node.rulesets and node.rulesets[rs.family].tables:
+        slot = node.legacy_rulesets if "legacy" in kind else node.rulesets
+        if rs.family in slot and slot[rs.family].tables:
             if not rs.tables:
                 return
-            raise InputError(f"{label}: a second IPv{rs.family} ruleset (already read {node.rulesets[rs.family].file})")
-        node.rulesets[rs.family] = rs
+            raise InputError(f"{label}: a second IPv{rs.family} ruleset (already read {slot[rs.family].file}); "
+                             "name the backends iptables-nft-save.txt and iptables-legacy-save.txt")
+        if rs.tables or rs.family not in slot:
+            slot[rs.family] = rs
     elif kind == "ip-addr":
         # A bundle may hold `ip addr` both as text and as JSON: the same address counts once.
         seen = {(a.iface, a.address) for a in node.addresses}

@@ -35,7 +35,9 @@ class Setting:
 @dataclass(slots=True)
 class Node:
     name: str = "node"
-    rulesets: dict[int, Ruleset] = field(default_factory=dict)  # by family, 4 or 6
+    rulesets: dict[int, Ruleset] = field(default_factory=dict)  # by family, 4 or 6 (iptables-save, nft backend or only one)
+    legacy_rulesets: dict[int, Ruleset] = field(default_factory=dict)  # iptables-legacy-save, when both backends hold rules
+    nft: object | None = None  # an nft ruleset (`nft list ruleset`), kptrace.model.nft.NftRuleset
     addresses: list[Address] = field(default_factory=list)
     node_ips: list[IPAddress] = field(default_factory=list)  # given with --node-ip
     pod_cidrs: list[IPv4Network | IPv6Network] = field(default_factory=list)  # the cluster's pod network

@@ -92,24 +92,23 @@ def render_findings(findings: list[Finding], console: Console, verbose: bool = F
     """FAIL, WARN and INFO rows worst first (PASS too with verbose), then each failing check's fix."""
     shown = sorted((f for f in findings if verbose or f.status is not Status.PASS), key=sort_key)
     nodes = any(f.node for f in findings)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("status", no_wrap=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("check", no_wrap=True)
     if nodes:
         table.add_column("node", no_wrap=True)
-    table.add_column("where", overflow="fold")
-    table.add_column("message", ratio=1, overflow="fold")
+    table.add_column("where: what", ratio=1, overflow="fold")
     for f in shown:
         where = [str(loc) for loc in f.locations[:MAX_LOCATIONS]]
         if len(f.locations) > MAX_LOCATIONS:
             where.append(f"+{len(f.locations) - MAX_LOCATIONS} more")
         # Text, not markup: rule text is full of brackets ([0:0], [unsupported revision]).
+        what = Text("\n".join(where) + "\n", style="bold") if where else Text()
         row = [Text(f.status.value, style=STYLE[f.status]), Text(f.severity.value), Text(f.id)]
         if nodes:
             row.append(Text(f.node or ""))
-        row += [Text("\n".join(where)), Text(f.message)]
-        table.add_row(*row)
+        table.add_row(*row, what + Text(f.message))
     if shown:
         console.print(table)
     fixes: dict[str, Finding] = {}

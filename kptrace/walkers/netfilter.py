@@ -12,6 +12,7 @@ and a packet for another node of the input continues there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
@@ -41,6 +42,27 @@ _ROUTE_FAILURE = {"blackhole": Disposition.DROPPED, "prohibit": Disposition.REJE
 MAX_NODE_HOPS = 8  # a packet bouncing between nodes more often than this is a routing loop
 
 Final = tuple[Path, Disposition]
+# Where iptables registers each table (include/uapi/linux/netfilter_ipv4.h: NF_IP_PRI_*).
+_TABLE_PRIORITY = {"raw": -300, "mangle": -150, "filter": 0, "security": 50}
+
+
+def table_priority(table: str, hook: str) -> int:
+    if table == "nat":
+        # Destination NAT before routing, source NAT after it.
+        return -100 if hook in ("PREROUTING", "OUTPUT") else 100
+    return _TABLE_PRIORITY[table]
+
+
+@dataclass(frozen=True, slots=True)
+class HookEntry:
+    priority: int
+    label: str
+    nat: bool  # a nat chain: consulted only for a connection's first packet
+    walk: Callable[[Path], list[tuple[Path, str]]]
+
+
+def _bind(walker: ChainWalker, table: str, hook: str) -> Callable[[Path], list[tuple[Path, str]]]:
+    return lambda path: walker.walk(table, hook, path)
 
 
 @dataclass(slots=True)
@@ -59,26 +81,53 @@ class _Walk:
     def step(self, text: str, source: str | None = None, action: str = "ROUTE", hook: str = "routing") -> Step:
         return Step(hook, None, None, None, source, action, text, 0, self.label)
 
+    def entries(self, hook: str) -> list[HookEntry]:
+        """Every base chain registered at this hook, in the kernel's priority order.
+
+        iptables tables (nf_tables or legacy backend) sit at their fixed priorities; nft tables of
+        their own (kube-proxy's nftables mode, firewalld) at the priority their base chain declares.
+        All of them run: a drop in any drops, an accept only ends that base chain.
+        """
+        out: list[HookEntry] = []
+        for backend, rs in self.iptables_rulesets():
+            for table in HOOK_TABLES[hook]:
+                if rs.chain(table, hook) is None:
+                    continue
+                walker = ChainWalker(rs, self.ctx(hook), hook, self.label)
+                prio = table_priority(table, hook)
+                out.append(HookEntry(prio, f"{backend}:{table}", table == "nat", _bind(walker, table, hook)))
+        if self.node.nft is not None:
+            from kptrace.walkers import nft
+
+            out.extend(nft.hook_entries(self.node.nft, hook, self.ruleset.family, lambda: self.ctx(hook), self.label))
+        # Python's sort is stable: at equal priority iptables-nft, then legacy, then nft tables.
+        out.sort(key=lambda e: e.priority)
+        return out
+
+    def iptables_rulesets(self) -> list[tuple[str, Ruleset]]:
+        rulesets = [("iptables", self.ruleset)]
+        legacy = self.node.legacy_rulesets.get(self.ruleset.family)
+        if legacy is not None:
+            rulesets.append(("legacy", legacy))
+        return rulesets
+
     def hook(self, hook: str, paths: list[Path], skip_nat: bool = False) -> list[Path]:
-        """Run every table of one hook; return the paths that come out accepted."""
-        for table in HOOK_TABLES[hook]:
-            if table == "nat" and skip_nat:
+        """Run every base chain of one hook; return the paths that come out accepted."""
+        for entry in self.entries(hook):
+            if entry.nat and skip_nat:
                 continue  # conntrack already holds this connection's NAT: nat chains are not consulted
-            if self.ruleset.chain(table, hook) is None:
-                continue
-            walker = ChainWalker(self.ruleset, self.ctx(hook), hook, self.label)
             nxt: list[Path] = []
             for path in paths:
-                if table == "nat" and (path.packet.untracked or path.packet.reply):
+                if entry.nat and (path.packet.untracked or path.packet.reply):
                     nxt.append(path)
                     continue
-                for out, verdict in walker.walk(table, hook, path):
+                for out, verdict in entry.walk(path):
                     if verdict == ACCEPT:
                         nxt.append(out)
                     elif verdict in _VERDICT_DISPOSITION:
                         self.finals.append((out, _VERDICT_DISPOSITION[verdict]))
                     else:
-                        reason = f"verdict {verdict} in {table}/{hook} is not modelled"
+                        reason = f"verdict {verdict} in {entry.label}/{hook} is not modelled"
                         self.finals.append((out.unknown(reason), Disposition.UNDETERMINED))
             paths = nxt
         return paths

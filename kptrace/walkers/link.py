@@ -127,10 +127,22 @@ def _vxlan(node: Node, cluster: list[Node], pkt: Packet, out: LinkOutcome, lk: L
         out.remote_label = str(dst)
         out.steps.append((f"encapsulated to {dst} (UDP {vx.dstport if vx else 8472}); no bundle of that node in the input", _cite(entries[0])))
         return out
+    _mtu_note(node, pkt, lk, out)
     rif = next((x.name for x in remote.links if x.kind == "vxlan" and vx and x.vxlan and x.vxlan.vni == vx.vni), lk.name)
     out.steps.append((f"encapsulated to {dst}, node {remote.name} (UDP {vx.dstport if vx else 8472})", _cite(entries[0])))
     out.remote_node, out.remote_iface = remote, rif
     return out
+
+
+def _mtu_note(node: Node, pkt: Packet, lk: Link, out: LinkOutcome) -> None:
+    """A pod interface with a larger MTU than the overlay: full-size packets cannot cross it."""
+    src_link = find_link(node, pkt.in_iface)
+    if src_link is None or src_link.mtu is None or lk.mtu is None or src_link.mtu <= lk.mtu:
+        return
+    text = (f"MTU: {pkt.in_iface} has mtu {src_link.mtu} but {lk.name} only {lk.mtu}: packets over {lk.mtu} bytes "
+            f"with DF set are dropped (ICMP frag-needed), large transfers stall")
+    out.steps.append((text, _cite(src_link)))
+    out.assumptions.append(f"the traced packet is at most {lk.mtu} bytes (smaller than {lk.name}'s MTU)")
 
 
 def _bridge(node: Node, pkt: Packet, out: LinkOutcome, lk: Link) -> LinkOutcome:

@@ -175,3 +175,14 @@ def test_pod_to_pod_same_bridge_is_switched(cluster_dir: Path) -> None:
     edit(cluster_dir / "node-a" / "sysctl.txt", "net.bridge.bridge-nf-call-iptables = 1", "net.bridge.bridge-nf-call-iptables = 0")
     t = trace(cluster_dir, "10.244.1.5", "10.244.1.9", 53, "udp")
     assert not any(s.hook == "FORWARD" for s in t.branches[0].steps)
+
+
+def test_pod_mtu_larger_than_overlay_is_reported(cluster_dir: Path) -> None:
+    (cluster_dir / "node-a" / "ip-link.json").unlink()
+    link = cluster_dir / "node-a" / "ip-link.txt"
+    text = link.read_text()
+    i = text.index("cni0: <")
+    j = text.index("mtu 1450", i)
+    link.write_text(text[:j] + "mtu 1500" + text[j + 8:])
+    t = trace(cluster_dir, "10.244.1.5", "10.244.2.15", 8080)
+    assert any(s.text.startswith("MTU: cni0 has mtu 1500 but flannel.1 only 1450") for s in t.branches[0].steps)

@@ -10,6 +10,7 @@ a `Node.extra_rulesets`, parsers/services.py and parsers/conntrack.py), then del
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tempfile
@@ -77,6 +78,7 @@ class CheckContext:
     node: Node | None  # None: the bundle could not be loaded (errors says why)
     extra: BundleExtras
     peers: tuple[Node, ...] = ()  # the other nodes checked in the same run
+    memo: dict[str, KubeRules] = field(default_factory=dict)  # per dump, read once (kube_rules)
     # Filled for late checks (KPT002, KPT003) from the others' results:
     missing_inputs: dict[str, list[str]] = field(default_factory=dict)  # file -> check ids
     crashed: list[str] = field(default_factory=list)
@@ -389,7 +391,7 @@ def ctstates(rule: Rule) -> set[str] | None:
     return None
 
 
-def comment_service(rule: Rule, *suffixes: str) -> str | None:
+def comment_service(rule: Rule | RawRule, *suffixes: str) -> str | None:
     """`ns/name:port` from a kube-proxy comment such as "default/web:http has no endpoints"."""
     c = rule.comment()
     if c is None:
@@ -400,39 +402,157 @@ def comment_service(rule: Rule, *suffixes: str) -> str | None:
     return None if suffixes else c
 
 
-def dnat_target(rule: Rule) -> tuple[IPAddress, str] | None:
-    """The address (and the text) a DNAT rule translates to: `--to-destination 10.244.1.9:53`."""
-    if rule.target is None or rule.target.name != "DNAT":
-        return None
-    o = rule.target.opt("--to-destination", "--to")
-    if o is None:
-        return None
-    text = o.value()
-    host = text[1:].split("]", 1)[0] if text.startswith("[") else (text.rsplit(":", 1)[0] if text.count(":") == 1 else text)
+# --- kube-proxy's rules, read from the dump's text -------------------------------------------------
+#
+# A 10k-Service dump has 300k+ rules in KUBE-SVC-*/KUBE-SEP-* chains; parsing each (as the model does
+# when a chain is read) takes seconds. What the checks need from them (DNAT targets, which KUBE-SVC
+# chain has an endpoint, the Service VIPs) is read from the lines instead, in one pass per dump.
+
+_TARGET_RE = re.compile(r" -[jg] (\S+)")
+_COMMENT_RE = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_TO_RE = re.compile(r"--to-destination (\S+)")
+_DST_RE = re.compile(r"(?<!! )-d (\S+)")
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(text: str) -> IPAddress | None:
+    """Endpoint addresses repeat across Service ports: parse each once."""
     try:
-        return ip_address(host.split("-", 1)[0]), text
+        return ip_address(text)
     except ValueError:
         return None
 
 
-def dnat_rules(rs: Ruleset) -> list[Rule]:
-    """DNAT rules of the nat table: kube-proxy's KUBE-SEP-* chains and anyone else's (Docker, users)."""
-    nat = rs.tables.get("nat")
-    if nat is None:
-        return []
-    # kube-proxy's other chains never DNAT; skipping them keeps a 10k-service dump mostly unparsed.
-    names = [n for n in nat.chains if n.startswith("KUBE-SEP-") or not n.startswith("KUBE-")]
-    return [r for n in names for r in dumped(nat.chains[n]) if dnat_target(r) is not None]
+@dataclass(frozen=True, slots=True)
+class RawRule:
+    """One `-A CHAIN …` line of a dump, as written (so never one kptrace assumed)."""
+
+    table: str
+    chain: str
+    target: str
+    source: Source
+
+    def comment(self) -> str | None:
+        m = _COMMENT_RE.search(self.source.text)
+        return None if m is None else (m.group(1) if m.group(1) is not None else m.group(2))
+
+    def dnat(self) -> tuple[IPAddress, str] | None:
+        """The address (and the text) a DNAT rule translates to: `--to-destination 10.244.1.9:53`."""
+        m = _TO_RE.search(self.source.text) if self.target == "DNAT" else None
+        if m is None:
+            return None
+        text = m.group(1)
+        host = text[1:].split("]", 1)[0] if text.startswith("[") else (text.rsplit(":", 1)[0] if text.count(":") == 1 else text)
+        ip = _address(host.split("-", 1)[0])
+        return None if ip is None else (ip, text)
+
+    def vip(self) -> IPAddress | None:
+        """`-d VIP/32` (or /128, or no length), not negated."""
+        m = _DST_RE.search(self.source.text)
+        if m is None:
+            return None
+        host, _, plen = m.group(1).partition("/")
+        try:
+            ip = ip_address(host)
+        except ValueError:
+            return None
+        return ip if plen in ("", str(ip.max_prefixlen)) else None
 
 
-def service_vips(rs: Ruleset) -> list[tuple[IPAddress, str, Rule]]:
-    """Service addresses from nat KUBE-SERVICES: (VIP, comment, rule) for each `-d VIP/32 … -j KUBE-SVC|FW|EXT-…`."""
-    out = []
-    for r in dumped(rs.chain("nat", "KUBE-SERVICES")):
-        nets = nets_of(r.dst)
-        if nets and nets[0].prefixlen == nets[0].max_prefixlen and r.target and r.target.name.startswith("KUBE-"):
-            out.append((nets[0].network_address, r.comment() or r.target.name, r))
+@dataclass(slots=True)
+class KubeRules:
+    services: list[RawRule] = field(default_factory=list)  # nat KUBE-SERVICES, in order
+    filter_services: list[RawRule] = field(default_factory=list)  # filter KUBE-SERVICES and KUBE-EXTERNAL-SERVICES
+    dnat_lines: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # chain -> its DNAT rules' lines
+    svc_chains: dict[str, Source] = field(default_factory=dict)  # nat KUBE-SVC-* declarations
+    svc_endpoints: dict[str, list[str]] = field(default_factory=dict)  # KUBE-SVC-* -> the KUBE-SEP-* it jumps to
+    targets: list[tuple[IPAddress, RawRule]] | None = None  # every DNAT's address, once asked for
+    svc_of: dict[str, str] | None = None  # "ns/name:port" -> its KUBE-SVC-* chain, once asked for
+
+
+def kube_rules(ctx: CheckContext, rs: Ruleset) -> KubeRules:
+    """kube-proxy's rules of one dump, read once per run."""
+    cached = ctx.memo.get(rs.file)
+    if cached is None:
+        cached = ctx.memo[rs.file] = _scan(rs.file, ctx.extra.iptables_text[rs.file])
+    return cached
+
+
+def _scan(file: str, text: str) -> KubeRules:
+    # Plain string tests, no regex per line: at 400k lines this loop is most of `kptrace check`'s own time.
+    out, table = KubeRules(), ""
+    for n, line in enumerate(text.split("\n"), start=1):
+        rule = line[line.find("] ") + 2:] if line.startswith("[") else line  # `iptables-save -c` counters
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif table == "nat":
+            if rule.startswith("-A KUBE-SEP-"):
+                if " -j DNAT" in rule:
+                    out.dnat_lines.setdefault(rule[3:rule.find(" ", 3)], []).append((n, line))
+            elif rule.startswith("-A KUBE-SVC-"):
+                if (i := rule.find(" -j KUBE-SEP-")) >= 0:
+                    out.svc_endpoints.setdefault(rule[3:rule.find(" ", 3)], []).append(rule[i + 4:].split()[0])
+            elif rule.startswith("-A KUBE-SERVICES "):
+                out.services.append(_raw(file, table, n, line, rule))
+            elif rule.startswith(":KUBE-SVC-"):
+                out.svc_chains[rule[1:].split()[0]] = Source(file, n, 1, line)
+            elif rule.startswith(("-A ", "-I ")) and not rule.startswith("-A KUBE-") and " -j DNAT" in rule:
+                out.dnat_lines.setdefault(rule.split()[1], []).append((n, line))
+        elif table == "filter" and rule.startswith(("-A KUBE-SERVICES ", "-A KUBE-EXTERNAL-SERVICES ")):
+            out.filter_services.append(_raw(file, table, n, line, rule))
     return out
+
+
+def _raw(file: str, table: str, n: int, line: str, rule: str) -> RawRule:
+    targets = _TARGET_RE.findall(rule)
+    return RawRule(table, rule.split(" ", 2)[1], targets[-1] if targets else "", Source(file, n, 1, line.rstrip("\r")))
+
+
+def _dnat(file: str, chain: str, lines: list[tuple[int, str]]) -> Iterator[tuple[IPAddress, RawRule]]:
+    for n, line in lines:
+        r = RawRule("nat", chain, "DNAT", Source(file, n, 1, line.rstrip("\r")))
+        t = r.dnat()
+        if t is not None:
+            yield t[0], r
+
+
+def has_dnat(ctx: CheckContext) -> bool:
+    node = ctx.node
+    assert node is not None
+    return any(kube_rules(ctx, rs).dnat_lines for rs in node.rulesets.values())
+
+
+def dnat_targets(ctx: CheckContext) -> list[tuple[IPAddress, RawRule]]:
+    """Every DNAT target of the node's dumps, with the rule that makes it."""
+    node = ctx.node
+    assert node is not None
+    out = []
+    for _, rs in sorted(node.rulesets.items()):
+        kube = kube_rules(ctx, rs)
+        if kube.targets is None:
+            kube.targets = [t for chain, lines in kube.dnat_lines.items() for t in _dnat(rs.file, chain, lines)]
+        out.extend(kube.targets)
+    return out
+
+
+def service_endpoints(ctx: CheckContext, rs: Ruleset, service: str) -> list[tuple[IPAddress, RawRule]]:
+    """A Service port's endpoints (`ns/name:port`): its KUBE-SVC chain's KUBE-SEP chains' DNAT targets.
+
+    Found through the chains, not the comments: kube-proxy leaves the endpoint comments out above
+    1000 endpoints ("large cluster mode").
+    """
+    kube = kube_rules(ctx, rs)
+    if kube.svc_of is None:
+        kube.svc_of = {(r.comment() or "").removesuffix(" cluster IP"): r.target
+                       for r in kube.services if r.target.startswith("KUBE-SVC-")}
+    svc = kube.svc_of.get(service)
+    return [t for sep in kube.svc_endpoints.get(svc or "", []) for t in _dnat(rs.file, sep, kube.dnat_lines.get(sep, []))]
+
+
+def service_vips(ctx: CheckContext, rs: Ruleset) -> list[tuple[IPAddress, str, RawRule]]:
+    """Service addresses from nat KUBE-SERVICES: (VIP, comment, rule) for each `-d VIP/32 … -j KUBE-…`."""
+    return [(vip, r.comment() or r.target, r) for r in kube_rules(ctx, rs).services
+            if r.target.startswith("KUBE-") and (vip := r.vip()) is not None]
 
 
 # CNI plugins' own filter chains (flannel, the CNI portmap/bridge plugins, Calico, Cilium, kube-router, Weave, Antrea).

@@ -160,7 +160,7 @@ class Chain:
 class Table:
     name: str
     source: Source
-    chains: MutableChains = field(default_factory=dict)  # type: ignore[assignment]
+    chains: MutableChains = field(default_factory=dict)
 
 
 class LazyChains(Mapping[str, Chain]):

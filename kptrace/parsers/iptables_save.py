@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Any
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 from kptrace.errors import ParseError
@@ -209,7 +210,7 @@ def parse_iptables_save(text: str, file: str = "iptables-save", family: int | No
         if stripped.startswith(":"):
             _chain_line(table, stripped, file, lineno, line, rs.assumptions)
             continue
-        rule = parse_rule_line(table.name, line, file, lineno, table.chains)
+        rule = parse_rule_line(table.name, line, file, lineno)
         saw_v6 = saw_v6 or _is_v6(rule)
         if rule.chain not in table.chains:
             if rule.chain in BUILTIN_CHAINS[table.name]:
@@ -284,7 +285,7 @@ def _check_jumps(rs: Ruleset, result: ParseResult) -> None:
                     )
 
 
-def parse_rule_line(table: str, line: str, file: str, lineno: int, chains: dict[str, Chain] | None = None) -> Rule:
+def parse_rule_line(table: str, line: str, file: str, lineno: int) -> Rule:
     """Parse one `[p:b] -A CHAIN …` / `-I CHAIN [n] …` line of a table."""
     col0 = 1
     counters = None
@@ -534,8 +535,11 @@ def render_rule(rule: Rule) -> str:
     """The rule as `iptables-save` would print it from this model: `-A CHAIN` and its parts in source order."""
     pieces: list[tuple[int, int, list[str]]] = []
     names = {"proto": "-p", "src": "-s", "dst": "-d", "in": "-i", "out": "-o"}
-    for key, cond in (("proto", rule.proto), ("src", rule.src), ("dst", rule.dst), ("in", rule.in_iface),
-                      ("out", rule.out_iface), ("fragment", rule.fragment)):
+    conds: list[tuple[str, Cond[Any] | None]] = [
+        ("proto", rule.proto), ("src", rule.src), ("dst", rule.dst), ("in", rule.in_iface),
+        ("out", rule.out_iface), ("fragment", rule.fragment),
+    ]
+    for key, cond in conds:
         if cond is None:
             continue
         words = ["!"] if cond.negated else []
@@ -836,7 +840,7 @@ def _scan_section(rs: Ruleset, name: str, lines: list[str], head: int, commit: i
         if builtin and policy == "-":
             policy = "ACCEPT"
         src = Source(file, row + 1, 1, lines[row].rstrip("\r"))
-        counters = (int(pk), int(by)) if pk else None
+        counters = (int(pk), int(by)) if pk and by else None
         raw = _LazyRules(lines, 1, locate.rows(cname), name, cname, file)
         return Chain(name, cname, policy if builtin else None, src, None, counters, raw)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 
-from kptrace.model.netfilter import Match, Option, Rule
+from kptrace.model.netfilter import Cond, Match, Option, Rule
 from kptrace.walkers.packet import Packet
 
 
@@ -84,12 +84,14 @@ def eval_generic(rule: Rule, pkt: Packet) -> Result:
                 return False
     if rule.fragment is not None and not rule.fragment.negated:
         return False  # the first packet of a connection is never a non-first fragment
-    for cond, iface, which in ((rule.in_iface, pkt.in_iface, "in"), (rule.out_iface, pkt.out_iface, "out")):
-        if cond is None:
+    ifaces: tuple[tuple[Cond[str] | None, str | None, str], ...] = (
+        (rule.in_iface, pkt.in_iface, "in"), (rule.out_iface, pkt.out_iface, "out"))
+    for icond, iface, which in ifaces:
+        if icond is None:
             continue
         if iface is None:
-            return Unknown(f"the {which}put interface is not known here (rule tests -{which[0]} {cond.value})")
-        if iface_matches(cond.value, iface) == cond.negated:
+            return Unknown(f"the {which}put interface is not known here (rule tests -{which[0]} {icond.value})")
+        if iface_matches(icond.value, iface) == icond.negated:
             return False
     return True
 
@@ -220,7 +222,7 @@ def _addr_in(addr: object, spec: str) -> bool:
         net = ip_network(spec, strict=False)
     except ValueError:
         return False
-    return getattr(addr, "version", 0) == net.version and addr in net  # type: ignore[operator]
+    return getattr(addr, "version", 0) == net.version and addr in net
 
 
 def addr_type(addr: object, ctx: MatchContext) -> str | None:
@@ -232,7 +234,7 @@ def addr_type(addr: object, ctx: MatchContext) -> str | None:
             return "MULTICAST"
         if str(addr) == "255.255.255.255":
             return "BROADCAST"
-    elif addr in _MULTICAST6:  # type: ignore[operator]
+    elif addr in _MULTICAST6:
         return "MULTICAST"
     if local is None:
         return None

@@ -97,7 +97,7 @@ class _Walk:
                 prio = table_priority(table, hook)
                 out.append(HookEntry(prio, f"{backend}:{table}", table == "nat", _bind(walker, table, hook)))
         if self.node.nft is not None:
-            from kptrace.walkers import nft
+            from kptrace.walkers import nft  # type: ignore[attr-defined,unused-ignore]
 
             out.extend(nft.hook_entries(self.node.nft, hook, self.ruleset.family, lambda: self.ctx(hook), self.label))
         # Python's sort is stable: at equal priority iptables-nft, then legacy, then nft tables.

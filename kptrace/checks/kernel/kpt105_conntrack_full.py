@@ -21,7 +21,7 @@ def conntrack_full(ctx: CheckContext) -> Iterator[Outcome]:
     count, limit = node.sysctls.get("net.netfilter.nf_conntrack_count"), node.sysctls.get("net.netfilter.nf_conntrack_max")
     stale = []
     if ctx.extra.conntrack is not None:
-        vips = {vip for rs in node.rulesets.values() for vip, _, _ in service_vips(rs)}
+        vips = {vip for rs in node.rulesets.values() for vip, _, _ in service_vips(ctx, rs)}
         # An entry made before the Service had endpoints was never DNATed: its reply comes from the VIP
         # itself. Until it times out, every packet of that flow (DNS retries from one source port) goes nowhere.
         stale = [e for e in ctx.extra.conntrack if e.proto == "udp" and "UNREPLIED" in e.flags

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, comment_service, dumped, service_vips
+from kptrace.checks.inputs import (
+    CheckContext,
+    comment_service,
+    kube_rules,
+)
 from kptrace.checks.registry import Outcome, check, fail, passed
 from kptrace.model.finding import Severity
 from kptrace.model.source import Source
@@ -19,19 +23,15 @@ def no_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
     assert node is not None
     services: dict[str, list[Source]] = {}
     for _, rs in sorted(node.rulesets.items()):
-        for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
-            for r in dumped(rs.chain("filter", chain)):
-                svc = comment_service(r, NO_ENDPOINTS)
-                if svc and r.target and r.target.name in ("REJECT", "DROP"):
-                    services.setdefault(svc, []).append(r.source)
-        nat = rs.tables.get("nat")
-        if nat is None:
-            continue
-        names = {r.target.name: comment.removesuffix(" cluster IP") for _, comment, r in service_vips(rs) if r.target}
-        for name in [n for n in nat.chains if n.startswith("KUBE-SVC-")]:
-            chain = nat.chains[name]
-            if not any(r.target and r.target.name.startswith("KUBE-SEP-") for r in dumped(chain)):
-                services.setdefault(names.get(name, name), []).append(chain.source)
+        kube = kube_rules(ctx, rs)
+        for r in kube.filter_services:
+            svc = comment_service(r, NO_ENDPOINTS)
+            if svc and r.target in ("REJECT", "DROP"):
+                services.setdefault(svc, []).append(r.source)
+        names = {r.target: (r.comment() or r.target).removesuffix(" cluster IP") for r in kube.services}
+        for name, decl in kube.svc_chains.items():
+            if name not in kube.svc_endpoints:
+                services.setdefault(names.get(name, name), []).append(decl)
     for svc, sources in sorted(services.items()):
         yield fail(f"{svc} has no endpoints: kube-proxy rejects connections to it (ICMP port unreachable, or a TCP "
                    f"reset); its selector matches no ready pod", *sorted(sources, key=lambda s: (s.file, s.line)))

@@ -5,10 +5,9 @@ from collections.abc import Iterator
 from kptrace.checks.inputs import (
     CheckContext,
     comment_service,
-    dnat_rules,
-    dnat_target,
-    dumped,
+    kube_rules,
     local_pod_subnets,
+    service_endpoints,
 )
 from kptrace.checks.registry import Outcome, check, fail, info, passed
 from kptrace.model.finding import Severity
@@ -29,17 +28,12 @@ def no_local_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
     drops: dict[str, list[Source]] = {}
     endpoints: dict[str, list[IPAddress]] = {}
     for _, rs in sorted(node.rulesets.items()):
-        for table in ("filter", "nat"):
-            for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"):
-                for r in dumped(rs.chain(table, chain)):
-                    svc = comment_service(r, NO_LOCAL)
-                    if svc and r.target and r.target.name in ("DROP", "REJECT", "KUBE-MARK-DROP"):
-                        drops.setdefault(svc, []).append(r.source)
-        if drops:
-            for r in dnat_rules(rs):
-                target, svc = dnat_target(r), r.comment()
-                if target and svc:
-                    endpoints.setdefault(svc, []).append(target[0])
+        for r in kube_rules(ctx, rs).filter_services:
+            svc = comment_service(r, NO_LOCAL)
+            if svc and r.target in ("DROP", "REJECT"):
+                drops.setdefault(svc, []).append(r.source)
+                if svc not in endpoints:
+                    endpoints[svc] = [ip for ip, _ in service_endpoints(ctx, rs, svc)]
     mine = local_pod_subnets(node)
     local = node.local_addresses()
     for svc, sources in sorted(drops.items()):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, dumped, has_assumed
+from kptrace.checks.inputs import CheckContext, dumped, has_assumed, kube_rules
 from kptrace.checks.registry import Outcome, check, fail, passed
 from kptrace.model.finding import Severity
 
@@ -33,8 +33,8 @@ def kube_jumps(ctx: CheckContext) -> Iterator[Outcome]:
                     "leave them out; a node's dump must have them)") if has_assumed(rs) else ""
             yield fail(f"{rs.file} has no {', '.join(gone)} jump: packets never reach kube-proxy's Service rules "
                        f"(ClusterIPs and NodePorts go nowhere, masquerading is skipped){note}", services.source)
-        rules = dumped(services)
-        last = max((i for i, r in enumerate(rules) if r.target and r.target.name == "KUBE-NODEPORTS"), default=None)
+        rules = kube_rules(ctx, rs).services
+        last = max((i for i, r in enumerate(rules) if r.target == "KUBE-NODEPORTS"), default=None)
         if last is not None and last != len(rules) - 1:
             found = True
             after = rules[last + 1]

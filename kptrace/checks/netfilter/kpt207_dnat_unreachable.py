@@ -2,11 +2,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, dnat_rules, dnat_target
+from kptrace.checks.inputs import CheckContext, RawRule, dnat_targets, has_dnat
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 from kptrace.model.flow import IPAddress
-from kptrace.model.netfilter import Rule
 from kptrace.walkers.routing import FAILING_TYPES, describe, lookup
 
 MAX_LISTED = 20
@@ -21,18 +20,15 @@ def dnat_unreachable(ctx: CheckContext) -> Iterator[Outcome]:
     """A DNAT target (a Service endpoint) has no route from this node, a blackhole route, or one via a down interface."""
     node = ctx.node
     assert node is not None
-    targets: dict[IPAddress, Rule] = {}
-    for _, rs in sorted(node.rulesets.items()):
-        for r in dnat_rules(rs):
-            t = dnat_target(r)
-            if t is not None:
-                targets.setdefault(t[0], r)
-    if not targets:
+    if not has_dnat(ctx):
         yield passed("no DNAT rule in the dump")
         return
     if not node.routes:
-        yield missing("ip-route.txt", why=f"{len(targets)} DNAT targets to look up")
+        yield missing("ip-route.txt", why="the DNAT targets' routes cannot be looked up")
         return
+    targets: dict[IPAddress, RawRule] = {}
+    for ip, r in dnat_targets(ctx):
+        targets.setdefault(ip, r)
     links = {link.name: link for link in node.links}
     bad = 0
     for ip, rule in sorted(targets.items(), key=lambda kv: (kv[0].version, kv[0])):

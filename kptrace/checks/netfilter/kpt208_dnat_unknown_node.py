@@ -2,11 +2,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, dnat_rules, dnat_target, pod_networks
+from kptrace.checks.inputs import CheckContext, RawRule, dnat_targets, pod_networks
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 from kptrace.model.flow import IPAddress
-from kptrace.model.netfilter import Rule
 
 
 @check(id="KPT208", name="dnat-to-unknown-node", severity=Severity.MEDIUM,
@@ -30,14 +29,12 @@ def dnat_unknown_node(ctx: CheckContext) -> Iterator[Outcome]:
     for peer in ctx.peers:
         known |= peer.local_addresses()
     pods = pod_networks(node) + [n for p in ctx.peers for n in pod_networks(p)]
-    strangers: dict[IPAddress, Rule] = {}
-    for _, rs in sorted(node.rulesets.items()):
-        for r in dnat_rules(rs):
-            t = dnat_target(r)
-            if t is None or t[0] in known or any(t[0].version == n.version and t[0] in n for n in pods):
-                continue
-            if any(t[0].version == n.version and t[0] in n for n in node_nets):
-                strangers.setdefault(t[0], r)
+    strangers: dict[IPAddress, RawRule] = {}
+    for ip, r in dnat_targets(ctx):
+        if ip in known or any(ip.version == n.version and ip in n for n in pods):
+            continue
+        if any(ip.version == n.version and ip in n for n in node_nets):
+            strangers.setdefault(ip, r)
     for ip, r in sorted(strangers.items(), key=lambda kv: (kv[0].version, kv[0])):
         yield fail(f"DNAT to {ip} ({r.comment() or r.chain}): an address on the node network "
                    f"({', '.join(str(n) for n in node_nets)}) that is not this node and not a node in the bundle: "

@@ -29,7 +29,7 @@ def default_route(ctx: CheckContext) -> Iterator[Outcome]:
                          defaults[0].source)
             continue
         rs = node.rulesets.get(family)
-        vips = service_vips(rs) if rs else []
+        vips = service_vips(ctx, rs) if rs else []
         # A local process's packet is routed before nat OUTPUT can DNAT it (then rerouted): with no route
         # to the ClusterIP, connect() fails with ENETUNREACH and kube-proxy's rules are never reached.
         unrouted = [(vip, c, r) for vip, c, r in vips if lookup(node, vip).kind not in ("unicast", "local")]

@@ -4,8 +4,7 @@ from collections.abc import Iterator
 
 from kptrace.checks.inputs import (
     CheckContext,
-    dnat_rules,
-    dnat_target,
+    dnat_targets,
     local_pod_subnets,
     pod_bridges,
 )
@@ -30,11 +29,9 @@ def hairpin(ctx: CheckContext) -> Iterator[Outcome]:
         return
     subnets = local_pod_subnets(node)
     endpoints: dict[IPAddress, str] = {}
-    for _, rs in sorted(node.rulesets.items()):
-        for r in dnat_rules(rs):
-            t = dnat_target(r)
-            if t and any(t[0].version == n.version and t[0] in n for n in subnets):
-                endpoints.setdefault(t[0], r.comment() or r.chain)
+    for ip, r in dnat_targets(ctx):
+        if any(ip.version == n.version and ip in n for n in subnets):
+            endpoints.setdefault(ip, r.comment() or r.chain)
     off = {p.name: p for p in ports if p.hairpin is False}
     if not off or not endpoints:
         yield passed(f"hairpin is on for all {len(ports)} pod ports" if not off else

@@ -214,3 +214,19 @@ COMMIT
     t = trace_flow(node, Flow(ip_address("fd00:10:244:1::5"), ip_address("fd00:10:96::a"), "udp", None, 53))
     assert sorted(t.endpoints) == ["[fd00:10:244:1::9]:53", "[fd00:10:244:2::7]:53"]
     assert t.disposition == Disposition.FORWARDED
+
+
+def test_legacy_and_nft_backends_both_run(tmp_path: Path) -> None:
+    """Rules split between iptables-nft and iptables-legacy: both sets of hooks see the packet."""
+    d = tmp_path / "split"
+    d.mkdir()
+    (d / "iptables-nft-save.txt").write_text(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n"
+        "-A FORWARD -j KUBE-FORWARD\n-A KUBE-FORWARD -d 10.244.0.0/16 -j ACCEPT\nCOMMIT\n")
+    (d / "iptables-legacy-save.txt").write_text("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\nCOMMIT\n")
+    node = load_node([d], [NODE_IP])
+    t = trace_flow(node, Flow(ip_address("10.244.1.5"), ip_address("10.244.2.9"), "tcp", None, 80))
+    # The nft FORWARD accepts, which only ends that base chain; legacy's FORWARD policy then drops.
+    assert t.disposition == Disposition.DROPPED
+    last = t.branches[0].steps[-1]
+    assert last.source == "split/iptables-legacy-save.txt:3" and last.action == "POLICY DROP"

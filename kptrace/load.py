@@ -17,6 +17,7 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
+from kptrace import cache
 from kptrace.errors import InputError, ParseError
 from kptrace.model.node import Node
 from kptrace.model.trace import InputFile
@@ -177,6 +178,29 @@ def _name_from(group: list[Path], i: int) -> str:
 
 
 def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None) -> Node:
+    node = _new_node(node_ips, pod_cidrs)
+    for p in paths:
+        for label, data in _read_entries(p):
+            _load_one(node, _short(label, p), data, in_bundle=p.is_dir() or label != str(p))
+    return _finish_node(node, ", ".join(str(p) for p in paths))
+
+
+def load_node_from_texts(files: dict[str, bytes], node_ips: list[str] | None = None,
+                         pod_cidrs: list[str] | None = None, labels: dict[str, str] | None = None) -> Node:
+    """A Node from bundle files held in memory (bundle file name -> bytes), in the order given.
+
+    `kptrace collect` and the live `why` capture the same texts a bundle holds and hand them here,
+    so a live node and its bundle go through one parse path. `labels` gives the name each file is
+    cited by (default: its bundle name); the bundle name still decides its kind.
+    """
+    node = _new_node(node_ips, pod_cidrs)
+    labels = labels or {}
+    for name, data in files.items():
+        _load_one(node, labels.get(name, name), data, in_bundle=True, name=name)
+    return _finish_node(node, ", ".join(labels.get(n, n) for n in files) or "no files")
+
+
+def _new_node(node_ips: list[str] | None, pod_cidrs: list[str] | None) -> Node:
     node = Node()
     for raw in node_ips or []:
         try:
@@ -188,9 +212,10 @@ def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: l
             node.pod_cidrs.append(ip_network(raw, strict=False))
         except ValueError:
             raise InputError(f"--pod-cidr: '{raw}' is not a CIDR") from None
-    for p in paths:
-        for label, data in _read_entries(p):
-            _load_one(node, _short(label, p), data, in_bundle=p.is_dir() or label != str(p))
+    return node
+
+
+def _finish_node(node: Node, where: str) -> Node:
     for fam, legacy in list(node.legacy_rulesets.items()):
         if not legacy.tables:
             del node.legacy_rulesets[fam]
@@ -198,7 +223,6 @@ def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: l
             # Only the legacy backend holds rules: it is the node's iptables.
             node.rulesets[fam] = node.legacy_rulesets.pop(fam)
     if not node.rulesets:
-        where = ", ".join(str(p) for p in paths)
         raise InputError(f"no iptables-save dump in the input ({where}); give --dump FILE or a bundle directory")
     for rs in [*node.rulesets.values(), *node.legacy_rulesets.values()]:
         add_kube_proxy_jumps(rs)
@@ -217,13 +241,13 @@ def _short(label: str, root: Path) -> str:
     return label
 
 
-def _load_one(node: Node, label: str, data: bytes, in_bundle: bool = False) -> None:
+def _load_one(node: Node, label: str, data: bytes, in_bundle: bool = False, name: str | None = None) -> None:
     digest = hashlib.sha256(data).hexdigest()
-    base = label.rsplit("/", 1)[-1]
+    base = (name or label).rsplit("/", 1)[-1]
     if any(rx.match(base) for rx in PASSIVE_KINDS.values()):
         return
     text = decode(data, label)
-    kind = sniff(label, text)
+    kind = sniff(name or label, text)
     if kind is None:
         if not text.strip():
             return
@@ -238,7 +262,13 @@ def _load_one(node: Node, label: str, data: bytes, in_bundle: bool = False) -> N
             node.assumptions.append(f"{label} is identical to another dump in the input and was read once")
             return
         family = 6 if kind.startswith("ip6") else None
-        rs = (parse_iptables_save(text, label, family).ruleset if STRICT[0] else scan_iptables_save(text, label, family))
+        if STRICT[0]:
+            rs = parse_iptables_save(text, label, family).ruleset
+        else:
+            hints = cache.get(digest)
+            rs = scan_iptables_save(text, label, family, hints)
+            if rs.scan_hints is not None and hints is None:
+                cache.put(digest, rs.scan_hints)
         slot = node.legacy_rulesets if "legacy" in kind else node.rulesets
         if rs.family in slot and slot[rs.family].tables:
             if not rs.tables:

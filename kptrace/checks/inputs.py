@@ -1,11 +1,11 @@
-"""What checks read: the loaded nodes, the bundle files load.py does not read (yet), and facts from both.
+"""What checks read: the loaded nodes, the bundle files load.py does not read, and facts from both.
 
-load.py turns a bundle into a Node but refuses files it cannot place: `services.txt` and
-`conntrack.txt` are not recognised, and `iptables-legacy-save.txt` or `iptables-nft-save.txt` next
-to `iptables-save.txt` make "a second IPv4 ruleset". `load_for_checks` reads those files here and
-hands load.py the rest of the bundle (through a directory of links with the same names, so every
-file keeps the label it has everywhere else). TODO: move these kinds into load.py (BUNDLE_NAMES,
-a `Node.extra_rulesets`, parsers/services.py and parsers/conntrack.py), then delete the shim.
+load.py skips `services.txt`, `conntrack.txt` and `iptables-legacy-save.txt`, and refuses an
+`iptables-nft-save.txt` next to `iptables-save.txt` ("a second IPv4 ruleset"). `load_for_checks`
+reads those files here; a bundle directory holding a file load.py would refuse is handed to it as
+a tree of links without that file, so every file keeps the label it has everywhere else.
+TODO(load.py): give these kinds a place in the Node (`Node.extra_rulesets`, services, conntrack;
+parsers/services.py and parsers/conntrack.py) and delete the shim.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from kptrace.errors import KptraceError, ParseError
-from kptrace.load import _node_dirs, _read_entries, _short, decode, load_cluster, sniff
+from kptrace.load import (
+    PASSIVE_KINDS,
+    _node_dirs,
+    _read_entries,
+    _short,
+    decode,
+    load_cluster,
+    sniff,
+)
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import Chain, Cond, IPNetwork, Rule, Ruleset
 from kptrace.model.node import Node
@@ -120,9 +128,11 @@ def load_for_checks(paths: list[Path], node_ips: list[str] | None = None,
                for p in paths for g in _node_dirs(p) for path, data in _read_entries(g)]
     held = {(e.dir, e.base) for e in entries}
     kept_out = {id(e) for e in entries if _read_here(e, held)}
+    # Of those, the ones load.py would not skip itself (it refuses a second IPv4 dump).
+    refused = {id(e) for e in entries if id(e) in kept_out and not any(rx.match(e.base) for rx in PASSIVE_KINDS.values())}
     try:
         with tempfile.TemporaryDirectory(prefix="kptrace-check-") as tmp:
-            nodes = load_cluster(_without(paths, entries, kept_out, Path(tmp)), node_ips, pod_cidrs)
+            nodes = load_cluster(_without(paths, entries, refused, Path(tmp)), node_ips, pod_cidrs)
     except ParseError as e:
         # Nothing loaded: what can be read from the raw files still runs (KPT001, KPT202, KPT209, KPT501).
         merged = BundleExtras(errors=[e])
@@ -150,18 +160,18 @@ def _read_here(e: _Entry, held: set[tuple[str, str]]) -> bool:
     return e.base in EXTRA_KINDS
 
 
-def _without(paths: list[Path], entries: list[_Entry], kept_out: set[int], tmp: Path) -> list[Path]:
-    """The paths for load.py, minus the files read here: a bundle directory becomes a tree of links."""
+def _without(paths: list[Path], entries: list[_Entry], refused: set[int], tmp: Path) -> list[Path]:
+    """The paths for load.py, minus the files it would refuse: a bundle directory becomes a tree of links."""
     out: list[Path] = []
     for p in paths:
         mine = [e for e in entries if e.root is p]
-        if not any(id(e) in kept_out for e in mine):
+        if not any(id(e) in refused for e in mine):
             out.append(p)
         elif p.is_dir():
             # TODO(load.py): a .tar.gz bundle holding these files still fails there; only directories are filtered.
             farm = tmp / str(len(out)) / p.resolve().name
             for e in mine:
-                if id(e) not in kept_out:
+                if id(e) not in refused:
                     rel = Path(e.path).relative_to(p)
                     (farm / rel).parent.mkdir(parents=True, exist_ok=True)
                     (farm / rel).symlink_to(Path(e.path).resolve())
@@ -423,6 +433,15 @@ def _address(text: str) -> IPAddress | None:
         return None
 
 
+def _to_address(line: str) -> IPAddress | None:
+    m = _TO_RE.search(line)
+    if m is None:
+        return None
+    text = m.group(1)  # 10.244.1.9:53, 10.244.1.9, [fd00::9]:53, fd00::9, 10.0.0.1-10.0.0.9:80
+    host = text[1:].split("]", 1)[0] if text.startswith("[") else (text.rsplit(":", 1)[0] if text.count(":") == 1 else text)
+    return _address(host.split("-", 1)[0])
+
+
 @dataclass(frozen=True, slots=True)
 class RawRule:
     """One `-A CHAIN …` line of a dump, as written (so never one kptrace assumed)."""
@@ -436,15 +455,9 @@ class RawRule:
         m = _COMMENT_RE.search(self.source.text)
         return None if m is None else (m.group(1) if m.group(1) is not None else m.group(2))
 
-    def dnat(self) -> tuple[IPAddress, str] | None:
-        """The address (and the text) a DNAT rule translates to: `--to-destination 10.244.1.9:53`."""
-        m = _TO_RE.search(self.source.text) if self.target == "DNAT" else None
-        if m is None:
-            return None
-        text = m.group(1)
-        host = text[1:].split("]", 1)[0] if text.startswith("[") else (text.rsplit(":", 1)[0] if text.count(":") == 1 else text)
-        ip = _address(host.split("-", 1)[0])
-        return None if ip is None else (ip, text)
+    def dnat(self) -> IPAddress | None:
+        """The address a DNAT rule translates to: `--to-destination 10.244.1.9:53`."""
+        return _to_address(self.source.text) if self.target == "DNAT" else None
 
     def vip(self) -> IPAddress | None:
         """`-d VIP/32` (or /128, or no length), not negated."""
@@ -466,7 +479,7 @@ class KubeRules:
     dnat_lines: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # chain -> its DNAT rules' lines
     svc_chains: dict[str, Source] = field(default_factory=dict)  # nat KUBE-SVC-* declarations
     svc_endpoints: dict[str, list[str]] = field(default_factory=dict)  # KUBE-SVC-* -> the KUBE-SEP-* it jumps to
-    targets: list[tuple[IPAddress, RawRule]] | None = None  # every DNAT's address, once asked for
+    targets: dict[IPAddress, RawRule] | None = None  # every DNAT's address, once asked for
     svc_of: dict[str, str] | None = None  # "ns/name:port" -> its KUBE-SVC-* chain, once asked for
 
 
@@ -508,12 +521,15 @@ def _raw(file: str, table: str, n: int, line: str, rule: str) -> RawRule:
     return RawRule(table, rule.split(" ", 2)[1], targets[-1] if targets else "", Source(file, n, 1, line.rstrip("\r")))
 
 
-def _dnat(file: str, chain: str, lines: list[tuple[int, str]]) -> Iterator[tuple[IPAddress, RawRule]]:
+def _dnat(file: str, chain: str, lines: list[tuple[int, str]]) -> Iterator[tuple[IPAddress, int, str]]:
     for n, line in lines:
-        r = RawRule("nat", chain, "DNAT", Source(file, n, 1, line.rstrip("\r")))
-        t = r.dnat()
-        if t is not None:
-            yield t[0], r
+        ip = _to_address(line)
+        if ip is not None:
+            yield ip, n, line
+
+
+def _rule(file: str, chain: str, n: int, line: str) -> RawRule:
+    return RawRule("nat", chain, "DNAT", Source(file, n, 1, line.rstrip("\r")))
 
 
 def has_dnat(ctx: CheckContext) -> bool:
@@ -522,16 +538,21 @@ def has_dnat(ctx: CheckContext) -> bool:
     return any(kube_rules(ctx, rs).dnat_lines for rs in node.rulesets.values())
 
 
-def dnat_targets(ctx: CheckContext) -> list[tuple[IPAddress, RawRule]]:
-    """Every DNAT target of the node's dumps, with the rule that makes it."""
+def dnat_targets(ctx: CheckContext) -> dict[IPAddress, RawRule]:
+    """Every address the node's DNAT rules translate to, with the first rule that does."""
     node = ctx.node
     assert node is not None
-    out = []
+    out: dict[IPAddress, RawRule] = {}
     for _, rs in sorted(node.rulesets.items()):
         kube = kube_rules(ctx, rs)
         if kube.targets is None:
-            kube.targets = [t for chain, lines in kube.dnat_lines.items() for t in _dnat(rs.file, chain, lines)]
-        out.extend(kube.targets)
+            kube.targets = {}
+            for chain, lines in kube.dnat_lines.items():
+                for ip, n, line in _dnat(rs.file, chain, lines):
+                    if ip not in kube.targets:
+                        kube.targets[ip] = _rule(rs.file, chain, n, line)
+        for ip, r in kube.targets.items():
+            out.setdefault(ip, r)
     return out
 
 
@@ -546,7 +567,8 @@ def service_endpoints(ctx: CheckContext, rs: Ruleset, service: str) -> list[tupl
         kube.svc_of = {(r.comment() or "").removesuffix(" cluster IP"): r.target
                        for r in kube.services if r.target.startswith("KUBE-SVC-")}
     svc = kube.svc_of.get(service)
-    return [t for sep in kube.svc_endpoints.get(svc or "", []) for t in _dnat(rs.file, sep, kube.dnat_lines.get(sep, []))]
+    return [(ip, _rule(rs.file, sep, n, line)) for sep in kube.svc_endpoints.get(svc or "", [])
+            for ip, n, line in _dnat(rs.file, sep, kube.dnat_lines.get(sep, []))]
 
 
 def service_vips(ctx: CheckContext, rs: Ruleset) -> list[tuple[IPAddress, str, RawRule]]:

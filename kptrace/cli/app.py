@@ -47,6 +47,7 @@ def _register() -> None:
     why.register(app)
     check.register(app)
     explain.register(app)
+    __import__("kptrace.cli.collect", fromlist=["register"]).register(app)
 
 
 def main() -> None:

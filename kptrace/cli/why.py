@@ -63,6 +63,8 @@ def why(
     on: str = typer.Option(None, "--node", help="The node the packet starts on (default: the one owning --from, or the first)."),
     demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace (flannel VXLAN, node-a and node-b)."),
     output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
+    strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large dumps are otherwise read lazily)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the scan cache of large dumps."),
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
 ) -> None:
     """Trace one packet: which rule, route or setting decides its fate, step by step.
@@ -73,7 +75,12 @@ def why(
 
       kptrace why 192.168.0.2:30080 --from 203.0.113.7 --dump node-a/ -o json
     """
+    from kptrace import cache, load
     from kptrace.load import demo_path, load_cluster
+
+    load.STRICT[0] = strict
+    if no_cache:
+        cache.ENABLED[0] = False
     from kptrace.render.jsonout import dumps, trace_json
     from kptrace.walkers.netfilter import trace_flow
 
@@ -86,10 +93,13 @@ def why(
     paths = list(dump or [])
     if demo:
         paths.insert(0, demo_path())
-    if not paths:
-        raise KptraceError("no input: give --dump PATH (a file, a bundle directory or .tar.gz) or --demo; "
-                           "reading the live node comes with `kptrace collect`")
-    cluster = load_cluster(paths, list(node_ip or []), list(pod_cidr or []))
+    if paths:
+        cluster = load_cluster(paths, list(node_ip or []), list(pod_cidr or []))
+    else:
+        from kptrace.cli.collect import live_node
+
+        # No --dump and no --demo: this node, read live (read-only), through the same loader.
+        cluster = [live_node(list(node_ip or []), list(pod_cidr or []))]
     dst_ip = ip_address(host)
     src_ip = _source(src, cluster, dst_ip)
     node = start_node(cluster, src_ip, on)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from kptrace.model.source import Source
 
@@ -202,6 +202,7 @@ class Ruleset:
     family: int
     tables: dict[str, Table] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=list)
+    scan_hints: dict[str, Any] | None = None  # what a lazy scan found, for the cache (kptrace/cache.py)
 
     def chain(self, table: str, name: str) -> Chain | None:
         t = self.tables.get(table)

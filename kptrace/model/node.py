@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface, IPv4Network, IPv6Network
 
 from kptrace.model.flow import IPAddress
+from kptrace.model.ipvs import IpsetSet, IpvsService
 from kptrace.model.netfilter import Ruleset
 from kptrace.model.routing import BridgePort, FdbEntry, FlannelSubnet, KernelModule, Link, Neighbor, PolicyRule, Route
 from kptrace.model.source import Source
@@ -51,6 +52,8 @@ class Node:
     bridge_ports: list[BridgePort] = field(default_factory=list)
     flannel: FlannelSubnet | None = None
     modules: list[KernelModule] | None = None  # None: no module list in the input
+    ipsets: dict[str, IpsetSet] | None = None  # by set name; None: no ipset dump in the input
+    ipvs: list[IpvsService] | None = None  # IPVS virtual services; None: no ipvsadm listing in the input
     inputs: list[InputFile] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
 

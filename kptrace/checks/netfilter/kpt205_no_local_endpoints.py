@@ -15,6 +15,7 @@ from kptrace.model.flow import IPAddress
 from kptrace.model.source import Source
 
 NO_LOCAL = " has no local endpoints"
+MAX_LISTED = 10
 
 
 @check(id="KPT205", name="no-local-endpoints", severity=Severity.MEDIUM,
@@ -36,6 +37,7 @@ def no_local_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
                     endpoints[svc] = [ip for ip, _ in service_endpoints(ctx, rs, svc)]
     mine = local_pod_subnets(node)
     local = node.local_addresses()
+    by_design: list[tuple[str, list[IPAddress], list[Source]]] = []
     for svc, sources in sorted(drops.items()):
         eps = endpoints.get(svc, [])
         here = [ip for ip in eps if ip in local or any(ip.version == n.version and ip in n for n in mine)]
@@ -45,10 +47,16 @@ def no_local_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
                        f"local, so its node name (--hostname-override) is probably not the Node's name ({node.name})",
                        *sources)
         else:
-            elsewhere = f"its endpoints are elsewhere ({', '.join(map(str, eps))})" if eps else "no endpoint is in this dump"
-            yield info(f"{svc} has externalTrafficPolicy or internalTrafficPolicy Local and no endpoint on this node "
-                       f"({elsewhere}): kube-proxy drops its traffic here by design. If a pod of it runs here, check "
-                       f"kube-proxy's node name (--hostname-override) against the Node name ({node.name})"
-                       + ("" if mine else "; this node's pod subnet is not known, so that was not compared"), *sources)
+            by_design.append((svc, eps, sources))
+    if by_design:
+        # One INFO for all of them: a large cluster has hundreds, and none is a fault.
+        shown = "; ".join(f"{svc} (endpoints elsewhere: {', '.join(map(str, eps[:3]))}{', …' if len(eps) > 3 else ''})"
+                          if eps else f"{svc} (no endpoint in this dump)" for svc, eps, _ in by_design[:MAX_LISTED])
+        more = f"; and {len(by_design) - MAX_LISTED} more" if len(by_design) > MAX_LISTED else ""
+        yield info(f"{len(by_design)} Service port(s) with externalTrafficPolicy or internalTrafficPolicy Local have no "
+                   f"endpoint on this node, so kube-proxy drops their traffic here by design: {shown}{more}. If a pod "
+                   f"of one runs here, check kube-proxy's node name (--hostname-override) against the Node name "
+                   f"({node.name})" + ("" if mine else "; this node's pod subnet is not known, so that was not compared"),
+                   *(src for _, _, sources in by_design[:MAX_LISTED] for src in sources))
     if not drops:
         yield passed("no Service with a Local traffic policy lacks a local endpoint")

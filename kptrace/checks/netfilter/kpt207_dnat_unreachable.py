@@ -1,14 +1,37 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from kptrace.checks.inputs import CheckContext, RawRule, dnat_targets, has_dnat
+from kptrace.checks.inputs import CheckContext, dnat_targets, has_dnat
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 from kptrace.model.flow import IPAddress
-from kptrace.walkers.routing import FAILING_TYPES, describe, lookup
+from kptrace.model.node import Node
+from kptrace.walkers.routing import FAILING_TYPES, RouteResult, describe, lookup
 
 MAX_LISTED = 20
+GROUP = {4: 24, 6: 64}
+
+
+def _lookups(node: Node) -> Callable[[IPAddress], RouteResult]:
+    """`lookup`, shared by addresses of one /24 (/64) that no longer route or ip rule tells apart.
+
+    A 10k-Service node has tens of thousands of endpoints in a few hundred pod subnets.
+    """
+    split = {(n.version, int(n.network_address) >> (n.max_prefixlen - GROUP[n.version]))
+             for n in [r.dst for r in node.routes] + [x for p in node.policy_rules for x in (p.src, p.dst) if x]
+             if n.prefixlen > GROUP[n.version]}
+    cache: dict[tuple[int, int], RouteResult] = {}
+
+    def get(ip: IPAddress) -> RouteResult:
+        key = (ip.version, int(ip) >> (ip.max_prefixlen - GROUP[ip.version]))
+        if key in split:
+            return lookup(node, ip)
+        if key not in cache:
+            cache[key] = lookup(node, ip)
+        return cache[key]
+
+    return get
 
 
 @check(id="KPT207", name="dnat-target-unreachable", severity=Severity.HIGH,
@@ -26,13 +49,12 @@ def dnat_unreachable(ctx: CheckContext) -> Iterator[Outcome]:
     if not node.routes:
         yield missing("ip-route.txt", why="the DNAT targets' routes cannot be looked up")
         return
-    targets: dict[IPAddress, RawRule] = {}
-    for ip, r in dnat_targets(ctx):
-        targets.setdefault(ip, r)
+    targets = dnat_targets(ctx)
     links = {link.name: link for link in node.links}
+    route = _lookups(node)
     bad = 0
     for ip, rule in sorted(targets.items(), key=lambda kv: (kv[0].version, kv[0])):
-        res = lookup(node, ip)
+        res = route(ip)
         why = None
         if res.kind == "none" or res.kind in FAILING_TYPES:
             why = describe(res, ip)

@@ -30,7 +30,7 @@ def dnat_unknown_node(ctx: CheckContext) -> Iterator[Outcome]:
         known |= peer.local_addresses()
     pods = pod_networks(node) + [n for p in ctx.peers for n in pod_networks(p)]
     strangers: dict[IPAddress, RawRule] = {}
-    for ip, r in dnat_targets(ctx):
+    for ip, r in dnat_targets(ctx).items():
         if ip in known or any(ip.version == n.version and ip in n for n in pods):
             continue
         if any(ip.version == n.version and ip in n for n in node_nets):

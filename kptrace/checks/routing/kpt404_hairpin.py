@@ -29,7 +29,7 @@ def hairpin(ctx: CheckContext) -> Iterator[Outcome]:
         return
     subnets = local_pod_subnets(node)
     endpoints: dict[IPAddress, str] = {}
-    for ip, r in dnat_targets(ctx):
+    for ip, r in dnat_targets(ctx).items():
         if any(ip.version == n.version and ip in n for n in subnets):
             endpoints.setdefault(ip, r.comment() or r.chain)
     off = {p.name: p for p in ports if p.hairpin is False}

@@ -1,0 +1,131 @@
+"""`kptrace collect`: capture this node, read-only, into a bundle other kptrace commands read with --dump."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from kptrace.errors import ExitCode, KptraceError
+
+if TYPE_CHECKING:
+    from kptrace.collect.capture import Capture
+    from kptrace.collect.live import Options
+    from kptrace.model.node import Node
+
+
+def collect(
+    output: Path = typer.Option(None, "--output", "-o", help="Bundle to write: NAME.tar.gz, or a directory. An "
+                                "existing directory (or one ending in /) gets kptrace-HOST-TIME.tar.gz inside."),
+    include: list[str] = typer.Option(None, "--include", help="Also collect an optional part: conntrack "
+                                      "(every tracked connection; can be large). Repeatable."),
+    redact: bool = typer.Option(False, "--redact", help="Replace public IP addresses and this node's host "
+                                "names, consistently, so the bundle can be shared. The mapping is kept nowhere."),
+    node_name: str = typer.Option(None, "--node-name", envvar="KPTRACE_NODE_NAME", help="The Kubernetes node "
+                                  "name for node.yaml (default: the host name)."),
+    node_ip: list[str] = typer.Option(None, "--node-ip", help="An address of this node for node.yaml; repeatable."),
+    pod_cidr: str = typer.Option(None, "--pod-cidr", help="This node's pod CIDR (spec.podCIDR) for node.yaml."),
+    timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds each command may take."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; warnings are still printed."),
+) -> None:
+    """Capture this node's netfilter rules, routes, links, neighbours and settings into a bundle.
+
+    Read-only: it only lists and saves; nothing on the node changes. Run it as root (iptables-save, nft
+    and conntrack need CAP_NET_ADMIN); as another user it collects what it can read and names what it
+    could not. Exit codes: 0 everything collected, 4 the bundle is written but some parts are missing
+    (listed on stderr and in manifest.json), 2 nothing could be written.
+
+    Examples:
+
+      sudo kptrace collect -o node-a.tar.gz
+
+      kptrace why 10.96.0.10:53 --proto udp --dump node-a.tar.gz
+    """
+    from kptrace.collect import bundle
+    from kptrace.collect.live import INCLUDABLE, Options, collect as run_collect, hostname
+    from kptrace.collect.redact import Redactor
+
+    parts = [p.strip().lower() for item in include or [] for p in item.split(",") if p.strip()]
+    for p in parts:
+        if p not in INCLUDABLE:
+            raise KptraceError(f"--include '{p}': expected one of {', '.join(INCLUDABLE)}")
+    for ip in node_ip or []:
+        _check_ip(ip)
+    started = bundle.now()
+    host = hostname()
+    name = bundle.default_name(host, started)
+    out = _output_path(output, name)
+    err = Console(stderr=True)
+    options = Options(include=frozenset(parts), timeout=timeout, node_name=node_name, node_ips=tuple(node_ip or ()),
+                      pod_cidr=pod_cidr)
+    caps = _run(run_collect, options, err, quiet)
+    redactor = Redactor([host, *([node_name] if node_name else [])]) if redact else None
+    meta = bundle.Meta(host, node_name or host, started, bundle.now() - started, tuple(parts))
+    try:
+        written = bundle.write_bundle(caps, out, meta, redactor)
+    except OSError as e:
+        raise KptraceError(f"cannot write {out}: {e.strerror or e}") from None
+    warns = [c for c in caps if c.warn]
+    for c in warns:
+        msg = redactor.text(c.message) if redactor else c.message
+        err.print(Text("warning: ", style="yellow") + Text(f"{c.name}: {msg}"), highlight=False, soft_wrap=True)
+    files = sum(1 for c in caps if c.data is not None)
+    summary = f"wrote {written} ({files} files"
+    summary += f", {len(warns)} parts not collected)" if warns else ")"
+    err.print(summary, highlight=False, soft_wrap=True)
+    typer.echo(str(written))
+    raise typer.Exit(int(ExitCode.INCONCLUSIVE if warns else ExitCode.OK))
+
+
+def live_node(node_ips: list[str], pod_cidrs: list[str]) -> Node:
+    """This node, read live for `kptrace why`; the parts that could not be read are named on stderr."""
+    from kptrace.collect import live
+
+    node, caps = live.live_node(node_ips, pod_cidrs)
+    err = Console(stderr=True)
+    for c in caps:
+        if c.warn:
+            err.print(Text("warning: ", style="yellow") + Text(f"live: {c.message}"), highlight=False, soft_wrap=True)
+    return node
+
+
+def _check_ip(raw: str) -> None:
+    from ipaddress import ip_address
+
+    try:
+        ip_address(raw)
+    except ValueError:
+        raise KptraceError(f"--node-ip '{raw}' is not an IP address") from None
+
+
+def _output_path(output: Path | None, name: str) -> Path:
+    if output is None:
+        return Path(f"{name}.tar.gz")
+    if output.is_dir() or str(output).endswith("/"):
+        return output / f"{name}.tar.gz"
+    if output.exists():
+        raise KptraceError(f"{output} exists; kptrace collect does not overwrite files")
+    return output
+
+
+def _run(run_collect: Callable[..., list[Capture]], options: Options, err: Console, quiet: bool) -> list[Capture]:
+    if quiet:
+        return run_collect(options)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("collecting", total=None)
+
+        def progress(title: str, done: int, total: int) -> None:
+            bar.update(task, description=title, completed=done, total=total)
+
+        return run_collect(options, progress=progress)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="collect")(collect)

@@ -298,8 +298,9 @@ def dumped(chain: Chain | None) -> list[Rule]:
 
 
 def has_assumed(rs: Ruleset) -> bool:
-    return any(r.source.file == ASSUMED_FILE for name in ("PREROUTING", "OUTPUT", "POSTROUTING")
-               for r in (rs.chain("nat", name).rules if rs.chain("nat", name) else ()))
+    """Did the loader add kube-proxy's base-chain jumps to this dump (walkers/kube_jumps.py)?"""
+    chains = [rs.chain("nat", name) for name in ("PREROUTING", "OUTPUT", "POSTROUTING")]
+    return any(r.source.file == ASSUMED_FILE for c in chains if c is not None for r in c.rules)
 
 
 def conf_key(family: int, iface: str, name: str) -> str:
@@ -374,7 +375,7 @@ def nets_of(cond: Cond[tuple[IPNetwork, ...]] | None) -> tuple[IPNetwork, ...]:
 
 
 def overlaps(nets: tuple[IPNetwork, ...] | list[IPNetwork], others: list[IPNetwork]) -> bool:
-    return any(a.version == b.version and a.overlaps(b) for a in nets for b in others)  # type: ignore[arg-type]
+    return any(a.version == b.version and a.overlaps(b) for a in nets for b in others)
 
 
 def walk(rs: Ruleset, table: str, chain: str, follow: Callable[[str], bool],
@@ -401,7 +402,7 @@ def ctstates(rule: Rule) -> set[str] | None:
     return None
 
 
-def comment_service(rule: Rule | RawRule, *suffixes: str) -> str | None:
+def comment_service(rule: RawRule, *suffixes: str) -> str | None:
     """`ns/name:port` from a kube-proxy comment such as "default/web:http has no endpoints"."""
     c = rule.comment()
     if c is None:

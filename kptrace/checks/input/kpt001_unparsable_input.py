@@ -12,7 +12,8 @@ from kptrace.model.finding import Location, Severity, Status
                    "if the command's own output does not parse, report it with the file.")
 def unparsable_input(ctx: CheckContext) -> Iterator[Outcome]:
     """An input file could not be parsed, so the checks that read it did not run."""
-    for e in ctx.extra.errors:
+    # Several checks can meet the same broken rule of a large dump (parsed when first read): report it once.
+    for e in {str(e): e for e in ctx.extra.errors}.values():
         # The parser's message already reads `file:line:col: what` and quotes the line.
         yield Outcome(Status.FAIL, str(e), (Location(e.file, e.line, e.col),))
     if not ctx.extra.errors:

@@ -57,13 +57,13 @@ def overlay_peers(ctx: CheckContext) -> Iterator[Outcome]:
             yield fail(f"route {r.dst} via {h.gateway} dev {h.dev}: no fdb entry for VTEP MAC {n.lladdr}, so the "
                        f"kernel does not know which node to send the encapsulated packet to", r.source, n.source)
             continue
-        peer = next((p for p in ctx.peers if fdb.dst in p.local_addresses()), None)
-        link = next((lk for lk in peer.links if lk.name == h.dev or lk.vxlan is not None), None) if peer else None
-        if peer is not None and link is not None and link.mac and link.mac.lower() != n.lladdr.lower():
+        owner = next((p for p in ctx.peers if fdb.dst in p.local_addresses()), None)
+        link = next((lk for lk in owner.links if lk.name == h.dev or lk.vxlan is not None), None) if owner else None
+        if owner is not None and link is not None and link.mac and link.mac.lower() != n.lladdr.lower():
             found = True
             yield fail(f"route {r.dst} via {h.gateway} dev {h.dev}: the neighbour entry says {h.gateway} is "
-                       f"{n.lladdr}, but {peer.name}'s {link.name} has MAC {link.mac} (recreated since flanneld "
-                       f"programmed this node): the packets reach {peer.name} and are dropped there", r.source,
+                       f"{n.lladdr}, but {owner.name}'s {link.name} has MAC {link.mac} (recreated since flanneld "
+                       f"programmed this node): the packets reach {owner.name} and are dropped there", r.source,
                        n.source, fdb.source, link.source)
     if not found:
         what = [f"{len(hops)} overlay routes resolve to a neighbour and fdb entry"] if hops else []

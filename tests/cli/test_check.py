@@ -1,0 +1,193 @@
+"""`kptrace check` end to end: exit codes 0/1/2/3/4, --fail-on, --verbose, the JSON document and its schema."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kptrace.checks import inputs, registry
+from kptrace.cli.app import _register, app
+from kptrace.load import load_cluster
+from kptrace.render.jsonout import schema
+from tests.checks.cases import FIXTURES, apply_model, write_bundle
+
+_register()
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+BROKEN = ROOT / "kptrace" / "demo" / "broken-node"
+NO_ENDPOINTS = ('-A KUBE-SERVICES -d 10.96.77.7/32 -p tcp -m comment --comment "default/broken has no endpoints" '
+                '-m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable')
+
+
+def _healthy() -> dict[str, Any]:
+    """node-a of the demo, every file the checks read (tests/fixtures/checks/KPT002.yml, pass case)."""
+    doc = yaml.safe_load((FIXTURES / "KPT002.yml").read_text())
+    return copy.deepcopy(next(c for c in doc["cases"] if c["name"] == "pass_every_input_present"))
+
+
+@pytest.fixture()
+def healthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, Any]]:
+    """A complete bundle; the routing fields its files will fill once load.py reads them come from the case."""
+    case = _healthy()
+    models: dict[str, dict[str, Any]] = {"node-a": case["model"]}
+
+    def load_with_routing(paths: list[Path], *args: Any, **kwargs: Any) -> list[Any]:
+        nodes = load_cluster(paths, *args, **kwargs)
+        for n in nodes:
+            apply_model(n, "node-a", models.get(n.name, {}))
+        return nodes
+
+    monkeypatch.setattr(inputs, "load_cluster", load_with_routing)
+    return tmp_path / "node-a", case
+
+
+def check(*args: str) -> tuple[int, str]:
+    r = runner.invoke(app, ["check", *args])
+    return r.exit_code, r.stdout
+
+
+def check_json(*args: str) -> tuple[int, dict[str, Any]]:
+    code, out = check(*args, "-o", "json")
+    doc = json.loads(out)  # stdout holds the document and nothing else
+    jsonschema.validate(doc, schema())
+    return code, doc
+
+
+def statuses(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(r["id"], r["status"]) for r in doc["results"]]
+
+
+def test_exit_0_on_a_healthy_node(healthy: tuple[Path, dict[str, Any]]) -> None:
+    bundle, case = healthy
+    write_bundle(bundle, case["bundle"])
+    code, doc = check_json("--dump", str(bundle))
+    assert code == 0, [r for r in doc["results"] if r["status"] != "PASS"]
+    assert doc["summary"] == {"total": len(doc["results"]), "fail": 0, "warn": 0, "info": 0, "pass": len(doc["results"])}
+    assert {r["id"] for r in doc["results"]} == {s.id for s in registry.all_checks()}
+    kinds = {i["file"]: i["kind"] for i in doc["inputs"]}
+    assert kinds["node-a/services.txt"] == "services" and kinds["node-a/conntrack.txt"] == "conntrack"
+
+
+def test_fail_on_decides_whether_a_medium_fail_exits_1(healthy: tuple[Path, dict[str, Any]]) -> None:
+    bundle, case = healthy
+    dump = case["bundle"]["iptables-save.txt"]
+    filter_end = ":OUTPUT ACCEPT [0:0]\nCOMMIT"  # the end of the filter table only
+    assert dump.count(filter_end) == 1
+    case["bundle"]["iptables-save.txt"] = dump.replace(
+        filter_end, f":OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n-A FORWARD -j KUBE-SERVICES\n{NO_ENDPOINTS}\nCOMMIT")
+    write_bundle(bundle, case["bundle"])
+    code, doc = check_json("--dump", str(bundle))
+    assert ("KPT204", "FAIL") in statuses(doc)
+    # A FAIL below --fail-on does not fail the run, and with no WARN there is nothing inconclusive.
+    assert code == 0
+    assert check("--dump", str(bundle), "--fail-on", "medium")[0] == 1
+    assert check("--dump", str(bundle), "--fail-on", "low")[0] == 1
+    assert check("--dump", str(bundle), "--fail-on", "high")[0] == 0
+
+
+def test_broken_node_fails_with_kpt101_and_kpt201() -> None:
+    code, doc = check_json("--dump", str(BROKEN))
+    assert code == 1
+    fails = {r["id"]: r for r in doc["results"] if r["status"] == "FAIL"}
+    assert fails["KPT101"]["severity"] == "HIGH"
+    assert fails["KPT101"]["locations"] == [{"file": "broken-node/sysctl.txt", "line": 20}]
+    assert fails["KPT201"]["locations"][0] == {"file": "broken-node/iptables-save.txt", "line": 16}
+    r = fails["KPT101"]
+    first = r["locations"][0]
+    expected = hashlib.sha256("\0".join([r["id"], first["file"], str(first["line"]), r["message"]]).encode()).hexdigest()
+    assert r["fingerprint"] == expected
+    assert r["docs_url"] == "docs/checks/KPT101.md" and "modprobe br_netfilter" in r["remediation"]
+
+
+def test_demo_cluster_has_no_high_fail() -> None:
+    code, doc = check_json("--demo")
+    high = [r for r in doc["results"] if r["status"] == "FAIL" and r["severity"] == "HIGH"]
+    assert not high, high
+    assert code in (0, 4)
+    assert {r["node"] for r in doc["results"]} == {"node-a", "node-b"}
+    # default/broken has no endpoints on both nodes: MEDIUM, so only --fail-on medium turns it into exit 1.
+    assert ("KPT204", "FAIL") in statuses(doc)
+    assert check("--demo", "--fail-on", "medium")[0] == 1
+
+
+def test_exit_4_when_checks_could_only_warn(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "node", {"sysctl.txt": "net.bridge.bridge-nf-call-iptables = 1\n"})
+    code, doc = check_json("--dump", str(bundle))
+    assert code == 4
+    assert not [r for r in doc["results"] if r["status"] == "FAIL"]
+    warn = {r["id"]: r["message"] for r in doc["results"] if r["status"] == "WARN"}
+    assert "input missing: ip-route.txt" in warn["KPT401"]
+    assert "input missing: services.txt" in warn["KPT501"]
+
+
+def test_unparsable_input_is_kpt001_and_exit_2(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "node", {"sysctl.txt": "net.ipv4.ip_forward = 1\nnet.ipv4.conf.all.rp_filter\n"})
+    code, doc = check_json("--dump", str(bundle))
+    assert code == 2
+    kpt001 = [r for r in doc["results"] if r["id"] == "KPT001"]
+    assert kpt001[0]["status"] == "FAIL" and kpt001[0]["locations"] == [{"file": "node/sysctl.txt", "line": 2, "col": 1}]
+
+
+def test_a_crashing_check_is_kpt003_and_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = registry.get_check("KPT103")
+    assert spec is not None
+
+    def boom(ctx: object) -> list[registry.Outcome]:
+        raise ZeroDivisionError("division by zero")
+
+    import dataclasses
+
+    monkeypatch.setitem(registry._REGISTRY, "KPT103", dataclasses.replace(spec, func=boom))
+    code, doc = check_json("--dump", str(BROKEN))
+    assert code == 3
+    crash = [r for r in doc["results"] if r["id"] == "KPT003" and r["status"] == "FAIL"]
+    assert len(crash) == 1 and "KPT103 (ip-forward-off) crashed: ZeroDivisionError" in crash[0]["message"]
+    assert ("KPT101", "FAIL") in statuses(doc), "the other checks still ran"
+
+
+def test_human_output_hides_pass_unless_verbose() -> None:
+    code, out = check("--dump", str(BROKEN))
+    assert code == 1
+    assert "KPT101" in out and "broken-node/sysctl.txt:20" in out and "how to fix:" in out
+    rows = [line.split() for line in out.splitlines()]
+    assert not [r for r in rows if r and r[0] == "PASS"] and "PASS (shown with --verbose)" in out
+    code, out = check("--dump", str(BROKEN), "--verbose")
+    assert code == 1 and ["PASS", "HIGH", "KPT103"] in [line.split()[:3] for line in out.splitlines()]
+
+
+def test_bundle_with_both_backends_and_service_list(tmp_path: Path) -> None:
+    """Files load.py does not read (services.txt, a second IPv4 dump) are read by the checks instead."""
+    dump = (BROKEN / "iptables-save.txt").read_text()
+    bundle = write_bundle(tmp_path / "node", {
+        "iptables-save.txt": dump,
+        "iptables-nft-save.txt": dump,
+        "iptables-legacy-save.txt": "# Generated by iptables-save v1.8.9 (legacy)\n*filter\n:INPUT ACCEPT [0:0]\n"
+                                    ":FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -j DROP\nCOMMIT\n",
+        "services.txt": "firewalld.service loaded active running firewalld - dynamic firewall daemon\n",
+        "sysctl.txt": (BROKEN / "sysctl.txt").read_text(),
+    })
+    code, doc = check_json("--dump", str(bundle))
+    assert code == 1
+    assert ("KPT202", "FAIL") in statuses(doc) and ("KPT501", "FAIL") in statuses(doc)
+    kinds = {i["file"]: i["kind"] for i in doc["inputs"]}
+    assert kinds["node/iptables-save.txt"] == "iptables-save"
+    assert kinds["node/iptables-legacy-save.txt"] == "iptables-legacy-save"
+    assert kinds["node/iptables-nft-save.txt"] == "iptables-nft-save"
+
+
+def test_no_input_is_a_usage_error() -> None:
+    p = subprocess.run([sys.executable, "-m", "kptrace", "check"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no input" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "kptrace", "check", "--demo", "--fail-on", "urgent"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr

@@ -13,6 +13,7 @@ from rich.console import Console
 from kptrace.errors import ExitCode, KptraceError
 from kptrace.model.flow import Flow, IPAddress
 from kptrace.model.node import Node
+from kptrace.model.finding import Finding
 from kptrace.model.trace import Disposition, Trace
 from kptrace.render.human import Detail
 
@@ -63,6 +64,7 @@ def why(
     on: str = typer.Option(None, "--node", help="The node the packet starts on (default: the one owning --from, or the first)."),
     demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace (flannel VXLAN, node-a and node-b)."),
     output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
+    checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect."),
     strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large dumps are otherwise read lazily)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the scan cache of large dumps."),
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
@@ -105,13 +107,41 @@ def why(
     node = start_node(cluster, src_ip, on)
     flow = Flow(src_ip, dst_ip, p, sport, port, in_iface)
     trace = trace_flow(node, flow, cluster)
+    findings = _findings(trace, node, cluster, paths, node_ip, pod_cidr) if checks else []
     if output == OutputFormat.json:
-        typer.echo(dumps(trace_json(trace)))
+        from kptrace.render.findings import finding_json
+
+        doc = trace_json(trace)
+        doc["findings"] = [finding_json(f) for f in findings]
+        typer.echo(dumps(doc))
     else:
         from kptrace.render.human import render_trace
 
-        render_trace(trace, Console(), detail)
+        console = Console()
+        render_trace(trace, console, detail)
+        if findings:
+            from kptrace.render.findings import render_findings
+
+            console.print("findings at the steps of this trace (kptrace explain ID for details):")
+            render_findings(findings, console, verbose=False)
     raise typer.Exit(int(exit_code(trace)))
+
+
+def _findings(trace: Trace, node: Node, cluster: list[Node], paths: list[Path],
+              node_ip: list[str] | None, pod_cidr: list[str] | None) -> list[Finding]:
+    """The check findings that cite a step of this trace. Large dumps are read lazily for speed;
+    the checks would read every rule, so they are left to `kptrace check` there."""
+    if not paths or any("parsed when the trace reads them" in a for rs in node.rulesets.values() for a in rs.assumptions):
+        return []
+    from kptrace.checks.inputs import load_for_checks
+    from kptrace.checks.run import run_all
+    from kptrace.checks.trace import findings_for_trace
+
+    try:
+        contexts = load_for_checks(paths, list(node_ip or []), list(pod_cidr or []))
+    except KptraceError:
+        return []
+    return findings_for_trace(trace, run_all(contexts))
 
 
 def _source(src: str | None, cluster: list[Node], dst: IPAddress) -> IPAddress:

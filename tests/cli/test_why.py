@@ -130,3 +130,15 @@ def test_binary_and_bad_utf8_inputs(tmp_path: Path) -> None:
 def test_version() -> None:
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.stdout.startswith("kptrace ")
+
+
+def test_findings_touching_the_trace_are_shown() -> None:
+    from kptrace.load import demo_path
+
+    broken = demo_path().parent / "broken-node"
+    code, out = why("10.96.0.10:53", "--proto", "udp", "--from", "10.244.1.5", "--dump", str(broken), "-o", "json")
+    doc = json.loads(out)
+    jsonschema.validate(doc, schema())
+    assert code == 1 and [f["id"] for f in doc["findings"]] == ["KPT201"]
+    code, out = why("10.96.0.10:53", "--proto", "udp", "--from", "10.244.1.5", "--dump", str(broken), "-o", "json", "--no-checks")
+    assert json.loads(out)["findings"] == []

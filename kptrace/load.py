@@ -19,6 +19,7 @@ from typing import Any
 
 from kptrace import cache
 from kptrace.errors import InputError, ParseError
+from kptrace.model.netfilter import Ruleset
 from kptrace.model.node import Node
 from kptrace.model.trace import InputFile
 from kptrace.model.routing import Route
@@ -29,13 +30,20 @@ from kptrace.parsers.ip_link import parse_ip_link
 from kptrace.parsers.ip_neigh import parse_ip_neigh
 from kptrace.parsers.ip_route import parse_ip_route
 from kptrace.parsers.ip_rule import parse_ip_rule
+from kptrace.parsers.ipset import parse_ipset
+from kptrace.parsers.ipvsadm import parse_ipvsadm
 from kptrace.parsers.modules import parse_modules
+from kptrace.parsers.paste import apply_to_node, drop_partial, parse_paste, paste_kind, sniff_paste
+from kptrace.parsers.nft_json import is_nft_json, parse_nft_json
+from kptrace.parsers.nft_text import parse_nft_text
 from kptrace.parsers.iptables_save import parse_iptables_save, scan_iptables_save
 from kptrace.parsers.sysctl import parse_sysctl
 from kptrace.walkers.kube_jumps import add_kube_proxy_jumps
+from kptrace.walkers.nft import reconcile as reconcile_nft
 
 STRICT = [False]  # --strict: parse every rule of every dump, whatever its size
 MAX_INPUT_BYTES = 512 * 1024 * 1024  # past this a "dump" is not one; refuse rather than exhaust memory
+MAX_LINE_BYTES = 1024 * 1024  # no command prints a longer line; one would only make every parser slow
 
 # Bundle file name -> kind. Names not listed are sniffed.
 BUNDLE_NAMES = {
@@ -58,12 +66,15 @@ BUNDLE_NAMES = {
     "modules.txt": "modules", "lsmod.txt": "modules",
     "sysctl.txt": "sysctl",
     "node.yaml": "node-meta",
+    "nft-ruleset.txt": "nft-ruleset", "nft-ruleset.json": "nft-ruleset",
+    "ipset-save.txt": "ipset", "ipset-list.txt": "ipset",
+    "ipvsadm.txt": "ipvsadm", "ipvsadm-save.txt": "ipvsadm",
 }
 # Files a bundle may hold that `why` does not read (checks read some of them); listed, not parsed.
 PASSIVE_KINDS = {
     "hostname": re.compile(r"^hostname"), "manifest": re.compile(r"^manifest"), "services": re.compile(r"^services"),
-    "conntrack": re.compile(r"^conntrack"), "ipvs": re.compile(r"^(ipvsadm|ipset)"),
-    "nft": re.compile(r"^nft-ruleset"), "readme": re.compile(r"(?i)^(readme|source)"),
+    "conntrack": re.compile(r"^conntrack"),
+    "readme": re.compile(r"(?i)^(readme|source)"),
 }
 
 
@@ -75,6 +86,7 @@ def demo_path() -> Path:
 def decode(data: bytes, label: str) -> str:
     if b"\x00" in data[:65536] or b"\x00" in data[-65536:]:
         raise InputError(f"{label}:1:1: binary data (NUL bytes), not a command's text output")
+    _check_line_length(data, label)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -84,11 +96,36 @@ def decode(data: bytes, label: str) -> str:
         raise ParseError(label, line, col, f"invalid UTF-8 byte 0x{data[e.start]:02x}") from None
 
 
+def _check_line_length(data: bytes, label: str) -> None:
+    if len(data) <= MAX_LINE_BYTES:
+        return
+    start, line = 0, 1
+    while True:
+        end = data.find(b"\n", start)
+        stop = len(data) if end < 0 else end
+        if stop - start > MAX_LINE_BYTES:
+            raise ParseError(label, line, 1, f"line {line} is {stop - start} bytes long, more than any command prints "
+                                             f"({MAX_LINE_BYTES // 1024} KiB max): not a command's text output")
+        if end < 0:
+            return
+        start, line = end + 1, line + 1
+
+
 def sniff(name: str, text: str) -> str | None:
     base = name.rsplit("/", 1)[-1]
     if base in BUNDLE_NAMES:
-        return BUNDLE_NAMES[base]
+        kind = BUNDLE_NAMES[base]
+        # iptables-save.txt holding `iptables -L`/`-S` output or a grep (no `*table` line): read it as a paste.
+        if "tables" in kind and "\n*" not in "\n" + text[:200000] and sniff_paste(text):
+            return "paste"
+        return kind
     head = text.lstrip()[:4096]
+    # Listings, -S output, excerpts, route -n/arp/conntrack output, shell prompts, mixed pastes.
+    if sniff_paste(text):
+        return "paste"
+    # `nft list ruleset` (or an `nft -f` file of `add …` commands) and `nft -j list ruleset`.
+    if is_nft_json(head) or re.search(r"^\s*(table|add table|add chain|add rule) (ip|ip6|inet|arp|bridge|netdev) \S+", head, re.M):
+        return "nft-ruleset"
     if head.startswith("["):
         for key, kind in (('"addr_info"', "ip-addr"), ('"linkinfo"', "ip-link"), ('"link_type"', "ip-link"),
                           ('"priority"', "ip-rule"), ('"lladdr"', "ip-neigh"), ('"mac"', "bridge-fdb"),
@@ -111,6 +148,11 @@ def sniff(name: str, text: str) -> str | None:
         return "ip-neigh"
     if re.search(r"^FLANNEL_(NETWORK|SUBNET)=", head, re.M):
         return "flannel-subnet"
+    # Pasted `ipvsadm -Ln` / `ipvsadm -Sn` / `ipset save` / `ipset list` output.
+    if re.search(r"^(IP Virtual Server version |Prot LocalAddress:Port|-A (-t|-u|-f|--sctp-service) )", head, re.M):
+        return "ipvsadm"
+    if re.search(r"^create \S+ (hash|bitmap|list):", head, re.M) or re.search(r"^Name: \S+\nType: (hash|bitmap|list):", head, re.M):
+        return "ipset"
     return None
 
 
@@ -222,12 +264,18 @@ def _finish_node(node: Node, where: str) -> Node:
         elif fam not in node.rulesets:
             # Only the legacy backend holds rules: it is the node's iptables.
             node.rulesets[fam] = node.legacy_rulesets.pop(fam)
+    if node.nft is not None:
+        for fam in (4, 6):
+            if fam not in node.rulesets:
+                # The nft ruleset lists every nf_tables table, iptables-nft's included.
+                node.rulesets[fam] = Ruleset(getattr(node.nft, "file", "nft"), fam)
     if not node.rulesets:
         raise InputError(f"no iptables-save dump in the input ({where}); give --dump FILE or a bundle directory")
     for rs in [*node.rulesets.values(), *node.legacy_rulesets.values()]:
         add_kube_proxy_jumps(rs)
     if not node.pod_cidrs:
         _infer_pod_cidrs(node)
+    reconcile_nft(node)
     return node
 
 
@@ -269,6 +317,8 @@ def _load_one(node: Node, label: str, data: bytes, in_bundle: bool = False, name
             rs = scan_iptables_save(text, label, family, hints)
             if rs.scan_hints is not None and hints is None:
                 cache.put(digest, rs.scan_hints)
+        if "legacy" not in kind and rs.family in node.coverage:
+            drop_partial(node, rs.family, label)  # a whole dump supersedes listings and excerpts read before it
         slot = node.legacy_rulesets if "legacy" in kind else node.rulesets
         if rs.family in slot and slot[rs.family].tables:
             if not rs.tables:
@@ -296,6 +346,26 @@ def _load_one(node: Node, label: str, data: bytes, in_bundle: bool = False, name
         node.sysctls.update(parse_sysctl(text, label))
     elif kind == "node-meta":
         _node_meta(node, text, label)
+    elif kind == "paste":
+        pasted = parse_paste(text, label)
+        apply_to_node(node, pasted)
+        kind = paste_kind(pasted)
+    elif kind == "nft-ruleset":
+        if node.nft is not None:
+            # nft-ruleset.txt and .json are the same command's output: the text (read first) is cited.
+            node.assumptions.append(f"{label} was not read: the nft ruleset is read from {getattr(node.nft, 'file', '?')}")
+            return
+        node.nft = parse_nft_json(text, label) if is_nft_json(text) else parse_nft_text(text, label)
+    elif kind == "ipset":
+        # `ipset save` and `ipset list` of the same node name the same sets: the first read wins.
+        sets = parse_ipset(text, label)
+        node.ipsets = {**sets, **(node.ipsets or {})}
+    elif kind == "ipvsadm":
+        table = parse_ipvsadm(text, label)
+        if table.services or not table.connections:  # a connection list alone (-Lnc) says nothing of the services
+            known = {str(s) for s in node.ipvs or []}
+            node.ipvs = (node.ipvs or []) + [s for s in table.services if str(s) not in known]
+        node.assumptions.extend(table.notes)
     node.inputs.append(InputFile(label, kind, digest))
 
 

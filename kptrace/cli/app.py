@@ -48,6 +48,9 @@ def _register() -> None:
     check.register(app)
     explain.register(app)
     __import__("kptrace.cli.collect", fromlist=["register"]).register(app)
+    __import__("kptrace.cli.graph", fromlist=["register"]).register(app)
+    __import__("kptrace.cli.services", fromlist=["register"]).register(app)
+    __import__("kptrace.cli.parse", fromlist=["register"]).register(app)
 
 
 def main() -> None:

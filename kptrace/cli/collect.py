@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 
 
 def collect(
-    output: Path = typer.Option(None, "--output", "-o", help="Bundle to write: NAME.tar.gz, or a directory. An "
-                                "existing directory (or one ending in /) gets kptrace-HOST-TIME.tar.gz inside."),
+    output: Path = typer.Option(None, "--output", "-o", help="Bundle to write: NAME.tar.gz, a new directory, or - "
+                                "(the .tar.gz on stdout). An existing directory (or one ending in /) gets "
+                                "kptrace-HOST-TIME.tar.gz inside. Default: kptrace-HOST-TIME.tar.gz here."),
     include: list[str] = typer.Option(None, "--include", help="Also collect an optional part: conntrack "
                                       "(every tracked connection; can be large). Repeatable."),
     redact: bool = typer.Option(False, "--redact", help="Replace public IP addresses and this node's host "
@@ -46,7 +48,8 @@ def collect(
       kptrace why 10.96.0.10:53 --proto udp --dump node-a.tar.gz
     """
     from kptrace.collect import bundle
-    from kptrace.collect.live import INCLUDABLE, Options, collect as run_collect, hostname
+    from kptrace.collect.live import INCLUDABLE, Options, hostname
+    from kptrace.collect.live import collect as run_collect
     from kptrace.collect.redact import Redactor
 
     parts = [p.strip().lower() for item in include or [] for p in item.split(",") if p.strip()]
@@ -58,7 +61,8 @@ def collect(
     started = bundle.now()
     host = hostname()
     name = bundle.default_name(host, started)
-    out = _output_path(output, name)
+    to_stdout = output is not None and str(output) == "-"
+    out = None if to_stdout else _output_path(output, name)
     err = Console(stderr=True)
     options = Options(include=frozenset(parts), timeout=timeout, node_name=node_name, node_ips=tuple(node_ip or ()),
                       pod_cidr=pod_cidr)
@@ -66,9 +70,13 @@ def collect(
     redactor = Redactor([host, *([node_name] if node_name else [])]) if redact else None
     meta = bundle.Meta(host, node_name or host, started, bundle.now() - started, tuple(parts))
     try:
-        written = bundle.write_bundle(caps, out, meta, redactor)
+        if out is None:
+            bundle.write_tar(caps, sys.stdout.buffer, name, meta, redactor)
+            written: Path | str = "stdout"
+        else:
+            written = bundle.write_bundle(caps, out, meta, redactor)
     except OSError as e:
-        raise KptraceError(f"cannot write {out}: {e.strerror or e}") from None
+        raise KptraceError(f"cannot write {out or 'stdout'}: {e.strerror or e}") from None
     warns = [c for c in caps if c.warn]
     for c in warns:
         msg = redactor.text(c.message) if redactor else c.message
@@ -77,7 +85,8 @@ def collect(
     summary = f"wrote {written} ({files} files"
     summary += f", {len(warns)} parts not collected)" if warns else ")"
     err.print(summary, highlight=False, soft_wrap=True)
-    typer.echo(str(written))
+    if out is not None:
+        typer.echo(str(written))
     raise typer.Exit(int(ExitCode.INCONCLUSIVE if warns else ExitCode.OK))
 
 
@@ -115,7 +124,13 @@ def _output_path(output: Path | None, name: str) -> Path:
 def _run(run_collect: Callable[..., list[Capture]], options: Options, err: Console, quiet: bool) -> list[Capture]:
     if quiet:
         return run_collect(options)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as bar:

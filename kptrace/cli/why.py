@@ -8,7 +8,6 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from kptrace.errors import ExitCode, KptraceError
 from kptrace.model.flow import Flow, IPAddress
@@ -68,6 +67,7 @@ def why(
     strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large dumps are otherwise read lazily)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the scan cache of large dumps."),
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
+    width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the terminal)."),
 ) -> None:
     """Trace one packet: which rule, route or setting decides its fate, step by step.
 
@@ -115,9 +115,9 @@ def why(
         doc["findings"] = [finding_json(f) for f in findings]
         typer.echo(dumps(doc))
     else:
-        from kptrace.render.human import render_trace
+        from kptrace.render.human import make_console, render_trace
 
-        console = Console()
+        console = make_console(width)
         render_trace(trace, console, detail)
         if findings:
             from kptrace.render.findings import render_findings
@@ -155,6 +155,11 @@ def _source(src: str | None, cluster: list[Node], dst: IPAddress) -> IPAddress:
 
     node = cluster[0]
     res = lookup(node, dst)
+    if res.kind == "local" and node.node_ips:
+        return next((a for a in node.node_ips if a.version == dst.version), node.node_ips[0])
+    if res.kind == "local":
+        # A node address as destination (kube-ipvs0 VIP, NodePort): send from the node's main address.
+        res = lookup(node, ip_address("192.0.2.1" if dst.version == 4 else "2001:db8::1"))  # documentation addresses: the default route
     if res.route is not None and res.route.src is not None:
         return res.route.src
     devs = [h.dev for h in res.nexthops if h.dev]

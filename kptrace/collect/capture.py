@@ -103,7 +103,7 @@ def run_command(name: str, argv: list[str], env: dict[str, str], timeout: float 
         return cap
     first = next((ln.strip() for ln in cap.stderr.splitlines() if ln.strip()), f"exit code {proc.returncode}")
     cap.status = DENIED if _DENIED_RE.search(cap.stderr) else FAILED
-    cap.message = f"{' '.join(argv)}: {first}"
+    cap.message = first if first.startswith(argv[0]) else f"{' '.join(argv)}: {first}"
     if cap.status == DENIED and os.geteuid() != 0:
         cap.message += " (not root)"
     return cap

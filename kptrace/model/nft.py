@@ -118,7 +118,7 @@ class Const:
     """A literal as written: `10.0.0.1`, `80`, `tcp`, `new`, `0x00004000`, `"eth0"` (quoted=True)."""
 
     value: str | int
-    quoted: bool = False
+    quoted: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +169,8 @@ class Element:
     key: Expr
     value: Expr | None = None  # VerdictExpr for a verdict map, data for a data map
     comment: str | None = None
-    source: NftSource | None = None
-    text: str = ""
+    source: NftSource | None = field(default=None, compare=False)
+    text: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +328,7 @@ class NftChain:
     comment: str | None = None
     rules: list[NftRule] = field(default_factory=list)
     handle: int | None = None
+    policy_source: NftSource | None = None  # the `type … hook … policy …;` line
 
     @property
     def base(self) -> bool:

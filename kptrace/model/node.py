@@ -33,6 +33,43 @@ class Setting:
     source: Source
 
 
+@dataclass(frozen=True, slots=True)
+class ConntrackTuple:
+    """One direction of a conntrack entry: `src=… dst=… sport=… dport=…` (ICMP: `type= code= id=` in extra)."""
+
+    src: IPAddress
+    dst: IPAddress
+    sport: int | None = None
+    dport: int | None = None
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConntrackEntry:
+    """One `conntrack -L` (or /proc/net/nf_conntrack) entry: the original and the reply direction."""
+
+    proto: str  # tcp udp icmp sctp … or the protocol number as text
+    original: ConntrackTuple
+    reply: ConntrackTuple | None
+    timeout: int | None = None
+    state: str | None = None  # TCP/SCTP state: ESTABLISHED TIME_WAIT SYN_SENT …
+    flags: tuple[str, ...] = ()  # ASSURED UNREPLIED OFFLOAD HW_OFFLOAD
+    mark: int | None = None
+    zone: int | None = None
+    family: int = 4
+    source: Source | None = None
+    unknown: tuple[str, ...] = ()  # words kept verbatim that the model has no field for
+
+
+@dataclass(slots=True)
+class Coverage:
+    """What a ruleset built from listings or excerpts (not a whole iptables-save) holds."""
+
+    complete: set[tuple[str, str]] = field(default_factory=set)  # (table, chain) listed in full
+    fragments: set[tuple[str, str]] = field(default_factory=set)  # chains of which only some rules are shown
+    files: list[str] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class Node:
     name: str = "node"
@@ -56,6 +93,9 @@ class Node:
     ipvs: list[IpvsService] | None = None  # IPVS virtual services; None: no ipvsadm listing in the input
     inputs: list[InputFile] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
+    conntrack: list[ConntrackEntry] | None = None  # None: no conntrack listing in the input
+    # By family: rulesets built from `iptables -L`/`-S` listings and excerpts, and what they cover.
+    coverage: dict[int, Coverage] = field(default_factory=dict)
 
     def local_addresses(self) -> set[IPAddress]:
         return {a.address.ip for a in self.addresses} | set(self.node_ips)

@@ -30,7 +30,7 @@ import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from kptrace.errors import ParseError
-from kptrace.model.ipvs import IpsetMember, IpsetSet, IPNetwork, SetPort
+from kptrace.model.ipvs import IPNetwork, IpsetMember, IpsetSet, SetPort
 from kptrace.model.source import Source
 
 # Header words that stand alone; every other known one takes one value.

@@ -25,6 +25,7 @@ Forms accepted (ipvsadm 1.26 to 1.31; column layouts are ipvsadm.c's print_title
     TCP 14:59  ESTABLISHED 10.244.1.5:40000   10.96.0.1:443      192.168.56.10:6443
     Timeout (tcp tcpfin udp): 900 120 300                                --timeout (kept as a note)
 
+`ipvsadm -S` prints a Local real server with `-g`, so it reads back as Route (ipvsadm.c fwd_switch).
 Names printed by `ipvsadm -L` (no -n) are kept as unresolved names, never looked up: the node's
 /etc/hosts and /etc/services are not in the input. A service or real server with a name has
 `address`/`port` None, and the table says so in `notes`.
@@ -37,7 +38,15 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from kptrace.errors import ParseError
-from kptrace.model.ipvs import FORWARD_METHODS, FORWARD_SWITCHES, Counters, IpvsConnection, IpvsDest, IpvsService, IpvsTable
+from kptrace.model.ipvs import (
+    FORWARD_METHODS,
+    FORWARD_SWITCHES,
+    Counters,
+    IpvsConnection,
+    IpvsDest,
+    IpvsService,
+    IpvsTable,
+)
 from kptrace.model.source import Source
 
 _PROTOS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
@@ -79,13 +88,13 @@ def parse_ipvsadm(text: str, file: str = "ipvsadm.txt") -> IpvsTable:
             table.version, table.conn_table_size = m.group(1), int(m.group(2))
             continue
         if s.startswith("Prot LocalAddress:Port"):
-            words = tuple(s.split()[2:])
-            layout = _TITLES.get(words, "list") if words != ("Scheduler", "Flags") else layout
+            title = tuple(s.split()[2:])
+            layout = _TITLES.get(title, "list") if title != ("Scheduler", "Flags") else layout
             continue
         if s.startswith("-> RemoteAddress:Port"):
-            words = tuple(s.split()[2:])
-            if words:
-                layout = _TITLES.get(words, layout)
+            title = tuple(s.split()[2:])
+            if title:
+                layout = _TITLES.get(title, layout)
             continue
         if s == "IPVS connection entries":
             conns = True
@@ -95,13 +104,13 @@ def parse_ipvsadm(text: str, file: str = "ipvsadm.txt") -> IpvsTable:
         if s.startswith("Timeout (tcp tcpfin udp):") or re.match(r"^(master|backup) sync daemon", s):
             table.notes.append(f"{src}: {s}")
             continue
-        if s.startswith("-A ") or s.startswith("--add-service"):
+        if s.startswith(("-A ", "--add-service")):
             flush()
             svc = _save_service(s, src)
             services.append(svc)
             names += not svc.resolved
             continue
-        if s.startswith("-a ") or s.startswith("--add-server"):
+        if s.startswith(("-a ", "--add-server")):
             flush()
             d, key = _save_dest(s, src)
             target = next((i for i in range(len(services) - 1, -1, -1) if _key(services[i]) == key), None)
@@ -141,7 +150,8 @@ def _key(svc: IpvsService) -> tuple[object, ...]:
     return (svc.fwmark, svc.family) if svc.fwmark is not None else (svc.protocol, svc.host, svc.port, svc.port_name)
 
 
-def _hostport(text: str, src: Source, col: int) -> tuple[str, object, int | None, str | None, int]:
+def _hostport(text: str, src: Source, col: int,
+              cut: bool = False) -> tuple[str, IPv4Address | IPv6Address | None, int | None, str | None, int]:
     """`10.0.0.1:80`, `[fd00::1]:80`, `name:http` -> (host, address|None, port|None, port name|None, family)."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -149,7 +159,10 @@ def _hostport(text: str, src: Source, col: int) -> tuple[str, object, int | None
     else:
         host, sep, port = text.rpartition(":")
         if not sep:
-            raise ParseError(src.file, src.line, col, f"expected ADDRESS:PORT, got '{text}'", src.text)
+            if not cut or not re.fullmatch(r"[A-Za-z0-9_.\-]+", text):
+                raise ParseError(src.file, src.line, col, f"expected ADDRESS:PORT, got '{text}'", src.text)
+            # ipvsadm cut a long name before its port: the host name (maybe cut too), no port.
+            return text, None, None, None, 4
     addr: IPv4Address | IPv6Address | None
     try:
         addr = ip_address(host)
@@ -177,12 +190,13 @@ def _counters(words: list[str], src: Source) -> Counters:
         v, sc = _num(w, src, max(src.text.find(w), 0) + 1)
         vals.append(v)
         scaled |= sc
-    return Counters(*vals, scaled=scaled)
+    c, ip, op, ib, ob = vals
+    return Counters(c, ip, op, ib, ob, scaled=scaled)
 
 
 def _list_service(line: str, src: Source, layout: str) -> IpvsService:
     words = line.split()
-    col = lambda w: max(line.find(w), 0) + 1  # noqa: E731
+    col = lambda w: max(line.find(w), 0) + 1
     if words[0] == "FWM":
         if len(words) < 2 or not words[1].isdigit():
             raise ParseError(src.file, src.line, col(words[0]) + 5, "expected 'FWM  MARK'", line)
@@ -192,7 +206,7 @@ def _list_service(line: str, src: Source, layout: str) -> IpvsService:
     else:
         if len(words) < 2:
             raise ParseError(src.file, src.line, len(line) + 1, "expected 'PROTO  ADDRESS:PORT'", line)
-        host, addr, port, pname, fam = _hostport(words[1], src, col(words[1]))
+        host, addr, port, pname, fam = _hostport(words[1], src, col(words[1]), cut=True)
         # print_service_entry cuts "PROTO  name:port" at 33 characters (not for IPv6).
         shown = line[: line.find(words[1]) + len(words[1])]
         truncated = fam == 4 and addr is None and len(shown) >= 33
@@ -204,10 +218,6 @@ def _list_service(line: str, src: Source, layout: str) -> IpvsService:
             raise ParseError(src.file, src.line, len(line) + 1, f"expected 5 {layout} columns", line)
         c = _counters(rest, src)
         return replace(base, stats=c) if layout == "stats" else replace(base, rate=c)
-    if layout in ("thresholds", "persistent-conn"):
-        if rest:
-            raise ParseError(src.file, src.line, col(rest[0]), "unexpected words after the service", line)
-        return base
     if not rest:
         raise ParseError(src.file, src.line, len(line) + 1, "expected the scheduler after the service", line)
     kw: dict[str, object] = {"scheduler": rest[0]}
@@ -238,10 +248,10 @@ def _list_service(line: str, src: Source, layout: str) -> IpvsService:
 def _list_dest(s: str, src: Source, layout: str) -> IpvsDest:
     line = src.text
     words = s.split()[1:]
-    col = lambda w: max(line.find(w), 0) + 1  # noqa: E731
+    col = lambda w: max(line.find(w), 0) + 1
     if not words:
         raise ParseError(src.file, src.line, len(line) + 1, "expected '-> ADDRESS:PORT …'", line)
-    host, addr, port, pname, fam = _hostport(words[0], src, col(words[0]))
+    host, addr, port, pname, fam = _hostport(words[0], src, col(words[0]), cut=True)
     truncated = fam == 4 and addr is None and len(words[0]) >= 28  # dname[28] = '\0' in ipvsadm.c
     d = IpvsDest(host, port, src, address=addr, port_name=pname, truncated=truncated)  # type: ignore[arg-type]
     rest = words[1:]
@@ -280,7 +290,7 @@ def _save_words(s: str) -> list[str]:
 def _save_target(words: list[str], src: Source) -> tuple[tuple[object, ...], dict[str, object], int]:
     """The virtual service a -A/-a line names; returns (key, service fields, index after it)."""
     line = src.text
-    col = lambda w: max(line.find(w), 0) + 1  # noqa: E731
+    col = lambda w: max(line.find(w), 0) + 1
     i = 1
     kw: dict[str, object] = {}
     while i < len(words):
@@ -310,7 +320,7 @@ def _save_target(words: list[str], src: Source) -> tuple[tuple[object, ...], dic
 def _save_service(s: str, src: Source) -> IpvsService:
     words = _save_words(s)
     line = src.text
-    col = lambda w: max(line.find(w), 0) + 1  # noqa: E731
+    col = lambda w: max(line.find(w), 0) + 1
     _, kw, i = _save_target(words, src)
     svc = IpvsService(str(kw.pop("protocol")), kw.pop("host"), kw.pop("port"), None, src, listing="save")  # type: ignore[arg-type]
     fields: dict[str, object] = dict(kw)
@@ -351,7 +361,7 @@ def _save_service(s: str, src: Source) -> IpvsService:
 def _save_dest(s: str, src: Source) -> tuple[IpvsDest, tuple[object, ...]]:
     words = _save_words(s)
     line = src.text
-    col = lambda w: max(line.find(w), 0) + 1  # noqa: E731
+    col = lambda w: max(line.find(w), 0) + 1
     key, _, i = _save_target(words, src)
     d: IpvsDest | None = None
     fields: dict[str, object] = {"forward": "Route", "weight": 1}  # ipvsadm's defaults: -g, weight 1

@@ -1,25 +1,63 @@
-"""The trace for people: a one-line answer first, then each branch as a tree read like the packet's life."""
+"""The trace for people: a one-line answer first, then each branch as a tree read like the packet's life.
+
+Layout (``--detail summary``, the default)::
+
+    FLOW: DISPOSITION: what happened, per endpoint, in one line
+    branch 1/2 · 50 % · FORWARDED · DNAT → 10.244.1.9:53 · out cni0
+    ├── PREROUTING                                 a hook is a section
+    │   └── nat  JUMP  -A PREROUTING … -j KUBE-SERVICES  node-a/iptables-save.txt:91
+    │            └── ▶ DNAT  10.96.0.10:53 → 10.244.1.9:53                     an event
+    │                        -A KUBE-SEP-… -j DNAT --to-destination 10.244.1.9:53
+    │                        node-a/iptables-save.txt:137        (own line when it does not fit)
+    ├── routing  ROUTE  10.244.1.9 dev cni0 …
+    ├── ⇢ node-b  arrives via flannel.1 …            a cross-node hop
+    └── reply  FORWARDED  ◀ UN-DNAT …               the answer packet, briefly
+    assumptions: / undetermined: / inputs:
+
+A rule that decided a step matched as a whole, so every condition of it (`-d VIP/32`, `-p udp`,
+`--dport 53`, `! -s CIDR`, `--mark`, `--probability`) is highlighted, the comment is dimmed and
+the target is coloured by what it did. Without a terminal (a pipe, a file) rich writes plain text;
+`NO_COLOR` turns colour off; the width is `--width`, else `COLUMNS`, else the terminal's.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import IO
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.segment import Segment
+from rich.style import Style
+from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from kptrace.model.trace import Branch, Disposition, Step, Trace
+from kptrace.model.trace import Branch, Disposition, Reply, Step, Trace
 
 _STYLE = {
     Disposition.DELIVERED: "bold green", Disposition.FORWARDED: "bold green", Disposition.ACCEPTED: "bold green",
     Disposition.DROPPED: "bold red", Disposition.REJECTED: "bold red", Disposition.NO_ROUTE: "bold red",
     Disposition.UNDETERMINED: "bold yellow", Disposition.MIXED: "bold yellow",
 }
+# Steps that change the packet or end it are events: a marker in plain text, reverse video in colour.
+_EVENTS = {"DNAT", "REDIRECT", "SNAT", "MASQUERADE", "UN-DNAT", "UN-SNAT"}
+_FATAL = {"DROP", "REJECT", "POLICY DROP", "POLICY REJECT", "BLACKHOLE", "PROHIBIT", "UNREACHABLE", "NONE"}
 _ACTION_STYLE = {
-    "DNAT": "bold magenta", "REDIRECT": "bold magenta", "MASQUERADE": "bold cyan", "SNAT": "bold cyan",
-    "ACCEPT": "green", "DROP": "bold red", "REJECT": "bold red", "UNDETERMINED": "bold yellow",
-    "MARK": "cyan", "RETURN": "dim", "JUMP": "blue", "GOTO": "blue", "ROUTE": "bold",
+    "DNAT": "bold reverse magenta", "REDIRECT": "bold reverse magenta", "UN-DNAT": "bold reverse magenta",
+    "MASQUERADE": "bold reverse cyan", "SNAT": "bold reverse cyan", "UN-SNAT": "bold reverse cyan",
+    "ACCEPT": "bold green", "POLICY ACCEPT": "green", "DROP": "bold reverse red", "REJECT": "bold reverse red",
+    "POLICY DROP": "bold reverse red", "POLICY REJECT": "bold reverse red", "UNDETERMINED": "bold reverse yellow",
+    "MARK": "cyan", "CONNMARK": "cyan", "RETURN": "dim", "JUMP": "blue", "GOTO": "blue", "ROUTE": "bold",
+    "ARRIVE": "bold reverse blue", "REPLY": "bold", "LINK": "", "BRIDGE": "",
 }
+_MATCHED = "bold yellow"  # the values of the conditions a deciding rule matched
+_COMMENT = "dim italic"
+_CITE = "dim"
+_GUIDE = 4  # columns rich's Tree indents each level by
 
 
 class Detail(str, Enum):
@@ -28,11 +66,30 @@ class Detail(str, Enum):
     full = "full"
 
 
+def make_console(width: int | None = None, file: IO[str] | None = None) -> Console:
+    """The console a command prints with: `width` (--width), else COLUMNS, else the terminal's, else 100.
+
+    rich already writes plain text when the output is not a terminal and honours NO_COLOR; without a
+    terminal it would fall back to 80 columns, which splits most kube-proxy rules, so use 100.
+    """
+    out = file if file is not None else sys.stdout
+    if width is None and not os.environ.get("COLUMNS", "").isdigit() and not out.isatty():
+        width = 100
+    return Console(file=out, width=width, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+
+
+# --- the one-line answer -----------------------------------------------------------------------------
+
+
+def _pct(p: float) -> str:
+    return f"{p * 100:.4g} %"
+
+
 def _endpoint_text(t: Trace) -> str:
     parts = []
     for ep in t.endpoints:
         p = sum(b.probability for b in t.branches if b.dnat == ep)
-        parts.append(f"{ep} ({p * 100:.4g} %)")
+        parts.append(f"{ep} ({_pct(p)})")
     return " or ".join(parts)
 
 
@@ -43,51 +100,257 @@ def _flow_text(t: Trace) -> str:
     return f"{f.src} → {dst}{port}/{f.proto}"
 
 
-def summary_line(t: Trace) -> str:
-    d = t.disposition
-    parts = []
-    if t.endpoints:
-        parts.append(f"DNAT to {_endpoint_text(t)}")
-    if any(b.masquerade for b in t.branches):
-        parts.append("masqueraded")
-    kinds: dict[str, float] = {}
-    for b in t.branches:
-        word = b.disposition.value.lower()
-        if b.disposition == Disposition.FORWARDED and b.egress and b.egress.iface:
+_ARRIVE = re.compile(r"arrives on (\S+) via (\S+)")
+_DEV = re.compile(r"\bdev (\S+)")
+
+
+def _crossings(steps: tuple[Step, ...]) -> list[tuple[str, str | None]]:
+    """(node, interface it was sent through) for every hop to another node, in order."""
+    out: list[tuple[str, str | None]] = []
+    for s in steps:
+        if s.action == "ARRIVE":
+            m = _ARRIVE.search(s.text)
+            if m:
+                out.append((m.group(1), m.group(2)))
+            elif s.node:
+                out.append((s.node, None))
+    return out
+
+
+def _outcome(b: Branch) -> str:
+    """What became of one branch, in a few words: `forwarded via flannel.1 to node-b`."""
+    word = b.disposition.value.lower()
+    hops = _crossings(b.steps)
+    if b.disposition == Disposition.FORWARDED:
+        if hops:
+            node, iface = hops[-1]
+            first_iface = hops[0][1]
+            word += (f" via {first_iface}" if first_iface else "") + f" to {node}"
+            if b.egress and b.egress.iface:
+                word += f", out {b.egress.iface}"
+        elif b.egress and b.egress.iface:
             word += f" via {b.egress.iface}"
-            if b.egress.node:
-                word += f" on {b.egress.node}"
-        if b.disposition in (Disposition.DROPPED, Disposition.REJECTED, Disposition.UNDETERMINED):
-            why = _deciding(b)
-            if why:
-                word += f" by {why}"
-        kinds[word] = kinds.get(word, 0.0) + b.probability
-    if len(kinds) == 1:
-        parts.append(next(iter(kinds)))
+    elif hops:
+        word += f" on {hops[-1][0]}"
+    if b.disposition in (Disposition.DROPPED, Disposition.REJECTED, Disposition.UNDETERMINED,
+                         Disposition.NO_ROUTE):
+        why = _deciding(b.steps)
+        if why:
+            word += f" by {why}"
+    if b.masquerade:
+        word = "masqueraded, " + word
+    elif b.snat:
+        word = f"SNAT to {b.snat}, " + word
+    return word
+
+
+def summary_line(t: Trace) -> str:
+    """`SRC → DST:PORT/PROTO: DISPOSITION: DNAT to … (p) or … (p), forwarded via … to node-b`."""
+    outcomes = [(b, _outcome(b)) for b in t.branches]
+    distinct = list(dict.fromkeys(o for _, o in outcomes))
+    per_endpoint = (len(distinct) > 1 and all(b.dnat for b in t.branches)
+                    and len({b.dnat for b in t.branches}) == len(t.branches))
+    parts = []
+    if per_endpoint:
+        parts.append("DNAT to " + " or ".join(f"{b.dnat} ({_pct(b.probability)}, {o})" for b, o in outcomes))
     else:
-        parts.append(" / ".join(f"{k} ({p * 100:.4g} %)" for k, p in kinds.items()))
+        if t.endpoints:
+            parts.append(f"DNAT to {_endpoint_text(t)}")
+        if len(distinct) == 1:
+            parts.append(distinct[0])
+        elif distinct:
+            shares = {o: sum(b.probability for b, x in outcomes if x == o) for o in distinct}
+            parts.append(" / ".join(f"{o} ({_pct(p)})" for o, p in shares.items()))
     broken = sum(b.probability for b in t.branches if b.reply_failed)
     if broken:
-        parts.append(f"but the REPLY fails ({broken * 100:.4g} %)")
-    return f"{_flow_text(t)}: {d.value}: " + ", ".join(parts)
+        parts.append(f"but the REPLY fails ({_pct(broken)})")
+    return f"{_flow_text(t)}: {t.disposition.value}: " + ", ".join(parts)
 
 
-def _deciding(b: Branch) -> str:
-    for s in reversed(b.steps):
-        if s.action in ("DROP", "REJECT", "UNDETERMINED") or s.action.startswith("POLICY"):
+def _deciding(steps: tuple[Step, ...] | list[Step]) -> str:
+    for s in reversed(steps):
+        if s.action in _FATAL or s.action == "UNDETERMINED" or s.action.startswith("POLICY D"):
             where = f"{s.table}/{s.chain}" if s.table else s.hook
+            if s.action.startswith("POLICY"):
+                where += " policy"
             return f"{where} ({s.source})" if s.source else where
     return ""
 
 
-def _step_text(s: Step) -> Text:
-    style = _ACTION_STYLE.get(s.action.split()[0], "")
-    t = Text()
-    if s.source:
-        t.append(f"{s.source}  ", style="dim")
-    t.append(s.text if s.text else "", style="")
-    t.append(f"  {s.action}", style=style)
-    return t
+# --- one rule, highlighted ----------------------------------------------------------------------------
+
+
+def _tokens(text: str) -> list[tuple[int, int]]:
+    """Spans of the words of an iptables-save line; a quoted string (with \\" inside) is one word."""
+    spans: list[tuple[int, int]] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+            continue
+        j = i
+        while j < n and not text[j].isspace():
+            if text[j] == '"':
+                j += 1
+                while j < n and text[j] != '"':
+                    j += 2 if text[j] == "\\" else 1
+            j += 1
+        spans.append((i, min(j, n)))
+        i = j
+    return spans
+
+
+def highlight_rule(text: str, action: str, matched: bool = True) -> Text:
+    """The rule as written, with the parts that matched, the comment and the target styled apart."""
+    out = Text(text)
+    spans = _tokens(text)
+    words = [text[a:b] for a, b in spans]
+    if text.startswith(":"):  # a chain declaration: the policy decided
+        if len(spans) >= 2:
+            out.stylize("bold", *spans[0])
+            out.stylize(_ACTION_STYLE.get(action, "bold"), *spans[1])
+        return out
+    k = 0
+    target_style = _ACTION_STYLE.get(action, "bold")
+    while k < len(words):
+        w = words[k]
+        a, b = spans[k]
+        if w in ("-A", "-I") and k + 1 < len(words):
+            out.stylize("dim", a, b)
+            out.stylize("bold", *spans[k + 1])
+            k += 2
+            continue
+        if w == "-m" and k + 1 < len(words) and words[k + 1] == "comment":
+            end = k + 2
+            while end < len(words) and words[end] not in ("-m", "-j", "-g") and not _generic(words[end]):
+                end += 1
+            out.stylize(_COMMENT, a, spans[end - 1][1])
+            k = end
+            continue
+        if w in ("-j", "-g") and k + 1 < len(words):
+            out.stylize("bold", a, b)
+            out.stylize(target_style.replace("reverse ", "") or "bold", *spans[k + 1])
+            for j in range(k + 2, len(words)):
+                if not words[j].startswith("-"):
+                    out.stylize(target_style.replace("reverse ", "") or "bold", *spans[j])
+            break
+        if w == "-m":
+            out.stylize("dim", a, b)
+            if k + 1 < len(words):
+                out.stylize("dim", *spans[k + 1])
+            k += 2
+            continue
+        if w == "!" or w.startswith("-"):
+            if matched:
+                out.stylize("bold", a, b)
+            k += 1
+            while k < len(words) and not words[k].startswith("-") and words[k] != "!":
+                if matched:
+                    out.stylize(_MATCHED, *spans[k])
+                k += 1
+            continue
+        k += 1
+    return out
+
+
+def _generic(word: str) -> bool:
+    return word in ("!", "-p", "-s", "-d", "-i", "-o", "-f", "--protocol", "--source", "--destination",
+                    "--in-interface", "--out-interface", "--fragment")
+
+
+def _to_destination(text: str) -> str | None:
+    m = re.search(r"--to-destination\s+(\S+)", text)
+    return m.group(1) if m else None
+
+
+# --- the tree -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """What the renderer tracks while reading a branch's steps in order."""
+
+    width: int
+    detail: Detail
+    dst: str  # the destination before the next DNAT
+    src: str
+    multi_node: bool
+    out_iface: str | None = None
+    shared: int = 0
+    dimmed: set[int] = field(default_factory=set)
+
+
+def _badge(action: str) -> Text:
+    style = _ACTION_STYLE.get(action, "bold")
+    label = action
+    if action in _EVENTS:
+        label = ("◀ " if action.startswith("UN-") else "▶ ") + action
+    elif action in _FATAL:
+        label = "✖ " + action
+    elif action == "UNDETERMINED":
+        label = "? " + action
+    return Text(label, style=style)
+
+
+def _row(level: int, prefix: str, action: str, body: list[Text], cite: str | None, ctx: _Ctx,
+         dim: bool = False) -> RenderableType:
+    """A step: [table] [action] body…, with its citation at the end of the line if it fits, else below."""
+    badge = _badge(action)
+    avail = ctx.width - _GUIDE * level - (len(prefix) + 2 if prefix else 0) - badge.cell_len - 2
+    lines = [t.copy() for t in body]
+    if cite:
+        c = Text(cite, style=_CITE)
+        if len(lines) == 1 and lines[0].cell_len + 2 + c.cell_len <= avail:
+            lines[0].append("  ")
+            lines[0].append_text(c)
+        else:
+            lines.append(c)
+    grid = Table.grid(padding=(0, 2))
+    if prefix:
+        grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    cells: list[RenderableType] = [Text(prefix, style="bold")] if prefix else []
+    cells += [badge, Text("\n").join(lines)]
+    grid.add_row(*cells)
+    return _Dim(grid) if dim else grid
+
+
+class _Dim:
+    """Render something dimmed (the steps a branch shares with an earlier one)."""
+
+    def __init__(self, inner: RenderableType) -> None:
+        self.inner = inner
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from Segment.apply_style(console.render(self.inner, options), post_style=Style(dim=True))
+
+
+def _step_body(s: Step, ctx: _Ctx) -> tuple[str, list[Text]]:
+    """(action shown, body lines) for one step; events get a line saying what changed."""
+    action = s.action
+    if s.rule is not None or s.text.startswith(":") or s.text.startswith("-A "):
+        rule = highlight_rule(s.text, action, matched=action != "UNDETERMINED")
+    else:
+        rule = Text(s.text)
+    if action in ("DNAT", "REDIRECT"):
+        new = _to_destination(s.text) or "a local address"
+        event = Text(f"{ctx.dst} → {new}", style="bold magenta")
+        ctx.dst = new
+        return action, [event, rule]
+    if action == "MASQUERADE":
+        via = f"the address of {ctx.out_iface}" if ctx.out_iface else "the outgoing interface's address"
+        return action, [Text(f"source {ctx.src} → {via}", style="bold cyan"), rule]
+    if action == "SNAT":
+        m = re.search(r"--to-source\s+(\S+)", s.text)
+        return action, [Text(f"source {ctx.src} → {m.group(1) if m else '?'}", style="bold cyan"), rule]
+    if action in ("UN-DNAT", "UN-SNAT"):
+        return action, [Text(s.text, style="bold")]
+    if action == "ROUTE":
+        m = _DEV.search(s.text)
+        if m:
+            ctx.out_iface = m.group(1)
+    return action, [rule]
 
 
 def _keep(steps: list[Step], i: int, detail: Detail) -> bool:
@@ -100,67 +363,97 @@ def _keep(steps: list[Step], i: int, detail: Detail) -> bool:
     # nor does a jump into a chain that matched nothing and came straight back.
     if s.action in ("JUMP", "GOTO"):
         nxt = steps[i + 1] if i + 1 < len(steps) else None
-        return nxt is not None and nxt.depth > s.depth and nxt.hook == s.hook
+        return nxt is not None and nxt.depth > s.depth and nxt.hook == s.hook and nxt.node == s.node
     return True
 
 
-def branch_tree(b: Branch, n: int, total: int, detail: Detail, prefix_from: tuple[int, int] | None) -> Tree:
-    head = Text(f"branch {n}/{total}  ", style="bold")
-    head.append(f"{b.probability * 100:.4g} %  ")
-    head.append(b.disposition.value, style=_STYLE[b.disposition])
-    if b.dnat:
-        head.append(f"  DNAT → {b.dnat}", style="magenta")
-    if b.masquerade:
-        head.append("  masquerade", style="cyan")
-    if b.egress and b.egress.iface:
-        head.append(f"  out {b.egress.iface}")
-    tree = Tree(head)
-    steps = list(b.steps)
-    shared = prefix_from[0] if prefix_from else 0
-    if shared:
-        tree.add(Text(f"(the first {shared} steps are those of branch {prefix_from[1]}, shown dimmed)", style="dim italic"))  # type: ignore[index]
+def _section(s: Step, ctx: _Ctx) -> str:
+    return f"{s.hook} · {s.node}" if ctx.multi_node and s.node else s.hook
+
+
+def _add_steps(parent: Tree, steps: list[Step], ctx: _Ctx, level: int) -> None:
+    """Steps grouped by hook (a section each), rules nested by jump depth, hops and routing on their own."""
     hook_node: Tree | None = None
-    hook_name = None
+    hook_key: str | None = None
     stack: list[Tree] = []
     for i, s in enumerate(steps):
-        if not _keep(steps, i, detail):
+        if not _keep(steps, i, ctx.detail):
             continue
-        dim = i < shared
+        dim = i in ctx.dimmed
+        if s.action == "ARRIVE":
+            label = Text.assemble(("⇢ ", "bold"), (s.node or "another node", "bold reverse blue"), "  ")
+            label.append_text(Text(s.text))
+            parent.add(_Dim(label) if dim else label)
+            hook_node, hook_key, stack = None, None, []
+            ctx.out_iface = None
+            continue
         if s.hook == "routing":
-            where = f"routing · {s.node}  " if s.node else "routing  "
-            tree.add(_dim(Text(where, style="bold") + _step_text(s), dim))
-            hook_node, hook_name, stack = None, None, []
+            action, body = _step_body(s, ctx)
+            prefix = f"routing · {s.node}" if ctx.multi_node and s.node else "routing"
+            parent.add(_row(level, prefix, action, body, s.source, ctx, dim))
+            hook_node, hook_key, stack = None, None, []
             continue
-        key = f"{s.hook} · {s.node}" if s.node else s.hook
-        if hook_node is None or key != hook_name:
-            hook_node = tree.add(_dim(Text(key, style="bold underline"), dim))
-            hook_name, stack = key, []
-        label = Text(f"{s.table}  ", style="bold") if s.depth == 0 and s.table else Text()
-        parent = hook_node if s.depth == 0 or not stack else stack[min(s.depth, len(stack)) - 1]
-        node = parent.add(_dim(label + _step_text(s), dim))
-        stack = stack[: s.depth] + [node]
+        key = _section(s, ctx)
+        if hook_node is None or key != hook_key:
+            head = Text(key, style="bold underline")
+            hook_node = parent.add(_Dim(head) if dim else head)
+            hook_key, stack = key, []
+        action, body = _step_body(s, ctx)
+        depth = min(s.depth, len(stack))
+        node_parent = hook_node if depth == 0 else stack[depth - 1]
+        prefix = (s.table or "") if depth == 0 else ""
+        node = node_parent.add(_row(level + 1 + depth, prefix, action, body, s.source, ctx, dim))
+        stack = stack[:depth] + [node]
+
+
+def _branch_head(b: Branch, n: int, total: int) -> Text:
+    head = Text(f"branch {n}/{total}", style="bold")
+    head.append(f" · {_pct(b.probability)} · ")
+    head.append(b.disposition.value, style=_STYLE[b.disposition])
+    if b.dnat:
+        head.append(" · DNAT → ")
+        head.append(b.dnat, style="bold magenta")
+    if b.masquerade:
+        head.append(" · masquerade", style="cyan")
+    elif b.snat:
+        head.append(f" · SNAT → {b.snat}", style="cyan")
+    hops = _crossings(b.steps)
+    if hops:
+        head.append(" · via " + " → ".join(n for n, _ in hops), style="blue")
+    if b.egress and b.egress.iface:
+        head.append(f" · out {b.egress.iface}")
     if b.reply is not None:
-        r = b.reply
-        head = Text("reply  ", style="bold") + Text(r.disposition.value, style=_STYLE[r.disposition])
-        if r.problem:
-            head.append(f"  {r.problem}", style="bold red")
-        rt = tree.add(head)
-        for i, s in enumerate(r.steps):
-            if detail == Detail.full or _keep(list(r.steps), i, detail):
-                where = f"{s.hook}" + (f" · {s.node}" if s.node else "")
-                rt.add(Text(f"{where}  ", style="bold") + _step_text(s))
-    if detail == Detail.full:
-        for a in b.assumptions:
-            tree.add(Text(f"assumed: {a}", style="italic"))
-    for u in b.unknowns:
-        tree.add(Text(f"undetermined: {u}", style="yellow"))
-    return tree
+        head.append(" · reply ")
+        head.append("fails" if b.reply.problem else b.reply.disposition.value,
+                    style="bold red" if b.reply.problem else _STYLE[b.reply.disposition])
+    return head
 
 
-def _dim(t: Text, dim: bool) -> Text:
-    if dim:
-        t.stylize("dim")
-    return t
+def _reply(tree: Tree, r: Reply, ctx: _Ctx) -> None:
+    head = Text("reply", style="bold underline")
+    head.append("  ")
+    head.append(r.disposition.value, style=_STYLE[r.disposition])
+    first = next((s for s in r.steps if s.action == "REPLY"), None)
+    if first is not None:
+        head.append("  " + first.text.removeprefix("reply "))
+    if r.problem:
+        head.append("\n")
+        head.append(f"✖ {r.problem}", style="bold red")
+    rt = tree.add(head)
+    steps = [s for s in r.steps if s.action != "REPLY"]
+    if ctx.detail == Detail.full:
+        rctx = _Ctx(ctx.width, ctx.detail, ctx.dst, ctx.src, ctx.multi_node)
+        _add_steps(rt, steps, rctx, 2)
+        return
+    # Briefly: what changes the answer (un-NAT), what ends it, and the nodes it crosses.
+    brief = [s for s in steps if s.action in _EVENTS or s.action in _FATAL or s.action in ("ARRIVE", "UNDETERMINED")]
+    for s in brief:
+        if s.action == "ARRIVE":
+            rt.add(Text.assemble(("⇢ ", "bold"), (s.node or "another node", "bold reverse blue"), "  ", s.text))
+            continue
+        body = [Text(s.text, style="bold")] if s.rule is None else [highlight_rule(s.text, s.action)]
+        prefix = f"{s.hook} · {s.node}" if ctx.multi_node and s.node else s.hook
+        rt.add(_row(2, prefix, s.action, body, s.source, ctx))
 
 
 def _common_prefix(a: tuple[Step, ...], b: tuple[Step, ...]) -> int:
@@ -172,29 +465,88 @@ def _common_prefix(a: tuple[Step, ...], b: tuple[Step, ...]) -> int:
     return n
 
 
+def branch_tree(t: Trace, b: Branch, n: int, width: int, detail: Detail,
+                prefix_from: tuple[int, int] | None = None) -> Tree:
+    tree = Tree(_branch_head(b, n, len(t.branches)), guide_style="dim")
+    multi = len({s.node for s in b.steps if s.node}) > 1 or any(s.action == "ARRIVE" for s in b.steps)
+    dport = f":{t.flow.dport}" if t.flow.dport is not None else ""
+    host = f"[{t.flow.dst}]" if t.flow.dst.version == 6 and dport else str(t.flow.dst)
+    ctx = _Ctx(width, detail, f"{host}{dport}", str(t.flow.src), multi)
+    steps = list(b.steps)
+    if prefix_from:
+        shared, other = prefix_from
+        ctx.dimmed = set(range(shared))
+        last = next((s for s in reversed(steps[:shared]) if s.source), None)
+        upto = f" up to {last.source}" if last else f" for {shared} steps"
+        tree.add(Text(f"= same path as branch {other}{upto} (dimmed)", style="dim italic"))
+    _add_steps(tree, steps, ctx, 1)
+    if b.reply is not None:
+        _reply(tree, b.reply, ctx)
+    if detail == Detail.full:
+        for a in b.assumptions:
+            tree.add(Text(f"assumed: {a}", style="italic"))
+    for u in b.unknowns:
+        tree.add(Text(f"? undetermined: {u}", style="yellow"))
+    return tree
+
+
+def _minimal(t: Trace, console: Console) -> None:
+    for n, b in enumerate(t.branches, start=1):
+        line = Text(f"  branch {n}: {_pct(b.probability)} ")
+        line.append(b.disposition.value, style=_STYLE[b.disposition])
+        if b.dnat:
+            line.append(f"  DNAT → {b.dnat}")
+        hops = _crossings(b.steps)
+        if hops:
+            line.append("  via " + " → ".join(h for h, _ in hops))
+        if b.egress and b.egress.iface:
+            line.append(f"  out {b.egress.iface}")
+        if b.disposition.failed or b.disposition == Disposition.UNDETERMINED:
+            why = _deciding(b.steps)
+            if why:
+                line.append(f"  at {why}")
+        if b.reply is not None and b.reply.problem:
+            line.append(f"  reply fails: {b.reply.problem}", style="red")
+        console.print(line)
+
+
+def _bullets(console: Console, title: str, items: list[str], title_style: str, style: str) -> None:
+    """A titled list; a long item wraps under its own text, not under the dash."""
+    if not items:
+        return
+    console.print(Text(title, style=title_style))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for item in items:
+        grid.add_row(Text("  -"), Text(item, style=style))
+    console.print(grid)
+
+
 def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) -> None:
     console.print(Text(summary_line(t), style=_STYLE[t.disposition]))
     if detail == Detail.minimal:
-        for n, b in enumerate(t.branches, start=1):
-            why = _deciding(b) if b.disposition.failed or b.disposition == Disposition.UNDETERMINED else ""
-            extra = f"  DNAT → {b.dnat}" if b.dnat else ""
-            console.print(f"  branch {n}: {b.probability * 100:.4g} % {b.disposition.value}{extra}" + (f" at {why}" if why else ""), markup=False, highlight=False)
+        _minimal(t, console)
         return
-    trees = []
+    trees: list[RenderableType] = []
     for n, b in enumerate(t.branches, start=1):
         best = None
-        for k in range(n - 1):
-            c = _common_prefix(t.branches[k].steps, b.steps)
-            if c and (best is None or c > best[0]):
-                best = (c, k + 1)
-        trees.append(branch_tree(b, n, len(t.branches), detail, best if detail != Detail.full else None))
+        if detail != Detail.full:
+            for k in range(n - 1):
+                c = _common_prefix(t.branches[k].steps, b.steps)
+                if c and (best is None or c > best[0]):
+                    best = (c, k + 1)
+        trees.append(branch_tree(t, b, n, console.width, detail, best))
     console.print(Group(*trees))
-    shared = [a for a in t.assumptions]
     branch_assumptions = {a for b in t.branches for a in b.assumptions}
-    if shared or branch_assumptions:
-        console.print(Text("assumptions:", style="bold"))
-        for a in list(dict.fromkeys(shared + sorted(branch_assumptions))):
-            console.print(Text(f"  - {a}", style="italic"))
+    assumptions = list(dict.fromkeys(list(t.assumptions) + sorted(branch_assumptions)))
+    _bullets(console, "assumptions:", assumptions, "bold", "italic")
+    unknowns = [f"branch {n}: {u}" for n, b in enumerate(t.branches, start=1) for u in b.unknowns]
+    _bullets(console, "undetermined:", unknowns, "bold yellow", "yellow")
+    problems = [f"branch {n}: {b.reply.problem}" for n, b in enumerate(t.branches, start=1)
+                if b.reply and b.reply.problem]
+    _bullets(console, "reply problems:", problems, "bold red", "red")
     if t.inputs:
         dirs = sorted({i.file.rsplit("/", 1)[0] + "/" if "/" in i.file else i.file for i in t.inputs})
-        console.print(Text(f"inputs: {len(t.inputs)} files from {', '.join(dirs)} (-o json lists them with sha256)", style="dim"))
+        console.print(Text(f"inputs: {len(t.inputs)} files from {', '.join(dirs)} (-o json lists them with sha256)",
+                           style="dim"))

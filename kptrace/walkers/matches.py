@@ -42,6 +42,7 @@ class MatchContext:
     knows_local: bool
     hook: str
     assumptions: list[str]
+    sets: dict | None = None  # type: ignore[type-arg]  # the node's ipsets by name; None: no ipset dump in the input
 
     def is_local(self, addr: object) -> bool | None:
         if isinstance(addr, IPv4Address) and addr in _LOOPBACK4:
@@ -355,7 +356,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "limit": _limit,
     "owner": _owner,
     "pkttype": _pkttype,
-    "set": lambda m, p, c: Unknown(f"ipset '{_set_name(m)}' is not in the input (ipset dumps come with IPVS support)"),
+    "set": lambda m, p, c: _set_match(m, p, c),
     "physdev": lambda m, p, c: Unknown("-m physdev depends on the bridge port the frame used"),
     "mac": lambda m, p, c: Unknown("-m mac depends on the sender's MAC address"),
 }
@@ -364,6 +365,12 @@ EVALUATORS: dict[str, Evaluator] = {
 def _set_name(m: Match) -> str:
     o = m.opt("--match-set")
     return o.values[0] if o and o.values else "?"
+
+
+def _set_match(m: Match, pkt: Packet, ctx: MatchContext) -> Result:
+    from kptrace.walkers.ipvs import set_match
+
+    return set_match(m, pkt, ctx)
 
 
 def eval_match(m: Match, pkt: Packet, ctx: MatchContext) -> Result:

@@ -23,6 +23,7 @@ from kptrace.model.node import Node
 from kptrace.model.trace import Branch, Disposition, Egress, Reply, Step, Trace
 from kptrace.walkers import link
 from kptrace.walkers.chains import ACCEPT, DROP, REJECT, UNDETERMINED, ChainWalker
+from kptrace.walkers.ipvs import IpvsOutcome, ipvs_paths
 from kptrace.walkers.matches import MatchContext
 from kptrace.walkers.packet import Packet, Path
 from kptrace.walkers.routing import RouteResult, describe, lookup
@@ -76,7 +77,7 @@ class _Walk:
     local: set[IPAddress] = field(default_factory=set)
 
     def ctx(self, hook: str) -> MatchContext:
-        return MatchContext(self.local, self.node.knows_addresses, hook, [])
+        return MatchContext(self.local, self.node.knows_addresses, hook, [], sets=self.node.ipsets)
 
     def step(self, text: str, source: str | None = None, action: str = "ROUTE", hook: str = "routing") -> Step:
         return Step(hook, None, None, None, source, action, text, 0, self.label)
@@ -275,7 +276,14 @@ def _route_incoming(w: _Walk, path: Path) -> None:
     if res.kind in ("local", "broadcast", "multicast"):
         path = path.step(w.step(describe(res, pkt.dst) + " (INPUT)", res.cite))
         for p in w.hook("INPUT", [path]):
-            w.finals.append((_undo_dnat(w, p, "INPUT"), Disposition.DELIVERED))
+            # kube-proxy IPVS mode: a virtual service takes the packet at LOCAL_IN and sends it on to a
+            # real server (kptrace/walkers/ipvs.py, docs/ipvs.md); like a locally sent packet after DNAT
+            # it is routed again, then OUTPUT (nat not consulted) and POSTROUTING.
+            outs = ipvs_paths(w.node, p, w.step)
+            if outs is None:
+                w.finals.append((_undo_dnat(w, p, "INPUT"), Disposition.DELIVERED))
+                continue
+            _ipvs_sent(w, outs, hooks=("OUTPUT", "POSTROUTING"))
         return
     fwd = _forwarding(w, path)
     if fwd is None:
@@ -283,6 +291,27 @@ def _route_incoming(w: _Walk, path: Path) -> None:
     for p in _per_nexthop(w, fwd, res, pkt.dst):
         for q in w.hook("FORWARD", [p]):
             for r in w.hook("POSTROUTING", [q]):
+                _leave(w, r)
+
+
+def _ipvs_sent(w: _Walk, outs: list[IpvsOutcome], hooks: tuple[str, ...] = ("POSTROUTING",)) -> None:
+    """Each way IPVS passes the packet on: routed again to the real server, then the remaining hooks."""
+    for o in outs:
+        if o.final is not None:
+            w.finals.append((o.path, o.final))
+            continue
+        q, res2 = w.route(o.path, o.path.packet.next_hop or o.path.packet.dst, None)
+        if res2.kind in _ROUTE_FAILURE:
+            w.fail(q, res2, q.packet.dst)
+            continue
+        sent = _output_paths(w, q, res2, q.packet.dst, "IPVS sends it on; route:")
+        for hook in hooks:
+            # nat OUTPUT is not consulted for a packet IPVS already rewrote; nat POSTROUTING (masquerade) is.
+            sent = w.hook(hook, sent, skip_nat=hook == "OUTPUT")
+        for r in sent:
+            if r.packet.out_iface == "lo":
+                w.finals.append((r, Disposition.DELIVERED))
+            else:
                 _leave(w, r)
 
 
@@ -367,6 +396,12 @@ def _local(w: _Walk, path: Path) -> None:
         return
     paths = _output_paths(w, path, res, pkt.dst, "locally generated; output route:")
     for p in w.hook("OUTPUT", paths):
+        # IPVS schedules a node's own connection to a virtual service at LOCAL_OUT (just after nat
+        # OUTPUT; kptrace runs it after the whole OUTPUT hook, which kube-proxy's rules do not tell apart).
+        outs = ipvs_paths(w.node, p, w.step) if p.packet.out_iface == "lo" else None
+        if outs is not None:
+            _ipvs_sent(w, outs)
+            continue
         if p.packet.dst != pkt.dst:
             # A DNAT in nat OUTPUT changes the destination, so the kernel routes the packet again.
             p, res2 = w.route(p, p.packet.dst, None)

@@ -1,0 +1,118 @@
+"""Parse `conntrack -L` (conntrack-tools) and /proc/net/nf_conntrack into ConntrackEntries.
+
+Forms accepted (one entry per line):
+
+    tcp      6 431999 ESTABLISHED src=10.244.1.5 dst=10.96.0.20 sport=40000 dport=80 src=10.244.1.2 dst=10.244.1.5 sport=8080 dport=40000 [ASSURED] mark=0 use=1
+    udp      17 29 src=10.244.1.5 dst=10.96.0.10 sport=53271 dport=53 [UNREPLIED] src=10.96.0.10 dst=10.244.1.5 sport=53 dport=53271 mark=0 use=1
+    icmp     1 29 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=7 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=7 mark=0 use=1
+    ipv4     2 tcp      6 117 TIME_WAIT src=… dst=… sport=… dport=… src=… … [ASSURED] mark=0 zone=0 use=2   /proc, `-o extended`
+    [1700000000.123456]  tcp 6 …                                      `-o timestamp` prefix
+    conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.   footer, ignored
+
+Words the model has no field for (`secctx=`, `labels=`, `delta-time=`, `id=`, `use=`, …) are kept
+in `unknown`; they never decide a trace.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import ip_address
+
+from kptrace.errors import ParseError
+from kptrace.model.flow import IPAddress
+from kptrace.model.node import ConntrackEntry, ConntrackTuple
+from kptrace.model.source import Source
+
+HEAD_RE = re.compile(r"^\s*(?:\[[0-9.]{1,40}\]\s+)?(?:(ipv[46])\s+([0-9]{1,3})\s+)?([a-z][a-z0-9-]{0,30}|[0-9]{1,3})\s+"
+                     r"([0-9]{1,3})\s+([0-9]{1,20})\s+(?:([A-Z_]{1,30})\s+)?(?=src=)")
+FOOTER_RE = re.compile(r"^\s*conntrack v[\d.]+ \(conntrack-tools\):")
+_IGNORED = frozenset({"use", "id", "delta-time", "secctx", "labels", "timestamp", "portid", "helper", "ctlabels"})
+
+
+def parse_conntrack(text: str, file: str = "conntrack.txt", errors: list[ParseError] | None = None,
+                    first_line: int = 1) -> list[ConntrackEntry]:
+    out: list[ConntrackEntry] = []
+    for n, raw in enumerate(text.split("\n")):
+        lineno = first_line + n
+        line = raw.rstrip("\r")
+        if not line.strip() or FOOTER_RE.match(line):
+            continue
+        try:
+            out.append(_entry(line, lineno, file))
+        except ParseError as e:
+            if errors is None:
+                raise
+            errors.append(e)
+    return out
+
+
+def _entry(line: str, lineno: int, file: str) -> ConntrackEntry:
+    m = HEAD_RE.match(line)
+    if m is None:
+        raise ParseError(file, lineno, 1, "expected a conntrack entry: PROTO NUMBER TIMEOUT [STATE] src=… dst=…", line)
+    tuples: list[dict[str, str]] = []
+    flags: list[str] = []
+    unknown: list[str] = []
+    mark = zone = None
+    for w in re.finditer(r"\S+", line[m.end():]):
+        word, col = w.group(), m.end() + w.start() + 1
+        if word.startswith("[") and word.endswith("]") and len(word) > 2:
+            flags.append(word[1:-1])
+            continue
+        key, eq, value = word.partition("=")
+        if not eq:
+            unknown.append(word)
+            continue
+        if key == "src" and (not tuples or "src" in tuples[-1]):
+            if len(tuples) == 2:
+                raise ParseError(file, lineno, col, "a third src=: expected an original and a reply tuple", line)
+            tuples.append({})
+        if key in ("src", "dst", "sport", "dport", "type", "code") and tuples and key not in tuples[-1]:
+            tuples[-1][key] = value
+        elif key == "mark":
+            mark = _int(value, col, file, lineno, line)
+        elif key == "zone":
+            zone = _int(value, col, file, lineno, line)
+        elif key in _IGNORED or key.startswith(("orig-", "reply-")):
+            unknown.append(word)
+        else:
+            unknown.append(word)
+    if not tuples or "dst" not in tuples[0]:
+        raise ParseError(file, lineno, m.end() + 1, "expected src= and dst= of the original direction", line)
+    family = 6 if m.group(1) == "ipv6" else 4
+    orig = _tuple(tuples[0], file, lineno, line)
+    reply = _tuple(tuples[1], file, lineno, line) if len(tuples) > 1 and "dst" in tuples[1] else None
+    if orig.src.version == 6:
+        family = 6
+    return ConntrackEntry(
+        proto=m.group(3), original=orig, reply=reply, timeout=int(m.group(5)), state=m.group(6),
+        flags=tuple(flags), mark=mark, zone=zone, family=family, source=Source(file, lineno, 1, line),
+        unknown=tuple(unknown),
+    )
+
+
+def _tuple(t: dict[str, str], file: str, lineno: int, line: str) -> ConntrackTuple:
+    def addr(key: str) -> IPAddress:
+        try:
+            return ip_address(t[key])
+        except (KeyError, ValueError):
+            raise ParseError(file, lineno, max(line.find(f"{key}="), 0) + 1,
+                             f"invalid address {key}={t.get(key, '')!r}", line) from None
+
+    def port(key: str) -> int | None:
+        v = t.get(key)
+        if v is None:
+            return None
+        if not re.fullmatch(r"[0-9]{1,5}", v) or int(v) > 65535:
+            raise ParseError(file, lineno, max(line.find(f"{key}="), 0) + 1, f"invalid port {key}={v}", line)
+        return int(v)
+
+    extra = tuple(f"{k}={t[k]}" for k in ("type", "code") if k in t)
+    return ConntrackTuple(addr("src"), addr("dst"), port("sport"), port("dport"), extra)
+
+
+def _int(v: str, col: int, file: str, lineno: int, line: str) -> int:
+    try:
+        return int(v, 0)
+    except ValueError:
+        raise ParseError(file, lineno, col, f"expected a number, got '{v}'", line) from None

@@ -1,0 +1,52 @@
+"""`kptrace services` end to end: table, wide, json (schema), namespace filter, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+from typer.testing import CliRunner
+
+from kptrace.cli.app import _register, app
+from kptrace.render.jsonout import schema
+
+if not any(c.name == "services" for c in app.registered_commands):
+    _register()
+runner = CliRunner()
+
+
+def test_table() -> None:
+    r = runner.invoke(app, ["services", "--demo"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NAMESPACE", "NAME", "TYPE"]
+    broken = next(line for line in lines if " broken " in line)
+    assert broken.split() == ["default", "broken", "ClusterIP", "10.96.77.7", "<none>", "80/TCP", "<none>", "no",
+                              "endpoints"]
+
+
+def test_wide_and_namespace() -> None:
+    r = runner.invoke(app, ["services", "--demo", "-o", "wide", "-n", "ingress-nginx"])
+    assert r.exit_code == 0
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert [row[2] for row in rows] == ["http", "https"]
+    assert all("sourceRanges=192.168.56.0/24" in row for row in rows)
+
+
+def test_json_validates() -> None:
+    r = runner.invoke(app, ["services", "--demo", "-o", "json"])
+    doc = json.loads(r.stdout)
+    jsonschema.validate(doc, schema())
+    assert doc["kind"] == "services" and len(doc["services"]) == 9 and len(doc["inputs"]) == 34
+
+
+def test_no_input_is_a_usage_error() -> None:
+    p = subprocess.run([sys.executable, "-m", "kptrace", "services"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no input" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_help_has_examples() -> None:
+    r = runner.invoke(app, ["services", "--help"])
+    assert r.exit_code == 0 and "kptrace services --demo" in r.stdout

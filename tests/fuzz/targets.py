@@ -1,0 +1,199 @@
+"""What the fuzzers drive: every parser, and the path a user's file takes (decode, sniff, parse, load, trace).
+
+An input is bytes. Its first byte picks the target; the rest is the file. A target may return anything
+or raise a KptraceError (ParseError, InputError: the one-line `file:line:col: message`, exit 2).
+Any other exception is a crash: `run_one` lets it through, so atheris, the Python fuzzer in
+run.py, hypothesis and the corpus replay all see it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any, Iterator
+
+from kptrace.errors import KptraceError
+from kptrace.load import _load_one, decode
+from kptrace.model.flow import Flow
+from kptrace.model.node import Node
+from kptrace.parsers.arp import parse_arp
+from kptrace.parsers.bridge import parse_bridge_fdb, parse_bridge_link, parse_brctl_show
+from kptrace.parsers.conntrack import parse_conntrack
+from kptrace.parsers.flannel import parse_flannel_subnet
+from kptrace.parsers.ip_addr import parse_ip_addr
+from kptrace.parsers.ip_link import parse_ip_link
+from kptrace.parsers.ip_neigh import parse_ip_neigh
+from kptrace.parsers.ip_route import parse_ip_route
+from kptrace.parsers.ip_rule import parse_ip_rule
+from kptrace.parsers.iptables_list import parse_iptables_list
+from kptrace.parsers.iptables_s import parse_iptables_s
+from kptrace.parsers.iptables_save import parse_iptables_save, scan_iptables_save
+from kptrace.parsers.modules import parse_modules
+from kptrace.parsers.paste import parse_paste, sniff_paste
+from kptrace.parsers.route_n import parse_route_n
+from kptrace.parsers.sysctl import parse_sysctl
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = Path(__file__).resolve().parent / "corpus"
+MAX_INPUT = 64 * 1024  # inputs past this are cut: the fuzzers look for wrong code paths, not slow ones
+ALLOWED = (KptraceError,)
+FLOWS = (
+    Flow(ip_address("10.244.1.3"), ip_address("10.96.0.20"), "tcp", 40000, 80, "cni0"),
+    Flow(ip_address("203.0.113.7"), ip_address("192.168.0.2"), "udp", 40000, 30001, "eth0"),
+    Flow(ip_address("192.168.0.2"), ip_address("10.96.0.10"), "icmp"),
+    Flow(ip_address("fd00::5"), ip_address("fd00::1"), "tcp", 40000, 443, "eth0"),
+)
+
+
+def _load(text: str, data: bytes) -> object:
+    """A file as `kptrace why --dump FILE` reads it, then the traces a user would ask for."""
+    from kptrace.load import _finish_node
+    from kptrace.walkers.netfilter import trace_flow
+
+    node = Node(node_ips=[ip_address("192.168.0.2")])
+    _load_one(node, "fuzz.txt", data)
+    try:
+        node = _finish_node(node, "fuzz.txt")
+    except KptraceError:
+        return node
+    for flow in FLOWS:
+        try:
+            trace_flow(node, flow)
+        except KptraceError:
+            pass
+    return node
+
+
+def _scan(text: str) -> object:
+    from kptrace.parsers import iptables_save
+
+    old = iptables_save.LAZY_MIN_LINES
+    iptables_save.LAZY_MIN_LINES = 0  # the lazy scanner, on inputs of any size
+    try:
+        rs = scan_iptables_save(text, "f")
+        for t in rs.tables.values():
+            for c in t.chains.values():
+                for i in list(c.candidates("10.96.0.20"))[:50]:
+                    c.rule_at(i)
+        return rs
+    finally:
+        iptables_save.LAZY_MIN_LINES = old
+
+
+def _optional(module: str, name: str) -> Callable[[str], Any] | None:
+    try:
+        mod = __import__(module, fromlist=[name])
+    except ImportError:
+        return None
+    fn = getattr(mod, name, None)
+    return (lambda t: fn(t, "f")) if fn is not None else None
+
+
+# Target name -> function of the decoded text (`load` also gets the bytes). Order matters: the first
+# input byte indexes it, so append new targets at the end to keep the corpus meaning the same.
+TARGETS: dict[str, Callable[[str], Any]] = {
+    "load": lambda t: None,  # replaced below; takes bytes
+    "paste": lambda t: parse_paste(t, "f"),
+    "iptables-list": lambda t: parse_iptables_list(t, "f"),
+    "iptables-s": lambda t: parse_iptables_s(t, "f"),
+    "iptables-excerpt": lambda t: parse_iptables_s(t, "f", table=None, excerpt=True),
+    "iptables-save": lambda t: parse_iptables_save(t, "f"),
+    "route-n": lambda t: parse_route_n(t, "f"),
+    "arp": lambda t: parse_arp(t, "f"),
+    "conntrack": lambda t: parse_conntrack(t, "f"),
+    "ip-route": lambda t: parse_ip_route(t, "f"),
+    "ip-neigh": lambda t: parse_ip_neigh(t, "f"),
+    "ip-addr": lambda t: parse_ip_addr(t, "f"),
+    "ip-link": lambda t: parse_ip_link(t, "f"),
+    "ip-rule": lambda t: parse_ip_rule(t, "f"),
+    "sysctl": lambda t: parse_sysctl(t, "f"),
+    "bridge": lambda t: (parse_bridge_fdb(t, "f"), parse_bridge_link(t, "f"), parse_brctl_show(t, "f")),
+    "flannel": lambda t: parse_flannel_subnet(t, "f"),
+    "modules": lambda t: parse_modules(t, "f"),
+    "sniff": lambda t: sniff_paste(t),
+    "iptables-scan": _scan,
+}
+for _name, (_mod, _fn) in {"ipvsadm": ("kptrace.parsers.ipvsadm", "parse_ipvsadm"),
+                           "ipset": ("kptrace.parsers.ipset", "parse_ipset"),
+                           "nft-text": ("kptrace.parsers.nft_text", "parse_nft_text"),
+                           "nft-json": ("kptrace.parsers.nft_json", "parse_nft_json")}.items():
+    _f = _optional(_mod, _fn)
+    if _f is not None:
+        TARGETS[_name] = _f
+NAMES = list(TARGETS)
+STATS: Counter[str] = Counter()
+
+
+def target_of(data: bytes) -> str:
+    return NAMES[data[0] % len(NAMES)] if data else "load"
+
+
+def run_one(data: bytes) -> str:
+    """Run one input; returns the target's name. Raises whatever is not a KptraceError."""
+    name = target_of(data)
+    body = data[1:MAX_INPUT + 1]
+    STATS[name] += 1
+    try:
+        text = decode(body, "fuzz.txt")
+        if name == "load":
+            _load(text, body)
+        else:
+            TARGETS[name](text)
+    except ALLOWED:
+        STATS[name + ":error"] += 1
+    return name
+
+
+def encode(name: str, text: str | bytes) -> bytes:
+    """An input for target `name` (for seeds and regression files)."""
+    body = text.encode() if isinstance(text, str) else text
+    return bytes([NAMES.index(name)]) + body
+
+
+def seeds() -> Iterator[tuple[str, bytes]]:
+    """Valid inputs to mutate: every fixture, each sent to the targets that read its kind, cut to 4 KiB."""
+    fixtures = sorted((ROOT / "tests" / "fixtures").rglob("*.txt")) + sorted((ROOT / "tests" / "fixtures").rglob("*.json"))
+    fixtures += sorted((ROOT / "kptrace" / "demo" / "cluster" / "node-a").glob("*"))
+    for p in fixtures:
+        if not p.is_file():
+            continue
+        data = p.read_bytes()[:4096]
+        for name in NAMES:
+            if name in ("load", "paste", "sniff") or name in p.name or name.split("-")[0] in p.name:
+                yield name, encode(name, data)
+    for p in sorted(CORPUS.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            yield target_of(p.read_bytes()), p.read_bytes()
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Fail an input that runs too long (a hang is a bug too); only in the main thread, on POSIX."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def boom(signum: int, frame: object) -> None:
+        raise TimeoutError(f"input ran longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def corpus_files() -> list[Path]:
+    return sorted(p for p in CORPUS.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".md")
+
+
+if os.environ.get("KPTRACE_FUZZ_DEBUG"):
+    print("fuzz targets:", ", ".join(NAMES))

@@ -1,0 +1,1 @@
+"""Kernel lab tests: real netfilter in network namespaces judges kptrace."""

@@ -1,0 +1,1 @@
+"""Kernel lab: network namespaces shaped like a Kubernetes node, used as the judge for kptrace."""

@@ -159,7 +159,8 @@ def _bridge(node: Node, pkt: Packet, out: LinkOutcome, lk: Link) -> LinkOutcome:
     out.steps.append((f"{lk.name} is a bridge; {hop} is {n.lladdr} → port {port}", _cite(ports[0])))
     if pkt.in_iface == lk.name and node.neighbors:
         # A pod reaching itself through a Service: the frame must go back out the port it came in on.
-        sender = pkt.orig_src or pkt.src  # before masquerade: the pod that sent it
+        # The pod that sent it: before masquerade for a request; a reply is sent by its own source.
+        sender = pkt.src if pkt.reply else (pkt.orig_src or pkt.src)
         src_n = _neigh(node, sender, lk.name) if sender != hop else n
         src_ports = [f.dev for f in _fdb(node, src_n.lladdr, lk.name)] if src_n and src_n.lladdr else []
         if port in src_ports:

@@ -258,10 +258,8 @@ def _undo_dnat(w: _Walk, path: Path, hook: str) -> Path:
 def _route_incoming(w: _Walk, path: Path) -> None:
     pkt = path.packet
     if isinstance(pkt.dst, IPv4Address) and pkt.dst in _LOOPBACK4 and pkt.in_iface != "lo":
-        value, src = w.sysctl("net.ipv4.conf.all.route_localnet")
-        if value != "1":
-            if value is None:
-                path = path.assume("net.ipv4.conf.all.route_localnet = 0 (the kernel default; no sysctl dump)")
+        on, src, path = _route_localnet(w, path)
+        if not on:
             why = f"martian destination {pkt.dst}: a 127.0.0.0/8 address arriving on an interface is dropped unless route_localnet=1"
             w.finals.append((path.step(w.step(why, src, "DROP")), Disposition.DROPPED))
             return
@@ -313,6 +311,41 @@ def _ipvs_sent(w: _Walk, outs: list[IpvsOutcome], hooks: tuple[str, ...] = ("POS
                 w.finals.append((r, Disposition.DELIVERED))
             else:
                 _leave(w, r)
+
+
+def _route_localnet(w: _Walk, path: Path) -> tuple[bool, str | None, Path]:
+    """net.ipv4.conf.all.route_localnet: from the sysctl dump, else from kube-proxy's rules.
+
+    kube-proxy sets it to 1 when it serves NodePorts on localhost (its default in iptables mode),
+    and then guards it with KUBE-FIREWALL's "block incoming localnet connections" rule.
+    """
+    value, src = w.sysctl("net.ipv4.conf.all.route_localnet")
+    if value is not None:
+        return value.strip() == "1", src, path
+    guard = _localnet_guard(w.ruleset)
+    if guard is not None:
+        return True, guard, path.assume(f"net.ipv4.conf.all.route_localnet = 1: kube-proxy serves NodePorts on localhost "
+                                        f"and set it (its localnet guard is at {guard}; no sysctl dump)")
+    return False, None, path.assume("net.ipv4.conf.all.route_localnet = 0 (the kernel default; no sysctl dump)")
+
+
+def _localnet_guard(rs: Ruleset) -> str | None:
+    """A rule showing kube-proxy serves NodePorts on 127.0.0.1: its localnet guard, or a
+    `--dst-type LOCAL -j KUBE-NODEPORTS` jump that does not exclude 127.0.0.0/8."""
+    chain = rs.chain("filter", "KUBE-FIREWALL")
+    for r in chain.rules if chain is not None else ():
+        if (r.comment() or "").startswith("block incoming localnet connections"):
+            return str(r.source)
+    services = rs.chain("nat", "KUBE-SERVICES")
+    for i in services.candidates("127.0.0.1") if services is not None else ():
+        r = services.rule_at(i)
+        if r.target is None or r.target.name != "KUBE-NODEPORTS":
+            continue
+        local = any(m.module == "addrtype" and (o := m.opt("--dst-type")) is not None and o.value() == "LOCAL" and not o.negated
+                    for m in r.matches)
+        if local and r.dst is None:
+            return str(r.source)
+    return None
 
 
 def _forwarding(w: _Walk, path: Path) -> Path | None:
@@ -409,6 +442,7 @@ def _local(w: _Walk, path: Path) -> None:
                 w.fail(p, res2, p.packet.dst)
                 continue
             rerouted = _output_paths(w, p, res2, p.packet.dst, "re-routed after DNAT:")
+            rerouted = [q for q in rerouted if _loopback_source_may_leave(w, q)]
         else:
             rerouted = [p]
         for q in w.hook("POSTROUTING", rerouted):
@@ -419,6 +453,20 @@ def _local(w: _Walk, path: Path) -> None:
                         w.finals.append((s, Disposition.DELIVERED))
             else:
                 _leave(w, q)
+
+
+def _loopback_source_may_leave(w: _Walk, path: Path) -> bool:
+    """127.0.0.1 -> 127.0.0.1:NodePort DNATed to a pod: rerouting a loopback source off the host
+    fails unless route_localnet=1 (kube-proxy then masquerades it); the kernel drops the packet."""
+    pkt = path.packet
+    if not (isinstance(pkt.src, IPv4Address) and pkt.src in _LOOPBACK4) or pkt.out_iface == "lo":
+        return True
+    on, src, path = _route_localnet(w, path)
+    if on:
+        return True
+    why = f"source {pkt.src} cannot leave the host through {pkt.out_iface or 'an interface'} (route_localnet=0): dropped after the DNAT"
+    w.finals.append((path.step(w.step(why, src, "DROP")), Disposition.DROPPED))
+    return False
 
 
 def _output_paths(w: _Walk, path: Path, res: RouteResult, dst: IPAddress, what: str) -> list[Path]:

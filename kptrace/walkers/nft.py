@@ -22,15 +22,58 @@ from ipaddress import IPv4Network, IPv6Network
 
 from kptrace.model.netfilter import Option, Target
 from kptrace.model.nft import (
-    AnonSet, Counter, Ct, Element, Mangle, MapLookup, Match, Meta, Nat, NftChain, NftRule, NftRuleset, NftTable,
-    Notrack, Numgen, Passive, Payload, Prefix, Reject, SetRef, SetUpdate, UnknownStmt, Verdict, VerdictExpr, Vmap, Xt,
-    Const, Range, Concat,
+    AnonSet,
+    Concat,
+    Const,
+    Counter,
+    Ct,
+    Element,
+    Mangle,
+    MapLookup,
+    Match,
+    Meta,
+    Nat,
+    NftChain,
+    NftRule,
+    NftRuleset,
+    NftTable,
+    Notrack,
+    Numgen,
+    Passive,
+    Payload,
+    Prefix,
+    Range,
+    Reject,
+    SetRef,
+    SetUpdate,
+    UnknownStmt,
+    Verdict,
+    VerdictExpr,
+    Vmap,
+    Xt,
 )
 from kptrace.model.trace import Step
-from kptrace.walkers.chains import ACCEPT, CONTINUE, DROP, REJECT, UNDETERMINED, apply_nat
+from kptrace.walkers.chains import (
+    ACCEPT,
+    CONTINUE,
+    DROP,
+    REJECT,
+    UNDETERMINED,
+    apply_nat,
+)
 from kptrace.walkers.matches import Chance, MatchContext, Unknown
 from kptrace.walkers.netfilter import HookEntry
-from kptrace.walkers.nft_expr import NOMATCH, TV, Dist, Env, Lookup, compare, eval_int, lookup, read
+from kptrace.walkers.nft_expr import (
+    NOMATCH,
+    TV,
+    Dist,
+    Env,
+    Lookup,
+    compare,
+    eval_int,
+    lookup,
+    read,
+)
 from kptrace.walkers.packet import Path
 
 HOOK_NAMES = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", "OUTPUT": "output",
@@ -444,4 +487,4 @@ def _infer_pod_cidr(node: object, rs: NftRuleset) -> None:
                         return
 
 
-__all__ = ["hook_entries", "reconcile", "ChainWalk", "nat_bound", "Lookup", "Concat"]
+__all__ = ["ChainWalk", "Concat", "Lookup", "hook_entries", "nat_bound", "reconcile"]

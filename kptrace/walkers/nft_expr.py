@@ -9,13 +9,32 @@ kptrace/walkers/matches.py does for iptables.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from kptrace.model.nft import (
-    AnonSet, Binop, Concat, Const, Ct, Element, Expr, Fib, Flags, Hash, MapLookup, Meta, Numgen, NftSet, NftTable,
-    Payload, Prefix, Range, SetRef, UnknownExpr,
+    AnonSet,
+    Binop,
+    Concat,
+    Const,
+    Ct,
+    Element,
+    Expr,
+    Fib,
+    Flags,
+    Hash,
+    MapLookup,
+    Meta,
+    NftSet,
+    NftTable,
+    Numgen,
+    Payload,
+    Prefix,
+    Range,
+    SetRef,
+    UnknownExpr,
 )
 from kptrace.walkers.matches import Chance, MatchContext, Unknown, addr_type
 from kptrace.walkers.packet import Packet
@@ -499,8 +518,12 @@ def compare(left: Expr, op: str, right: Expr, env: Env) -> Result:
     return Unknown(f"'{op}' against '{type(right).__name__}'")
 
 
+_ORDER_OPS: dict[str, Any] = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge,
+                              "==": operator.eq, "!=": operator.ne}
+
+
 def _ordered(a: Any, op: str, b: Any) -> bool:
-    return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b, "==": a == b, "!=": a != b}[op]
+    return bool(_ORDER_OPS[op](a, b))
 
 
 def _chance(d: Dist, op: str, right: Expr, env: Env) -> Result:

@@ -29,24 +29,6 @@ RPOD = REMOTE_PODS["rpod"]
 EXTERNAL_IP = "198.51.100.10"
 LB_IP = "198.51.100.20"
 
-# Disagreements found by the lab and not fixed yet; strict, so a fix turns them into failures
-# that ask for the marker to go.
-LOOPBACK_REPLY = pytest.mark.xfail(strict=True, reason=(
-    "kptrace (dump mode) says the reply to a 127.0.0.1 client is dropped as a martian "
-    "(route_localnet assumed 0, reply taken to arrive addressed to 127.0.0.1 on '?'), and exits 1; "
-    "the kernel completes the handshake: the reply comes back to the masquerade address "
-    "10.244.1.1 and is un-NATed, and kube-proxy's nodeports rule without `! -d 127.0.0.0/8` "
-    "means it set route_localnet=1"))
-POD_NODEPORT_REPLY = pytest.mark.xfail(strict=True, reason=(
-    "kptrace (bundle mode) says the reply of pod-a -> nodeIP:nodePort -> pod-b (masqueraded) "
-    "is dropped by the bridge for hairpin off on vethpoda, 'the port it came in on', and "
-    "exits 1; the reply enters from vethpodb and the kernel delivers it (handshake completes)"))
-ROUTE_LOCALNET_OFF = pytest.mark.xfail(strict=True, reason=(
-    "kptrace (bundle mode, sysctl route_localnet=0) says FORWARDED for 127.0.0.1 -> "
-    "127.0.0.1:nodePort; the kernel DNATs in nat OUTPUT and then discards the packet when "
-    "rerouting the 127.0.0.1 source off-host (never reaches POSTROUTING, client times out)"))
-
-
 def web(*endpoints: Endpoint, **kw: object) -> Service:
     return Service("default", "web", "10.96.0.10", 80, list(endpoints), **kw)  # type: ignore[arg-type]
 
@@ -109,8 +91,7 @@ def test_pod_to_cluster_ip(lab: Lab, kptrace, proto: str, endpoints: list[str]) 
 
 # 2. NodePort ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("origin", ["world", "node", pytest.param("loopback", marks=LOOPBACK_REPLY),
-                                    pytest.param("pod", marks=POD_NODEPORT_REPLY)])
+@pytest.mark.parametrize("origin", ["world", "node", "loopback", "pod"])
 def test_nodeport(lab: Lab, kptrace, origin: str) -> None:
     """NodePort (externalTrafficPolicy=Cluster) is DNATed and masqueraded from any origin.
 
@@ -331,7 +312,6 @@ def test_hairpin_off_loses_the_frame(lab: Lab, kptrace) -> None:
     kptrace.check(dump, kernel, exact_endpoint=True, modes=("bundle",))
 
 
-@ROUTE_LOCALNET_OFF
 def test_localhost_nodeport_needs_route_localnet(lab: Lab, kptrace) -> None:
     """127.0.0.1:nodePort with route_localnet=0 (e.g. reset by a sysctl.d file after kube-proxy
     set it): DNAT in nat OUTPUT succeeds, then rerouting a 127.0.0.1 source off-host fails and

@@ -30,17 +30,8 @@ def describe_case(case: RandomCase) -> str:
     return "\n".join(lines)
 
 
-# Seeds whose nodes include a probe from 127.0.0.1 that kptrace gets wrong (see LOOPBACK_REPLY
-# in test_kernel_iptables.py); only with the default seed.
-LOOPBACK_REPLY = pytest.mark.xfail(strict=True, reason=(
-    "dump mode: kptrace says the reply to a 127.0.0.1 client is dropped (route_localnet "
-    "assumed 0) and exits 1; the kernel delivers it"))
-KNOWN = {0: LOOPBACK_REPLY, 1: LOOPBACK_REPLY, 2: LOOPBACK_REPLY, 3: LOOPBACK_REPLY}
-
-
 def case_params() -> list[object]:
-    default = netns.lab_seed() == netns.DEFAULT_SEED
-    return [pytest.param(i, marks=KNOWN[i]) if default and i in KNOWN else i for i in range(CASES)]
+    return list(range(CASES))
 
 
 @pytest.mark.parametrize("case_index", case_params())

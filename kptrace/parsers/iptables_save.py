@@ -803,7 +803,6 @@ def _scan_section(rs: Ruleset, name: str, lines: list[str], head: int, commit: i
                   known: list[str] | None = None) -> list[str] | None:
     """One `*table` … `COMMIT` block (rows head..commit of lines): its chain names, or None when it
     needs the full parser. `known` names come from the cache for these exact bytes."""
-    first = head + 2  # 1-based line number of the first line inside the table
     if name not in BUILTIN_CHAINS:
         raise ParseError(file, head + 1, 2, f"unknown table '{name}'", lines[head])
     body_start, rule_end = head + 1, commit

@@ -36,10 +36,13 @@ def collect(
 ) -> None:
     """Capture this node's netfilter rules, routes, links, neighbours and settings into a bundle.
 
-    Read-only: it only lists and saves; nothing on the node changes. Run it as root (iptables-save, nft
-    and conntrack need CAP_NET_ADMIN); as another user it collects what it can read and names what it
-    could not. Exit codes: 0 everything collected, 4 the bundle is written but some parts are missing
-    (listed on stderr and in manifest.json), 2 nothing could be written.
+    Read-only: it only lists and saves; nothing on the node changes.
+
+    Run it as root: iptables-save, nft and conntrack need CAP_NET_ADMIN. As another user it collects
+    what it can read and names what it could not.
+
+    Exit codes: 0 everything collected; 4 written, but some parts are missing (named on stderr and in
+    manifest.json); 2 usage error, or the bundle could not be written.
 
     Examples:
 

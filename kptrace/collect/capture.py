@@ -104,7 +104,7 @@ def run_command(name: str, argv: list[str], env: dict[str, str], timeout: float 
     first = next((ln.strip() for ln in cap.stderr.splitlines() if ln.strip()), f"exit code {proc.returncode}")
     cap.status = DENIED if _DENIED_RE.search(cap.stderr) else FAILED
     cap.message = first if first.startswith(argv[0]) else f"{' '.join(argv)}: {first}"
-    if cap.status == DENIED and os.geteuid() != 0:
+    if cap.status == DENIED and os.geteuid() != 0 and "root" not in cap.message:
         cap.message += " (not root)"
     return cap
 

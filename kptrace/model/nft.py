@@ -9,7 +9,6 @@ kptrace does not model is kept as `UnknownExpr` / `UnknownStmt` with the words i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from kptrace.model.source import Source
 
@@ -194,8 +193,8 @@ class UnknownExpr:
     why: str = ""
 
 
-Expr = Union[Payload, Meta, Ct, Fib, Numgen, Hash, Concat, Binop, Const, Prefix, Range, Flags, SetRef, VerdictExpr,
-             AnonSet, MapLookup, UnknownExpr]
+Expr = (Payload | Meta | Ct | Fib | Numgen | Hash | Concat | Binop | Const | Prefix | Range | Flags | SetRef
+        | VerdictExpr | AnonSet | MapLookup | UnknownExpr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +292,7 @@ class UnknownStmt:
     why: str = ""
 
 
-Stmt = Union[Match, Verdict, Vmap, Nat, Reject, Mangle, Counter, Notrack, Passive, SetUpdate, Xt, UnknownStmt]
+Stmt = Match | Verdict | Vmap | Nat | Reject | Mangle | Counter | Notrack | Passive | SetUpdate | Xt | UnknownStmt
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,13 +28,54 @@ from typing import Any
 
 from kptrace.errors import ParseError
 from kptrace.model.nft import (
-    AnonSet, Binop, Concat, Const, Counter, Ct, Diagnostic, Element, Expr, Fib, Flags, Hash, Mangle, MapLookup,
-    Match, Meta, Nat, NftChain, NftObject, NftRule, NftRuleset, NftSet, NftSource, NftTable, Notrack, Numgen,
-    Passive, Payload, Prefix, Range, Reject, SetRef, SetUpdate, Stmt, UnknownExpr, UnknownStmt, Verdict, VerdictExpr,
-    Vmap, Xt,
+    AnonSet,
+    Binop,
+    Concat,
+    Const,
+    Counter,
+    Ct,
+    Diagnostic,
+    Element,
+    Expr,
+    Fib,
+    Flags,
+    Hash,
+    Mangle,
+    MapLookup,
+    Match,
+    Meta,
+    Nat,
+    NftChain,
+    NftObject,
+    NftRule,
+    NftRuleset,
+    NftSet,
+    NftSource,
+    NftTable,
+    Notrack,
+    Numgen,
+    Passive,
+    Payload,
+    Prefix,
+    Range,
+    Reject,
+    SetRef,
+    SetUpdate,
+    Stmt,
+    UnknownExpr,
+    UnknownStmt,
+    Verdict,
+    VerdictExpr,
+    Vmap,
+    Xt,
 )
 from kptrace.model.source import Source
-from kptrace.parsers.nft_text import render_element, render_expr, render_rule, value_word
+from kptrace.parsers.nft_text import (
+    render_element,
+    render_expr,
+    render_rule,
+    value_word,
+)
 
 JSON_TEXT_MAX = 240
 _VERDICT_KEYS = ("accept", "drop", "continue", "return", "jump", "goto")
@@ -160,10 +201,10 @@ def parse_nft_json(text: str, file: str = "nft-ruleset.json") -> NftRuleset:
         nsrc = NftSource(src, f"$.nftables[{index}]")
         t = _table(rs, body, src, nsrc)
         cname = _s(body, "chain", src)
-        c = t.chains.get(cname)
-        if c is None:
+        owner = t.chains.get(cname)
+        if owner is None:
             rs.diagnostics.append(Diagnostic(src, f"rule for chain {cname}, which is not in the input"))
-            c = t.chains[cname] = NftChain(t.family, t.name, cname, nsrc)
+            owner = t.chains[cname] = NftChain(t.family, t.name, cname, nsrc)
         exprs = body.get("expr", [])
         if not isinstance(exprs, list):
             raise ParseError(file, src.line, src.col, "'expr' should be a list", src.text)
@@ -176,8 +217,8 @@ def parse_nft_json(text: str, file: str = "nft-ruleset.json") -> NftRuleset:
                 rs.diagnostics.append(Diagnostic(src, f"not modelled: {err} ($.nftables[{index}].rule.expr[{k}])"))
         comment = body.get("comment")
         text = render_rule(stmts, comment)
-        c.rules.append(NftRule(t.family, t.name, cname, len(c.rules) + 1, nsrc, tuple(stmts), text, comment,
-                               body.get("handle")))
+        owner.rules.append(NftRule(t.family, t.name, cname, len(owner.rules) + 1, nsrc, tuple(stmts), text, comment,
+                                   body.get("handle")))
     return rs
 
 
@@ -364,4 +405,4 @@ def _options(body: dict[str, Any]) -> str:
     return out
 
 
-__all__ = ["parse_nft_json", "is_nft_json"]
+__all__ = ["is_nft_json", "parse_nft_json"]

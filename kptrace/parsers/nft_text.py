@@ -38,27 +38,66 @@ nft itself would reject raise ParseError(file:line:col).
 
 from __future__ import annotations
 
+import gc
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kptrace.errors import ParseError
 from kptrace.model.nft import (
-    AnonSet, Binop, Concat, Const, Counter, Ct, Diagnostic, Element, Expr, Fib, Flags, FAMILIES, Hash, Mangle,
-    MapLookup, Match, Meta, Nat, NftChain, NftObject, NftRule, NftRuleset, NftSet, NftSource, NftTable, Notrack, Numgen,
-    Passive, Payload, PRIORITY_NAMES, BRIDGE_PRIORITY_NAMES, Prefix, Range, Reject, SetRef, SetUpdate, Stmt, UnknownExpr,
-    UnknownStmt, Verdict, VerdictExpr, Vmap, Xt,
+    BRIDGE_PRIORITY_NAMES,
+    FAMILIES,
+    PRIORITY_NAMES,
+    AnonSet,
+    Binop,
+    Concat,
+    Const,
+    Counter,
+    Ct,
+    Diagnostic,
+    Element,
+    Expr,
+    Fib,
+    Flags,
+    Hash,
+    Mangle,
+    MapLookup,
+    Match,
+    Meta,
+    Nat,
+    NftChain,
+    NftObject,
+    NftRule,
+    NftRuleset,
+    NftSet,
+    NftSource,
+    NftTable,
+    Notrack,
+    Numgen,
+    Passive,
+    Payload,
+    Prefix,
+    Range,
+    Reject,
+    SetRef,
+    SetUpdate,
+    Stmt,
+    UnknownStmt,
+    Verdict,
+    VerdictExpr,
+    Vmap,
+    Xt,
 )
 from kptrace.model.source import Source
 
 _TOKEN = re.compile(
-    r"(?P<nl>\n)|(?P<ws>[ \t\r\f\v]+)|(?P<cont>\\\r?\n)|(?P<comment>#[^\n]*)"
+    r"[ \t\r\f\v]*(?:(?P<nl>\n)|(?P<cont>\\\r?\n)|(?P<comment>#[^\n]*)"
     r'|(?P<str>"(?:[^"\\\n]|\\.)*")'
     r"|(?P<raw>@(?:ll|nh|th|ih),\d+,\d+)"
     r'|(?P<ref>@[^\s{};,()"&|^=<>!#]+)'
     r"|(?P<op>==|!=|<=|>=|<<|>>|<|>|!)"
     r"|(?P<punct>[{};,()&|^=])"
     r'|(?P<word>[^\s{};,()"&|^=<>!#@]+)'
-    r"|(?P<bad>.)"
+    r"|(?P<bad>.)|(?P<end>$))"
 )
 _HANDLE_RE = re.compile(r"#\s*handle\s+(\d+)")
 _WARNING_RE = re.compile(r"#\s*Warning: table (\S+) (\S+) is managed by iptables-nft")
@@ -112,8 +151,7 @@ _NUM = re.compile(r"^(?:0x[0-9a-fA-F]+|\d+)$")
 _ADDR4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 
 
-@dataclass(frozen=True, slots=True)
-class Tok:
+class Tok(NamedTuple):
     kind: str  # word str ref raw op punct nl eof handle warning
     text: str
     start: int
@@ -130,29 +168,30 @@ def tokenize(text: str, file: str) -> list[Tok]:
     toks: list[Tok] = []
     line, line_start = 1, 0
     for m in _TOKEN.finditer(text):
-        kind = m.lastgroup or "bad"
-        s = m.group()
-        col = m.start() - line_start + 1
+        kind = m.lastgroup or "end"
+        if kind == "end":
+            continue
+        start = m.start(kind)
+        s = m.group(kind)
+        col = start - line_start + 1
         if kind == "nl":
-            toks.append(Tok("nl", "\n", m.start(), m.end(), line, col))
+            toks.append(Tok("nl", "\n", start, m.end(), line, col))
             line, line_start = line + 1, m.end()
         elif kind == "cont":
             line, line_start = line + 1, m.end()
-        elif kind == "ws":
-            continue
         elif kind == "comment":
             h = _HANDLE_RE.match(s)
             w = _WARNING_RE.match(s)
             if h:
-                toks.append(Tok("handle", h.group(1), m.start(), m.end(), line, col))
+                toks.append(Tok("handle", h.group(1), start, m.end(), line, col))
             elif w:
-                toks.append(Tok("warning", f"{w.group(1)} {w.group(2)}", m.start(), m.end(), line, col))
+                toks.append(Tok("warning", f"{w.group(1)} {w.group(2)}", start, m.end(), line, col))
         elif kind == "bad":
             if s == '"':
                 raise ParseError(file, line, col, "unterminated string", _line_text(text, line_start))
             raise ParseError(file, line, col, f"unexpected character {s!r}", _line_text(text, line_start))
         else:
-            toks.append(Tok(kind, s, m.start(), m.end(), line, col))
+            toks.append(Tok(kind, s, start, m.end(), line, col))
     toks.append(Tok("eof", "", len(text), len(text), line, len(text) - line_start + 1))
     return toks
 
@@ -689,17 +728,17 @@ class _Parser:
             ntok = self.name()
             self.expect("handle")
             h = int(self.next().text)
-            c = tbl.chains.get(ntok.text)
-            if c is not None:
-                c.rules[:] = [r for r in c.rules if r.handle != h]
-                _renumber(c)
+            target = tbl.chains.get(ntok.text)
+            if target is not None:
+                target.rules[:] = [r for r in target.rules if r.handle != h]
+                _renumber(target)
         elif obj.text == "element":
             ntok = self.name()
             gone = self.elements()
-            s = tbl.sets.get(ntok.text)
-            if s is not None:
+            named = tbl.sets.get(ntok.text)
+            if named is not None:
                 keys = {e.key for e in gone}
-                s.elements[:] = [e for e in s.elements if e.key not in keys]
+                named.elements[:] = [e for e in named.elements if e.key not in keys]
         else:
             self.skip_line()
 
@@ -802,16 +841,16 @@ class _Parser:
             kind = self.name().text
             return Xt(kind, self.name().text)
         if w in ("update", "add", "delete") and self.peek(1).kind == "ref":
-            op = self.next().text
+            set_op = self.next().text
             ref = self.next().text[1:]
             self.expect("{")
             elem = self.lhs_expr()
             while not self.at("}"):
                 if self.end_of_line() and not self.at("}"):
-                    raise _Unparsable(f"{op} @{ref}: '}}' missing")
+                    raise _Unparsable(f"{set_op} @{ref}: '}}' missing")
                 self.next()
             self.next()
-            return SetUpdate(op, ref, elem)
+            return SetUpdate(set_op, ref, elem)
         if w == "flow" and self.peek(1).text in ("add", "offload"):
             self.next()
             self.next()
@@ -828,7 +867,7 @@ class _Parser:
         if self.at("vmap"):
             self.next()
             return Vmap(lhs, self.map_ref())
-        op = None
+        op: str | None = None
         if self.peek().kind in ("op", "word") and self.peek().text in _RELOPS:
             op = _RELOPS[self.next().text]
         elif self.at("!"):
@@ -866,9 +905,7 @@ class _Parser:
         while not self.end_of_line():
             t = self.peek()
             if t.kind == "word" and (t.text in ("rate", "over", "until", "burst", "packets", "bytes", "used", "name")
-                                     or re.fullmatch(r"\d+(/\w+)?|[kmg]?bytes(/\w+)?", t.text)):
-                self.next()
-            elif t.kind == "str" and self.toks[self.i - 1].text == "name":
+                                     or re.fullmatch(r"\d+(/\w+)?|[kmg]?bytes(/\w+)?", t.text)) or t.kind == "str" and self.toks[self.i - 1].text == "name":
                 self.next()
             else:
                 break
@@ -1099,7 +1136,14 @@ def _renumber(chain: NftChain) -> None:
 
 def parse_nft_text(text: str, file: str = "nft-ruleset.txt") -> NftRuleset:
     """Read `nft list ruleset` (or an `nft -f` file of `add …` commands) into an NftRuleset."""
-    return _Parser(text, file).parse()
+    # Millions of small objects and no cycles among them: the cyclic GC would only rescan them.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _Parser(text, file).parse()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------------------------------------

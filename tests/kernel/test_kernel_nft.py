@@ -35,10 +35,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.conformance.test_kube_proxy_nftables import OVERALL_CASES  # noqa: E402
-from tests.kernel.conftest import skip_or_fail  # noqa: E402
-from tests.lab.netns import BUNDLE_COMMANDS, BUNDLE_SYSCTL, Agent, parse_conntrack  # noqa: E402
-from tests.lab_tools.make_nft_fixtures import Endpoint, Service, kube_proxy_nft, reorder_transaction  # noqa: E402
+from tests.conformance.test_kube_proxy_nftables import OVERALL_CASES
+from tests.kernel.conftest import skip_or_fail
+from tests.lab.netns import BUNDLE_COMMANDS, BUNDLE_SYSCTL, Agent, parse_conntrack
+from tests.lab_tools.make_nft_fixtures import (
+    Endpoint,
+    Service,
+    kube_proxy_nft,
+    reorder_transaction,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -706,8 +711,13 @@ def nftlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NftLab]:
         yield lab
     finally:
         lab.close()
-        if TALLY["probes"]:
-            print(f"\nnft kernel lab: {TALLY}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tally() -> Iterator[None]:
+    yield
+    if TALLY["probes"]:
+        print(f"\nnft kernel lab: {TALLY}")
 
 
 def world(dst: str, dport: int, proto: str = "tcp", src: str = CLIENT) -> Flow:
@@ -898,11 +908,24 @@ OVERALL = CONFORMANCE / "kube-proxy" / "nftables" / "TestOverallNFTablesRules" /
 
 
 @pytest.fixture(scope="module")
-def overall_bundles(nftlab: NftLab) -> Loaded:
+def overall_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NftLab, Loaded]]:
+    """A lab of its own: the corpus's addresses are added to the node, the world and pod-b."""
     if not OVERALL.exists():
         if os.environ.get("KPTRACE_REQUIRE_CONFORMANCE") == "1":
             pytest.fail(f"conformance corpus not found at {OVERALL}", pytrace=False)
         pytest.skip(f"conformance corpus not found at {OVERALL}")
+    reason = unavailable()
+    if reason is not None:
+        skip_or_fail(reason)
+    nftlab = NftLab(tmp_path_factory.mktemp("nft-overall-lab"))
+    try:
+        nftlab.build()
+        yield nftlab, _load_overall(nftlab)
+    finally:
+        nftlab.close()
+
+
+def _load_overall(nftlab: NftLab) -> Loaded:
     node = nftlab.ns("node")
     # The corpus's addresses: node IPs, the endpoints' subnet on the bridge, LB/external IPs routed in.
     sh(["ip", "addr", "add", "192.168.99.11/32", "dev", "eth0"], ns=node, check=False)
@@ -920,12 +943,12 @@ OVERALL_FLOWS = [(name, Flow(role, src, dst, dport), verdict, endpoints, masq)
 
 
 @pytest.mark.parametrize("name,flow,verdict,endpoints,masq", OVERALL_FLOWS, ids=[f[0] for f in OVERALL_FLOWS])
-def test_conformance_overall_ruleset(nftlab: NftLab, overall_bundles: Loaded, name: str, flow: Flow,
+def test_conformance_overall_ruleset(overall_lab: tuple[NftLab, Loaded], name: str, flow: Flow,
                                      verdict: str, endpoints: set[str] | None, masq: bool | None) -> None:
     """kube-proxy's TestOverallNFTablesRules ruleset in the kernel. Its endpoints listen on no port
     here (the packet reaches pod-b's namespace and is refused), so an accepted packet shows as the
     kernel's DNAT and masquerade only; kptrace must agree on those and on the rules hit."""
-    lab = nftlab
+    lab, overall_bundles = overall_lab
     TALLY["flows"] += 1
     bundles = lab.use(overall_bundles)
     docs = {form: run_kptrace(bundles[form], flow) for form in ("text", "json")}

@@ -62,6 +62,19 @@ class HookEntry:
     walk: Callable[[Path], list[tuple[Path, str]]]
 
 
+def _assume_all(path: Path, notes: list[str]) -> Path:
+    for n in notes:
+        path = path.assume(n)
+    return path
+
+
+def _nat_bound(path: Path, hook: str) -> bool:
+    pkt = path.packet
+    if hook in ("PREROUTING", "OUTPUT"):
+        return pkt.dnat is not None and pkt.dnat_node == pkt.node
+    return bool(pkt.masquerade or pkt.snat) and pkt.snat_node == pkt.node
+
+
 def _bind(walker: ChainWalker, table: str, hook: str) -> Callable[[Path], list[tuple[Path, str]]]:
     return lambda path: walker.walk(table, hook, path)
 
@@ -105,6 +118,20 @@ class _Walk:
         out.sort(key=lambda e: e.priority)
         return out
 
+    def shared_priorities(self, entries: list[HookEntry], hook: str) -> list[str]:
+        """Base chains of different backends at one priority: the kernel's order between them is
+        the reverse of registration, which no dump shows; kptrace's order is a stated guess."""
+        notes = []
+        by_prio: dict[int, list[str]] = {}
+        for e in entries:
+            by_prio.setdefault(e.priority, []).append(e.label)
+        for prio, labels in by_prio.items():
+            backends = {label.split(":")[0] for label in labels}
+            if len(backends) > 1:
+                notes.append(f"{hook} priority {prio}: {', '.join(labels)} share it; kptrace runs them in that order "
+                             "(the kernel runs the one registered last first, which a dump does not show)")
+        return notes
+
     def iptables_rulesets(self) -> list[tuple[str, Ruleset]]:
         rulesets = [("iptables", self.ruleset)]
         legacy = self.node.legacy_rulesets.get(self.ruleset.family)
@@ -114,13 +141,24 @@ class _Walk:
 
     def hook(self, hook: str, paths: list[Path], skip_nat: bool = False) -> list[Path]:
         """Run every base chain of one hook; return the paths that come out accepted."""
-        for entry in self.entries(hook):
+        entries = self.entries(hook)
+        notes = self.shared_priorities(entries, hook)
+        if notes:
+            paths = [_assume_all(p, notes) for p in paths]
+        for entry in entries:
             if entry.nat and skip_nat:
                 continue  # conntrack already holds this connection's NAT: nat chains are not consulted
             nxt: list[Path] = []
             for path in paths:
+                # nat chains run until one sets up this connection's NAT for the hook's direction;
+                # the kernel then skips the rest (nf_nat_inet_fn), whichever backend they belong to.
                 if entry.nat and (path.packet.untracked or path.packet.reply):
                     nxt.append(path)
+                    continue
+                if entry.nat and not entry.label.startswith("nft:") and _nat_bound(path, hook):
+                    # (nft chains check this themselves and show a SKIP step; do the same here.)
+                    why = f"{entry.label} nat {hook} not consulted: this connection's NAT is already set up"
+                    nxt.append(path.step(self.step(why, None, "SKIP", hook)))
                     continue
                 for out, verdict in entry.walk(path):
                     if verdict == ACCEPT:

@@ -259,8 +259,9 @@ def _generic(word: str) -> bool:
 
 
 def _to_destination(text: str) -> str | None:
-    m = re.search(r"--to-destination\s+(\S+)", text)
-    return m.group(1) if m else None
+    """The DNAT target as the rule spells it: iptables `--to-destination X`, nft `dnat [ip|ip6] to X`."""
+    m = re.search(r"--to-destination\s+(\S+)", text) or re.search(r"\bdnat (?:ip6? )?to (\S+)", text)
+    return m.group(1).rstrip(",;") if m else None
 
 
 # --- the tree -----------------------------------------------------------------------------------------

@@ -141,7 +141,8 @@ def load_for_checks(paths: list[Path], node_ips: list[str] | None = None,
         return [CheckContext(None, merged)]
     per_node = [BundleExtras() for _ in nodes]
     dirs = [{i.file.rsplit("/", 1)[0] if "/" in i.file else "" for i in n.inputs} for n in nodes]
-    dumps = {rs.file for n in nodes for rs in n.rulesets.values()}
+    # Rulesets with tables only: an nft-only bundle gets empty iptables rulesets named after its nft file.
+    dumps = {rs.file for n in nodes for rs in n.rulesets.values() if rs.tables}
     for entry in entries:
         k = next((i for i, d in enumerate(dirs) if entry.dir in d), 0)
         _read_extra(entry, per_node[k], id(entry) in kept_out, dumps)
@@ -488,7 +489,9 @@ def kube_rules(ctx: CheckContext, rs: Ruleset) -> KubeRules:
     """kube-proxy's rules of one dump, read once per run."""
     cached = ctx.memo.get(rs.file)
     if cached is None:
-        cached = ctx.memo[rs.file] = _scan(rs.file, ctx.extra.iptables_text[rs.file])
+        # An nft-only bundle has empty iptables rulesets and no iptables text: nothing of kube-proxy's here.
+        text = ctx.extra.iptables_text.get(rs.file)
+        cached = ctx.memo[rs.file] = _scan(rs.file, text) if text is not None else KubeRules()
     return cached
 
 

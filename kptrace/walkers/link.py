@@ -128,7 +128,14 @@ def _vxlan(node: Node, cluster: list[Node], pkt: Packet, out: LinkOutcome, lk: L
         out.steps.append((f"encapsulated to {dst} (UDP {vx.dstport if vx else 8472}); no bundle of that node in the input", _cite(entries[0])))
         return out
     _mtu_note(node, pkt, lk, out)
-    rif = next((x.name for x in remote.links if x.kind == "vxlan" and vx and x.vxlan and x.vxlan.vni == vx.vni), lk.name)
+    rlink = next((x for x in remote.links if x.kind == "vxlan" and vx and x.vxlan and x.vxlan.vni == vx.vni), None)
+    rif = rlink.name if rlink is not None else lk.name
+    if rlink is not None and rlink.mac and n.lladdr and rlink.mac.lower() != n.lladdr.lower():
+        # A VTEP recreated with a new MAC (flanneld restarted) while the peer still has the old one.
+        out.failure = (f"{remote.name}'s {rlink.name} has MAC {rlink.mac}, but {node.name} sends to {n.lladdr}: "
+                       f"{remote.name} drops the frame as not addressed to it")
+        out.steps.append((out.failure, _cite(rlink)))
+        return out
     out.steps.append((f"encapsulated to {dst}, node {remote.name} (UDP {vx.dstport if vx else 8472})", _cite(entries[0])))
     out.remote_node, out.remote_iface = remote, rif
     return out

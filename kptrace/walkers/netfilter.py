@@ -426,7 +426,8 @@ def _rp_filter(w: _Walk, path: Path) -> Path | None:
         return path
     back = lookup(w.node, pkt.src)
     devs = {h.dev for h in back.nexthops}
-    cite = cites[values.index(mode)]
+    # Cite the interface's own key when it holds the deciding value (it is what an operator changes).
+    cite = cites[len(values) - 1 - values[::-1].index(mode)]
     if back.kind not in ("unicast", "local"):
         why = f"rp_filter={mode}: no route back to {pkt.src}, so the kernel drops it as a martian source"
     elif mode == 1 and pkt.in_iface not in devs:

@@ -46,6 +46,7 @@ from kptrace.parsers.iptables_s import (
     ListingResult,
     PartialBuilder,
     _ChainInfo,
+    checked,
     not_shown_rule,
     unreadable_rule,
 )
@@ -215,7 +216,7 @@ def _join(b: PartialBuilder, last: list[object], line: str, lineno: int, hdr: He
     if best is None:
         return False
     rule, joined = best
-    rule = replace(rule, source=Source(b.file, first, 1, joined))
+    rule = checked(replace(rule, source=Source(b.file, first, 1, joined)))
     if isinstance(idx, int):
         info.items[idx] = (rule, info.items[idx][1])
     else:

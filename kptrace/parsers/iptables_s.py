@@ -179,6 +179,7 @@ class PartialBuilder:
         return info
 
     def rule(self, info: _ChainInfo, rule: Rule, table: str | None = None) -> None:
+        rule = checked(rule)
         info.items.append((rule, table or info.table))
         for cond in (rule.src, rule.dst):
             if cond is not None and cond.value:
@@ -433,7 +434,7 @@ def parse_iptables_s(text: str, file: str = "iptables-S", table: str | None = No
                 _declaration(b, words, src, table_here)
                 prev = None
                 continue
-            rule = parse_rule_line(table_here or "filter", line, file, lineno)
+            rule = _rule(table_here, line, file, lineno)
         except ParseError as e:
             m2 = _RULE_HEAD_RE.match(line)
             if m2:
@@ -454,6 +455,14 @@ def parse_iptables_s(text: str, file: str = "iptables-S", table: str | None = No
         for info in b.chains.values():
             info.fragment = True
     return b.finish()
+
+
+def _rule(table: str | None, line: str, file: str, lineno: int) -> Rule:
+    try:
+        return parse_rule_line(table or "filter", line, file, lineno)
+    except ValueError as e:
+        # Counters or an -I position with more digits than int() takes: iptables would refuse them too.
+        raise ParseError(file, lineno, 1, f"a number kptrace cannot read ({str(e)[:50]})", line) from None
 
 
 def _declaration(b: PartialBuilder, words: list[str], src: Source, table: str | None) -> None:
@@ -486,16 +495,60 @@ def _join_wrapped(b: PartialBuilder, prev: tuple[_ChainInfo, int, str, str | Non
     first = info.items[idx][0].source.line
     for joined in candidates:
         try:
-            rule = parse_rule_line(table or "filter", joined, b.file, first)
+            rule = _rule(table, joined, b.file, first)
         except ParseError:
             continue
         if rule.tokens and rule.tokens[0] == "__insert__":
             rule = replace(rule, tokens=rule.tokens[2:])
         b.result.unparsed[:] = [u for u in b.result.unparsed if u.source.line != first]
-        info.items[idx] = (replace(rule, source=Source(b.file, first, 1, joined)), info.items[idx][1])
+        info.items[idx] = (checked(replace(rule, source=Source(b.file, first, 1, joined))), info.items[idx][1])
         b.notes.append(f"{b.file}:{lineno}: read as the continuation of line {first} (a wrapped line)")
         return joined
     return None
+
+
+_MARK_RE = re.compile(r"^(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})(/(0x[0-9a-fA-F]{1,8}|[0-9]{1,10}))?$")
+_PROB_RE = re.compile(r"^[0-9]{1,3}(\.[0-9]{0,20})?$")
+_NTH_RE = re.compile(r"^[0-9]{1,10}$")
+_TO_PORT_RE = re.compile(r"^[0-9]{1,5}(-[0-9]{1,5})?$")
+_MARK_OPTS = frozenset({"--set-xmark", "--set-mark", "--or-mark", "--and-mark", "--xor-mark", "--mark"})
+
+
+def checked(rule: Rule) -> Rule:
+    """The rule, with any value the walk would compute with but that is not a number of its kind made unknown.
+
+    iptables itself refuses `--mark 0xZZ` or `--probability 0.5x`; a listing or an excerpt that holds
+    one (a paste gone wrong) makes that match unknown rather than a number kptrace would misread.
+    """
+    bad: list[str] = []
+    matches = []
+    for m in rule.matches:
+        why = ""
+        for o in m.options:
+            v = o.value()
+            if (m.module in ("mark", "connmark") and o.name == "--mark" and not _MARK_RE.match(v)) or \
+                    (m.module == "statistic" and o.name == "--probability" and not _PROB_RE.match(v)) or \
+                    (m.module == "statistic" and o.name in ("--every", "--packet") and not _NTH_RE.match(v)):
+                why = f"value '{v[:40]}' of {o.name} is not a number of its kind"
+        matches.append(replace(m, known=False, why_unknown=why) if why and m.known else m)
+        if why:
+            bad.append(why)
+    target = rule.target
+    if target is not None and target.known:
+        for o in target.options:
+            v = o.value()
+            port = None
+            if target.name == "DNAT" and o.name == "--to-destination":
+                port = v.rsplit("]", 1)[-1].partition(":")[2] if v.startswith("[") else (v.split(":", 1)[1] if v.count(":") == 1 else None)
+            elif target.name in ("REDIRECT", "MASQUERADE") and o.name == "--to-ports":
+                port = v
+            if (o.name in _MARK_OPTS and target.name in ("MARK", "CONNMARK") and not _MARK_RE.match(v)) or \
+                    (port is not None and not _TO_PORT_RE.match(port)):
+                target = replace(target, known=False)
+                bad.append(f"value '{v[:40]}' of {o.name} is not understood")
+    if not bad:
+        return rule
+    return replace(rule, matches=tuple(matches), target=target)
 
 
 def rendered(rule: Rule) -> str | None:

@@ -350,7 +350,8 @@ def split_sections(text: str, file: str) -> PasteResult:
         line = clean(raw)
         cmd = prompt(line)
         if cmd is not None:
-            cur = _close(res, cur)
+            _close(res, cur)
+            cur = None
             pending = cmd
             res.commands.append(Source(file, lineno, 1, line))
             continue
@@ -367,7 +368,8 @@ def split_sections(text: str, file: str) -> PasteResult:
             if group is None or weak_here or (group == cur.kind and not _restarts(cur, c, line)):
                 _add(cur, line, lineno, c)
                 continue
-            cur = _close(res, cur)
+            _close(res, cur)
+            cur = None
         kind = group
         command = pending if pending is not None and (pending.kind == group or group is None) else None
         if kind is None and pending is not None and pending.kind is not None:
@@ -511,6 +513,8 @@ def _shifted_save(body: str, file: str, family: int | None, first: int) -> Rules
         rs = parse_iptables_save(body, file, family).ruleset
     except ParseError as e:
         raise ParseError(e.file, e.line + delta, e.col, e.message, e.text) from None
+    except ValueError as e:  # counters longer than int() reads; iptables-restore refuses them too
+        raise ParseError(file, first, 1, f"a number kptrace cannot read in this iptables-save ({str(e)[:50]})") from None
     if delta:
         for t in rs.tables.values():
             t.source = _shift_src(t.source, delta)
@@ -761,7 +765,7 @@ def _strip_placeholders(rs: Ruleset) -> None:
     for t in rs.tables.values():
         for name in list(t.chains):
             c = t.chains[name]
-            if c.source.text.startswith(_PLACEHOLDER_TEXT):
+            if c.source.text.startswith(_PLACEHOLDER_TEXT) and isinstance(t.chains, dict):
                 del t.chains[name]
                 continue
             if any(is_not_shown(r) and r.source.text.startswith(_PLACEHOLDER_TEXT) for r in c.rules):

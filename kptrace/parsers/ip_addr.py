@@ -52,6 +52,8 @@ def _parse_json(text: str, file: str) -> list[Address]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ParseError(file, e.lineno, e.colno, f"invalid JSON: {e.msg}") from None
+    except ValueError as e:  # a number of thousands of digits: Python refuses to convert it
+        raise ParseError(file, 1, 1, f"invalid JSON: {e}") from None
     if not isinstance(data, list):
         raise ParseError(file, 1, 1, "expected the list that `ip -j addr` prints")
     out: list[Address] = []

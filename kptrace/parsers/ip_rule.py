@@ -80,7 +80,7 @@ def _text_rule(toks: list[Tok], file: str, lineno: int, line: str) -> PolicyRule
         action = "goto"
     fwmark = values.get("fwmark")
     return PolicyRule(
-        priority=int(m.group(1)),
+        priority=_priority(m.group(1), file, lineno, line),
         action=action,
         table=values["lookup"].text if "lookup" in values else None,
         src=_prefix(values.get("from"), file, lineno, line),
@@ -170,3 +170,10 @@ def _json_prefix(e: dict[str, Any], key: str, len_key: str, src: Source) -> IPNe
         return ip_network(addr if plen is None else f"{addr}/{plen}", strict=False)
     except ValueError:
         raise ParseError(src.file, src.line, src.col, f"'{key}': invalid prefix '{addr}/{plen}'", src.text) from None
+
+
+def _priority(text: str, file: str, lineno: int, line: str) -> int:
+    # Priorities are 32-bit; anything longer is not `ip rule` output.
+    if len(text) > 10 or int(text) > 0xFFFFFFFF:
+        raise ParseError(file, lineno, 1, f"rule priority '{text[:20]}' is out of range", line)
+    return int(text)

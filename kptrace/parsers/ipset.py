@@ -235,7 +235,7 @@ def _member(s: IpsetSet, rest: str, src: Source, col0: int) -> IpsetMember:
             raise ParseError(src.file, src.line, len(line) + 1, f"'{w}' needs a value", line)
         v = tokens[i + 1][0]
         if w in ("timeout", "packets", "bytes"):
-            if not v.isdigit():
+            if not v.isdecimal() or len(v) > 20:
                 raise ParseError(src.file, src.line, max(col0 + tokens[i + 1][1], 1), f"'{w}' takes a number", line)
             kw[w] = int(v)
         elif w == "comment":

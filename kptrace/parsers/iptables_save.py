@@ -112,8 +112,9 @@ PROTO_NUMBERS = {"1": "icmp", "6": "tcp", "17": "udp", "132": "sctp", "58": "ipv
 POLICIES = {"ACCEPT", "DROP", "RETURN", "QUEUE", "-"}
 _PORT_OPTIONS = {"--sport", "--dport", "--sports", "--dports", "--ports"}
 _PORT_RE = re.compile(r"[0-9A-Za-z_.:,-]+")
-_CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
-_COUNTERS_RE = re.compile(r"^\[(\d+):(\d+)\]\s+")
+# Counters are 64-bit: at most 20 digits (a longer run is not a counter iptables-save printed).
+_CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d{1,20}):(\d{1,20})\])?\s*$")
+_COUNTERS_RE = re.compile(r"^\[(\d{1,20}):(\d{1,20})\]\s+")
 
 
 class Quoted(str):
@@ -467,9 +468,26 @@ def _module_option(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int
     vals = tuple(words[k][0] for k in range(i, i + nargs))
     if name in _PORT_OPTIONS and (not vals[0] or vals[0].startswith("-") or not _PORT_RE.fullmatch(vals[0])):
         raise b.err(words[i][1], f"invalid port '{vals[0]}' for '{w}'")
+    _check_value(b, mod, name, vals, words[i][1] if nargs else col)
     opts.append(Option(name, vals, neg, col))
     b.matches[slot] = (mod, mcol, opts, known, why)
     return i + nargs
+
+
+# Values iptables-restore checks itself; a bad one is an error there too (iptables' strtoul/strtod).
+_MARK_RE = re.compile(r"(0x[0-9a-fA-F]{1,8}|\d{1,10})(/(0x[0-9a-fA-F]{1,8}|\d{1,10}))?")
+_VALUE_RES = {
+    ("mark", "--mark"): _MARK_RE, ("connmark", "--mark"): _MARK_RE,
+    ("statistic", "--probability"): re.compile(r"\d{0,3}(\.\d{1,20})?"),
+    ("statistic", "--every"): re.compile(r"\d{1,10}"), ("statistic", "--packet"): re.compile(r"\d{1,10}"),
+    ("MARK", "*"): _MARK_RE, ("CONNMARK", "--set-xmark"): _MARK_RE, ("CONNMARK", "--set-mark"): _MARK_RE,
+}
+
+
+def _check_value(b: _RuleBuilder, mod: str, name: str, vals: tuple[str, ...], col: int) -> None:
+    rx = _VALUE_RES.get((mod, name)) or _VALUE_RES.get((mod, "*"))
+    if rx is not None and vals and not rx.fullmatch(vals[0]):
+        raise b.err(col, f"invalid value '{vals[0][:40]}' for '{name}'")
 
 
 def _owner_of(b: _RuleBuilder, name: str) -> int | None:
@@ -508,6 +526,7 @@ def _target(b: _RuleBuilder, words: list[tuple[str, int]], i: int, goto: bool) -
             vals = [words[k][0] for k in range(i + 1, min(i + 1 + nargs, len(words)))]
             if len(vals) < nargs:
                 raise b.err(col, f"option '{w}' of '{name}' needs a value")
+            _check_value(b, name, w, tuple(vals), words[i + 1][1] if nargs else col)
             i += 1 + nargs
         else:
             if spec is not None and spec:
@@ -577,7 +596,7 @@ def _net_text(net: IPNetwork) -> str:
 
 LAZY_MIN_LINES = 5000  # below this a full parse costs less than 0.2 s: validate everything
 INDEX_MIN_RULES = 64  # chains this long get a destination index (KUBE-SERVICES, KUBE-NODEPORTS)
-_DECL_RE = re.compile(r"^:(\S+)[ \t]+(\S+)(?:[ \t]+\[(\d+):(\d+)\])?[ \t\r]*$", re.M)
+_DECL_RE = re.compile(r"^:(\S+)[ \t]+(\S+)(?:[ \t]+\[(\d{1,20}):(\d{1,20})\])?[ \t\r]*$", re.M)
 
 
 def _count_leading(lines: list[str], lo: int, hi: int, prefix: str) -> int:

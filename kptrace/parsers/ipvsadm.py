@@ -171,14 +171,14 @@ def _hostport(text: str, src: Source, col: int,
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", host or "?"):
             raise ParseError(src.file, src.line, col, f"'{host}' is neither an address nor a host name", src.text) from None
     family = addr.version if addr is not None else (6 if text.startswith("[") else 4)
-    if port.isdigit():
+    if port.isdecimal() and len(port) <= 5:
         return host, addr, int(port), None, family
     return host, addr, None, (port or None), family
 
 
 def _num(word: str, src: Source, col: int) -> tuple[int, bool]:
     m = _NUM_RE.match(word)
-    if not m:
+    if not m or len(m.group(1)) > 20:
         raise ParseError(src.file, src.line, col, f"expected a number, got '{word}'", src.text)
     return int(m.group(1)) * _SCALE.get(m.group(2), 1), bool(m.group(2))
 
@@ -278,7 +278,7 @@ def _list_dest(s: str, src: Source, layout: str) -> IpvsDest:
 
 
 def _int(word: str, src: Source) -> int:
-    if not re.fullmatch(r"-?\d+", word):
+    if not re.fullmatch(r"-?[0-9]{1,20}", word):
         raise ParseError(src.file, src.line, max(src.text.find(word), 0) + 1, f"expected a number, got '{word}'", src.text)
     return int(word)
 

@@ -205,10 +205,23 @@ def _unquote(s: str) -> str:
     return s[1:-1].replace('\\"', '"') if s.startswith('"') else s
 
 
+def _int(s: str) -> int:
+    """nft's numbers: decimal (zero-padded, as in `0004000`) or 0x hex; absurd lengths are not numbers."""
+    if len(s) > 40:
+        raise _Unparsable(f"number '{s[:20]}…' is too long")
+    try:
+        return int(s, 0)
+    except ValueError:
+        try:
+            return int(s, 10)
+        except ValueError:
+            raise _Unparsable(f"'{s}' is not a number") from None
+
+
 def value_word(s: str) -> Expr:
     """A constant as nft prints it: numbers become ints, `a/n` a Prefix, `a-b` a Range of two values."""
     if _NUM.match(s):
-        return Const(int(s, 0))
+        return Const(_int(s))
     if "/" in s:
         addr, _, length = s.rpartition("/")
         if length.isdigit() and (_ADDR4.match(addr) or ":" in addr):
@@ -1139,8 +1152,12 @@ def parse_nft_text(text: str, file: str = "nft-ruleset.txt") -> NftRuleset:
     # Millions of small objects and no cycles among them: the cyclic GC would only rescan them.
     enabled = gc.isenabled()
     gc.disable()
+    parser = _Parser(text, file)
     try:
-        return _Parser(text, file).parse()
+        return parser.parse()
+    except _Unparsable as e:
+        # Outside a rule's statements (set elements, chain headers) nothing can be kept as unknown.
+        raise parser.error(parser.peek(), str(e)) from None
     finally:
         if enabled:
             gc.enable()

@@ -416,7 +416,7 @@ def _rp_filter(w: _Walk, path: Path) -> Path | None:
     cites = []
     for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{_key(pkt.in_iface)}.rp_filter"):
         v, src = w.sysctl(key)
-        if v is not None and v.isdigit():
+        if v is not None and v.strip().isdecimal() and len(v.strip()) < 4:
             values.append(int(v))
             cites.append(src)
     if not values:

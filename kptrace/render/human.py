@@ -260,7 +260,8 @@ def _generic(word: str) -> bool:
 
 def _to_destination(text: str) -> str | None:
     """The DNAT target as the rule spells it: iptables `--to-destination X`, nft `dnat [ip|ip6] to X`."""
-    m = re.search(r"--to-destination\s+(\S+)", text) or re.search(r"\bdnat (?:ip6? )?to (\S+)", text)
+    m = (re.search(r"--to-destination\s+(\S+)", text) or re.search(r"\bdnat (?:ip6? )?to (\S+)", text)
+         or re.search(r"\bto:(\S+)", text))  # `iptables -L` prints `DNAT ... to:10.244.1.5:8080`
     return m.group(1).rstrip(",;") if m else None
 
 

@@ -28,10 +28,10 @@ class ChainWalker:
     def __init__(self, ruleset: Ruleset, ctx: MatchContext, hook: str, node: str | None = None) -> None:
         self.ruleset, self.ctx, self.hook, self.node = ruleset, ctx, hook, node
 
-    def walk(self, table: str, chain_name: str, path: Path, depth: int = 0) -> list[Outcome]:
+    def walk(self, table: str, chain_name: str, path: Path, depth: int = 0, ref: object = None) -> list[Outcome]:
         chain = self.ruleset.chain(table, chain_name)
         if chain is None:
-            reason = f"chain {table}/{chain_name} is not in the input"
+            reason = f"chain {table}/{chain_name} is not in the input" + (f" (referenced at {ref})" if ref else "")
             s = Step(self.hook, table, chain_name, None, None, UNDETERMINED, reason, depth, self.node)
             return [(path.step(s).unknown(reason), UNDETERMINED)]
         return self._rules(chain, 0, path, depth)
@@ -107,7 +107,7 @@ class ChainWalker:
             reason = f"{rule.source}: jump depth over {MAX_DEPTH} (a loop between chains?)"
             return True, path, [(path.unknown(reason), UNDETERMINED)]
         out: list[Outcome] = []
-        for sub_path, verdict in self.walk(rule.table, t.name, path, depth + 1):
+        for sub_path, verdict in self.walk(rule.table, t.name, path, depth + 1, rule.source):
             if verdict != CONTINUE:
                 out.append((sub_path, verdict))
             elif t.goto:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kptrace.checks.inputs import CheckContext, dumped, has_assumed, kube_rules
-from kptrace.checks.registry import Outcome, check, fail, passed
+from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 
 BASE_JUMPS = (("PREROUTING", "KUBE-SERVICES"), ("OUTPUT", "KUBE-SERVICES"), ("POSTROUTING", "KUBE-POSTROUTING"))
@@ -18,9 +18,14 @@ def kube_jumps(ctx: CheckContext) -> Iterator[Outcome]:
     node = ctx.node
     assert node is not None
     found, checked = False, []
-    for _, rs in sorted(node.rulesets.items()):
+    for fam, rs in sorted(node.rulesets.items()):
         nat = rs.tables.get("nat")
         if nat is None or "KUBE-SERVICES" not in nat.chains:
+            continue
+        if fam in node.coverage:
+            # A listing or an excerpt: the built-in chains may simply not have been pasted.
+            yield missing("iptables-save.txt", why=f"{rs.file} is a listing or excerpt, not a whole dump")
+            found = True
             continue
         checked.append(rs.file)
         services = nat.chains["KUBE-SERVICES"]

@@ -21,7 +21,7 @@ from kptrace.model.source import ASSUMED_FILE, Source
 if TYPE_CHECKING:
     from kptrace.checks.inputs import CheckContext
 
-GROUPS = ("input", "kernel", "netfilter", "routing", "host")
+GROUPS = ("input", "kernel", "netfilter", "ipvs", "routing", "host")
 ID_RE = re.compile(r"^KPT\d{3}$")
 DOCS_URL = "docs/checks/{id}.md"
 

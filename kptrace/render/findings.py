@@ -40,6 +40,9 @@ class FindingRecord(TypedDict):
 
 # `pass` is a keyword, hence the functional form.
 SummaryRecord = TypedDict("SummaryRecord", {"total": int, "fail": int, "warn": int, "info": int, "pass": int})
+# One node's counts when several are checked together, and the ids of its FAILs.
+NodeRecord = TypedDict("NodeRecord", {"node": str, "total": int, "fail": int, "warn": int, "info": int, "pass": int,
+                                      "failing": list[str]})
 
 
 def location_json(loc: Location) -> LocationRecord:
@@ -66,8 +69,24 @@ def summary_json(findings: list[Finding]) -> SummaryRecord:
             "info": counts[Status.INFO], "pass": counts[Status.PASS]}
 
 
+def node_names(findings: list[Finding]) -> list[str]:
+    """The nodes findings name, in the order they were checked (empty for a single node: its findings name none)."""
+    return list(dict.fromkeys(f.node for f in findings if f.node is not None))
+
+
+def nodes_json(findings: list[Finding]) -> list[NodeRecord]:
+    """Per node: its counts and the ids of its FAILs (each once, in id order)."""
+    out: list[NodeRecord] = []
+    for name in node_names(findings):
+        mine = [f for f in findings if f.node == name]
+        s = summary_json(mine)
+        out.append({"node": name, "total": s["total"], "fail": s["fail"], "warn": s["warn"], "info": s["info"],
+                    "pass": s["pass"], "failing": sorted({f.id for f in mine if f.status is Status.FAIL})})
+    return out
+
+
 def check_json(findings: list[Finding], inputs: list[InputFile]) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "kind": "check",
         "kptrace_version": __version__,
@@ -75,6 +94,10 @@ def check_json(findings: list[Finding], inputs: list[InputFile]) -> dict[str, An
         "results": [finding_json(f) for f in findings],
         "summary": summary_json(findings),
     }
+    if len(node_names(findings)) > 1:
+        # Several nodes (a cluster's bundles): one summary per node, as the human output's per-node table.
+        doc["nodes"] = nodes_json(findings)
+    return doc
 
 
 def sort_key(f: Finding) -> tuple[int, int, str, str]:
@@ -120,4 +143,21 @@ def render_findings(findings: list[Finding], console: Console, verbose: bool = F
         for f in fixes.values():
             console.print(Text(f"  {f.id} {f.name}: ", style="bold") + Text(f.remediation)
                           + Text(f"  (kptrace explain {f.id})", style="dim"))
+    if len(node_names(findings)) > 1:
+        render_nodes(findings, console)
     console.print(Text(summary_line(findings, verbose)))
+
+
+def render_nodes(findings: list[Finding], console: Console) -> None:
+    """One row per node: its FAIL, WARN and INFO counts and the checks that FAIL there."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title="per node", title_justify="left",
+                  title_style="bold")
+    table.add_column("node", no_wrap=True)
+    for status in (Status.FAIL, Status.WARN, Status.INFO):
+        table.add_column(status.value, justify="right", no_wrap=True)
+    table.add_column("failing checks", ratio=1, overflow="fold")
+    for rec in nodes_json(findings):
+        counts = ((rec["fail"], Status.FAIL), (rec["warn"], Status.WARN), (rec["info"], Status.INFO))
+        table.add_row(Text(rec["node"]), *(Text(str(n), style=STYLE[st] if n else "") for n, st in counts),
+                      Text(" ".join(rec["failing"]) or "-"))
+    console.print(table)

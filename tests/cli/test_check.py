@@ -191,3 +191,111 @@ def test_no_input_is_a_usage_error() -> None:
     p = subprocess.run([sys.executable, "-m", "kptrace", "check", "--demo", "--fail-on", "urgent"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+# --- IPVS mode (KPT301-KPT305) ------------------------------------------------------------------
+
+IPVS_DEMO = ROOT / "kptrace" / "demo" / "ipvs-node"
+IPVS_CHECKS = {"KPT301", "KPT302", "KPT303", "KPT304", "KPT305"}
+
+
+def test_ipvs_demo_fails_no_ipvs_check() -> None:
+    code, doc = check_json("--dump", str(IPVS_DEMO))
+    mine = {(r["id"], r["status"]) for r in doc["results"] if r["id"] in IPVS_CHECKS}
+    # default/broken (10.96.77.7:80, no endpoints) is a virtual service without real servers: INFO, not a fault.
+    assert mine == {("KPT301", "PASS"), ("KPT302", "PASS"), ("KPT303", "PASS"), ("KPT304", "INFO"),
+                    ("KPT305", "PASS")}
+    assert not [r for r in doc["results"] if r["status"] == "FAIL"]
+    assert code in (0, 4)
+
+
+def test_ipvs_checks_pass_on_an_iptables_mode_node() -> None:
+    _, doc = check_json("--demo")
+    mine = [r for r in doc["results"] if r["id"] in IPVS_CHECKS]
+    assert len(mine) == 10 and all(r["status"] == "PASS" and "not in IPVS mode" in r["message"] for r in mine)
+
+
+def test_ipvs_demo_with_a_node_ip_on_kube_ipvs0(tmp_path: Path) -> None:
+    """The IPVS demo with a Service whose externalIPs name the node's own address, and ip_vs built in."""
+    import shutil
+
+    bundle = tmp_path / "ipvs-node"
+    shutil.copytree(IPVS_DEMO, bundle)
+    mods = bundle / "modules.txt"
+    mods.write_text("".join(line for line in mods.read_text().splitlines(keepends=True) if not line.startswith("ip_vs ")))
+    addr = bundle / "ip-addr.txt"
+    addr.write_text(addr.read_text() + "    inet 192.168.56.11/32 scope global kube-ipvs0\n"
+                                       "       valid_lft forever preferred_lft forever\n")
+    code, doc = check_json("--dump", str(bundle))
+    assert code == 1
+    by_id = {r["id"]: r for r in doc["results"] if r["id"] in IPVS_CHECKS}
+    # ip_vs is not in /proc/modules, but ipvsadm lists virtual services: built in, not missing.
+    assert by_id["KPT301"]["status"] == "PASS" and "ip_vs is built in" in by_id["KPT301"]["message"]
+    assert by_id["KPT305"]["status"] == "FAIL"
+    assert by_id["KPT305"]["locations"][:2] == [{"file": "ipvs-node/ip-addr.txt", "line": 49},
+                                                {"file": "ipvs-node/ip-addr.txt", "line": 9}]
+    # 192.168.56.11 has its NodePort virtual service, so KPT302 has nothing to say.
+    assert by_id["KPT302"]["status"] == "PASS"
+
+
+# --- a cluster: several bundles, loaded in parallel, one summary row per node --------------------------
+
+
+def test_cluster_summary_table_in_human_output() -> None:
+    _, out = check("--demo")
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "per node")
+    rows = [line.split() for line in lines[start + 1:]]
+    assert rows[0] == ["node", "FAIL", "WARN", "INFO", "failing", "checks"]
+    by_node = {r[0]: r for r in rows if r and r[0] in ("node-a", "node-b")}
+    assert by_node["node-a"][1] == "1" and by_node["node-a"][-1] == "KPT204"
+    assert by_node["node-b"][1] == "1" and by_node["node-b"][-1] == "KPT204"
+    # One node: no per-node table.
+    assert "per node" not in check("--dump", str(BROKEN))[1]
+
+
+def test_cluster_json_adds_a_nodes_list() -> None:
+    _, doc = check_json("--demo")
+    assert [n["node"] for n in doc["nodes"]] == ["node-a", "node-b"]
+    for n in doc["nodes"]:
+        mine = [r for r in doc["results"] if r["node"] == n["node"]]
+        assert n["total"] == len(mine) and n["fail"] == sum(r["status"] == "FAIL" for r in mine)
+        assert n["failing"] == sorted({r["id"] for r in mine if r["status"] == "FAIL"}) == ["KPT204"]
+    assert sum(n["total"] for n in doc["nodes"]) == doc["summary"]["total"]
+    _, single = check_json("--dump", str(BROKEN))
+    assert "nodes" not in single  # one node: the document is as before
+
+
+def test_parallel_load_equals_sequential() -> None:
+    from kptrace.checks.run import run_all, run_checks
+    from kptrace.cli.check import load_contexts
+    from kptrace.load import demo_path
+
+    seq = run_all(inputs.load_for_checks([demo_path()]))
+    named = load_contexts([demo_path()], [], [], workers=2)
+    assert [name for name, _ in named] == ["node-a", "node-b"]
+    assert [p.name for p in named[0][1].peers] == ["node-b"]
+    par = [f for name, ctx in named for f in run_checks(ctx, node_name=name)]
+    assert par == seq
+
+
+def test_a_directory_of_bundles_with_a_tarball_and_a_broken_one(tmp_path: Path) -> None:
+    """DaemonSet output: bundle directories and .tar.gz side by side; an unparsable bundle spoils only itself."""
+    import shutil
+    import tarfile
+
+    d = tmp_path / "bundles"
+    d.mkdir()
+    shutil.copytree(ROOT / "kptrace" / "demo" / "cluster" / "node-a", d / "node-a")
+    with tarfile.open(d / "node-b.tar.gz", "w:gz") as tar:
+        tar.add(ROOT / "kptrace" / "demo" / "cluster" / "node-b", arcname="node-b")
+    write_bundle(d / "bad", {"iptables-save.txt": (BROKEN / "iptables-save.txt").read_text(),
+                             "sysctl.txt": "net.ipv4.ip_forward = 1\nnet.ipv4.conf.all.rp_filter\n"})
+    code, doc = check_json("--dump", str(d))
+    assert code == 2  # KPT001
+    assert [n["node"] for n in doc["nodes"]] == ["bad", "node-a", "node-b"]
+    failing = {n["node"]: n["failing"] for n in doc["nodes"]}
+    assert failing == {"bad": ["KPT001"], "node-a": ["KPT204"], "node-b": ["KPT204"]}
+    kpt001 = [r for r in doc["results"] if r["id"] == "KPT001" and r["status"] == "FAIL"]
+    assert kpt001 == [r for r in kpt001 if r["node"] == "bad"] and kpt001[0]["locations"] == [
+        {"file": "bad/sysctl.txt", "line": 2, "col": 1}]

@@ -41,20 +41,22 @@ def root(
     state["debug"] = debug or bool(os.environ.get("KPTRACE_DEBUG"))
 
 
-def _register() -> None:
-    from kptrace.cli import check, explain, why
+COMMANDS = ("why", "check", "explain", "collect", "graph", "services", "parse")
 
-    why.register(app)
-    check.register(app)
-    explain.register(app)
-    __import__("kptrace.cli.collect", fromlist=["register"]).register(app)
-    __import__("kptrace.cli.graph", fromlist=["register"]).register(app)
-    __import__("kptrace.cli.services", fromlist=["register"]).register(app)
-    __import__("kptrace.cli.parse", fromlist=["register"]).register(app)
+
+def _register(argv: list[str] | None = None) -> None:
+    """Register the commands; only the one being run when argv names it (each pulls in its own
+    parsers and renderers, and start-up time is part of every answer)."""
+    import importlib
+
+    wanted = [a for a in (argv or [])[:4] if not a.startswith("-")][:1]
+    names = wanted if wanted and wanted[0] in COMMANDS else list(COMMANDS)
+    for name in names:
+        importlib.import_module(f"kptrace.cli.{name}").register(app)
 
 
 def main() -> None:
-    _register()
+    _register(sys.argv[1:])
     try:
         # Without standalone mode click returns the command's exit code instead of exiting.
         code = app(standalone_mode=False)

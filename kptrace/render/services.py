@@ -64,7 +64,7 @@ def _status_style(status: str) -> str:
 def render_services(services: list[Service], console: Console, wide: bool = False) -> None:
     """Columns as kubectl prints them: left-aligned, three spaces apart, never wrapped."""
     if not services:
-        console.print(Text("no Service ports found in the input (no kube-proxy KUBE-SERVICES rules)", style="yellow"))
+        console.print(Text("no Service ports found in the input (no kube-proxy rules, nftables table or IPVS services)", style="yellow"))
         return
     cols = ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS", "STATUS"]
     if wide:

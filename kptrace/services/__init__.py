@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from kptrace.model.node import Node
-from kptrace.services import iptables
+from kptrace.services import iptables, ipvs, nftables
 from kptrace.services.model import Endpoint, Health, Service, ServicePort
 
 Source = Callable[[Node], list[ServicePort]]
 SOURCES: dict[str, Source] = {
     "iptables": iptables.service_ports,
+    "nftables": nftables.service_ports,
+    "ipvs": ipvs.service_ports,
 }
 
 

@@ -1,6 +1,6 @@
 """What kptrace can see of a Service port on a node: addresses, ports, endpoints, policy and health.
 
-Each source (kube-proxy's iptables rules now; IPVS and nftables to come) turns one node's state
+Each source (kube-proxy's iptables rules, its nftables mode, IPVS virtual services) turns one node's state
 into `ServicePort` records; `kptrace.services.collect` merges them over the nodes of the input.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -50,3 +51,20 @@ def test_no_input_is_a_usage_error() -> None:
 def test_help_has_examples() -> None:
     r = runner.invoke(app, ["services", "--help"])
     assert r.exit_code == 0 and "kptrace services --demo" in r.stdout
+
+
+def test_nftables_and_ipvs_sources(tmp_path: Path) -> None:
+    """kube-proxy's nftables mode (chain names, maps) and IPVS virtual services are listed too."""
+    from kptrace.load import demo_path
+
+    root = Path(__file__).resolve().parents[1] / "fixtures" / "nft" / "kube-proxy" / "nft-ruleset.txt"
+    r = runner.invoke(app, ["services", "--dump", str(root), "-o", "json"])
+    doc = json.loads(r.stdout)
+    web = next(s for s in doc["services"] if s["name"] == "web")
+    assert "[fd00:244:1::3]:8080" in [e["address"] for e in web["endpoints"]]
+    assert any(s["name"] == "empty" and s["health"] for s in doc["services"])
+    ipvs = demo_path().parent / "ipvs-node"
+    r = runner.invoke(app, ["services", "--dump", str(ipvs), "-o", "json"])
+    doc = json.loads(r.stdout)
+    dns = [s for s in doc["services"] if s["namespace"] == "ipvs" and s["name"] == "10.96.0.10:53"]
+    assert dns and {e["address"] for e in dns[0]["endpoints"]} == {"10.244.1.9:53", "10.244.2.7:53"}

@@ -12,6 +12,7 @@ kube-proxy names its chains after the service port and endpoint (pkg/proxy/nftab
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 from kptrace.model.node import Node
@@ -41,17 +42,27 @@ def _endpoint(text: str) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
+@dataclass(slots=True)
+class _Acc:
+    cluster_ips: list[str] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)
+    lb: list[str] = field(default_factory=list)
+    port: int | None = None
+    node_port: int | None = None
+    endpoints: dict[str, str] = field(default_factory=dict)  # address -> the endpoint chain's file:line
+    health: list[Health] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+
 def service_ports(node: Node) -> list[ServicePort]:
     rs = node.nft
     tables = getattr(rs, "tables", None)
     if not tables:
         return []
-    acc: dict[tuple[str, str, str, str], dict[str, object]] = {}
+    acc: dict[tuple[str, str, str, str], _Acc] = {}
 
-    def entry(ns: str, name: str, port: str, proto: str) -> dict[str, object]:
-        return acc.setdefault((ns, name, "" if port == "" else port, proto), {
-            "cluster_ips": [], "external": [], "port": None, "node_port": None, "endpoints": {}, "lb": [], "health": [],
-            "sources": []})
+    def entry(ns: str, name: str, port: str, proto: str) -> _Acc:
+        return acc.setdefault((ns, name, port, proto), _Acc())
 
     for table in tables.values():
         if table.name != "kube-proxy":
@@ -74,41 +85,39 @@ def service_ports(node: Node) -> list[ServicePort]:
                 e = entry(ns, name, port, proto)
                 keys = _consts(el.key)
                 cite = str(el.source.source) if el.source else None
-                e["sources"].append(cite)  # type: ignore[union-attr]
+                if cite:
+                    e.sources.append(cite)
                 if kind in ("vip", "none") and len(keys) >= 3:
                     # service-ips holds external and load-balancer IPs too; they go to external-… chains.
                     # (A no-endpoint drop is externalTrafficPolicy Local: only external addresses get one.)
                     external = target.startswith(("external-", "firewall-")) or getattr(el.value, "kind", "") == "drop"
-                    where = "external" if external else "cluster_ips"
-                    e[where].append(keys[0])  # type: ignore[union-attr]
-                    e["port"] = int(keys[2]) if keys[2].isdecimal() else None
+                    (e.external if external else e.cluster_ips).append(keys[0])
+                    e.port = int(keys[2]) if keys[2].isdecimal() else None
                 elif kind in ("nodeport", "none-np") and len(keys) >= 2 and keys[-1].isdecimal():
-                    e["node_port"] = int(keys[-1])
+                    e.node_port = int(keys[-1])
                 elif kind == "lb" and keys:
-                    e["lb"].append(keys[0])  # type: ignore[union-attr]
+                    e.lb.append(keys[0])
                 if kind.startswith("none"):
                     # A drop (not a goto to the reject chain) is externalTrafficPolicy Local with none here.
                     local = getattr(el.value, "kind", "") == "drop"
                     health = ("no-local-endpoints", "has no local endpoints") if local else ("no-endpoints", "has no endpoints")
                     h = Health(health[0], f"{el.comment or target} {health[1]}", cite, node.name)
-                    if h not in e["health"]:  # type: ignore[operator]
-                        e["health"].append(h)  # type: ignore[union-attr]
+                    if h not in e.health:
+                        e.health.append(h)
         for chain_name in table.chains:
             m = _CHAIN.match(chain_name)
             if m and m["ep"]:
                 e = entry(m["ns"], m["name"], m["port"], m["proto"])
-                e["endpoints"][_endpoint(m["ep"])] = str(table.chains[chain_name].source.source)  # type: ignore[index]
+                e.endpoints[_endpoint(m["ep"])] = str(table.chains[chain_name].source.source)
     out = []
     for (ns, name, port, proto), e in sorted(acc.items()):
-        eps: dict[str, str] = e["endpoints"]  # type: ignore[assignment]
-        share = 1 / len(eps) if eps else None  # numgen random mod N: an equal share each
+        share = 1 / len(e.endpoints) if e.endpoints else None  # numgen random mod N: an equal share each
         out.append(ServicePort(
             namespace=ns, name=name, port_name=port, protocol=proto, node=node.name, source_kind="nftables",
-            port=e["port"], cluster_ips=tuple(dict.fromkeys(e["cluster_ips"])),  # type: ignore[arg-type]
-            node_port=e["node_port"], load_balancer_ips=tuple(dict.fromkeys(e["lb"])),  # type: ignore[arg-type]
-            external_ips=tuple(ip for ip in dict.fromkeys(e["external"]) if ip not in e["lb"]),  # type: ignore[attr-defined,operator]
-            endpoints=tuple(Endpoint(a, share, src) for a, src in eps.items()),
-            health=tuple(e["health"]),  # type: ignore[arg-type]
-            sources=tuple(s for s in e["sources"] if s),  # type: ignore[union-attr]
+            port=e.port, cluster_ips=tuple(dict.fromkeys(e.cluster_ips)), node_port=e.node_port,
+            load_balancer_ips=tuple(dict.fromkeys(e.lb)),
+            external_ips=tuple(ip for ip in dict.fromkeys(e.external) if ip not in e.lb),
+            endpoints=tuple(Endpoint(a, share, src) for a, src in e.endpoints.items()),
+            health=tuple(e.health), sources=tuple(e.sources),
         ))
     return out

@@ -38,7 +38,7 @@ from kptrace.walkers.kube_jumps import add_kube_proxy_jumps
 # iptables-save plus iproute2, and a query's start-up time is part of what an SRE waits for.
 
 
-def sniff_paste(text: str) -> bool:
+def sniff_paste(text: str) -> str | None:
     from kptrace.parsers.paste import sniff_paste as sniff
 
     return sniff(text)

@@ -6,7 +6,7 @@ Source), the kind (hook, jump or goto) and, for hook edges, the table's position
 
 from __future__ import annotations
 
-import networkx as nx
+import networkx as nx  # type: ignore[import-untyped]
 
 from kptrace.model.netfilter import Ruleset
 

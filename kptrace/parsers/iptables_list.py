@@ -50,7 +50,7 @@ from kptrace.parsers.iptables_s import (
     not_shown_rule,
     unreadable_rule,
 )
-from kptrace.parsers.iptables_save import POLICIES, PROTO_NUMBERS, TARGET_OPTIONS, parse_network
+from kptrace.parsers.iptables_save import POLICIES, PROTO_NUMBERS, parse_network
 
 CHAIN_RE = re.compile(r"^Chain (\S+) \((?:policy (\S+)[^)]*|(\d+) references?)\)\s*$")
 HEADER_RE = re.compile(r"^\s*(num\s+)?(pkts\s+bytes\s+)?target\s+prot\s+opt\s+(in\s+out\s+)?source\s+destination\s*$")

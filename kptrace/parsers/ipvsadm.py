@@ -196,7 +196,8 @@ def _counters(words: list[str], src: Source) -> Counters:
 
 def _list_service(line: str, src: Source, layout: str) -> IpvsService:
     words = line.split()
-    col = lambda w: max(line.find(w), 0) + 1
+    def col(w: str) -> int:
+        return max(line.find(w), 0) + 1
     if words[0] == "FWM":
         if len(words) < 2 or not words[1].isdigit():
             raise ParseError(src.file, src.line, col(words[0]) + 5, "expected 'FWM  MARK'", line)
@@ -248,12 +249,13 @@ def _list_service(line: str, src: Source, layout: str) -> IpvsService:
 def _list_dest(s: str, src: Source, layout: str) -> IpvsDest:
     line = src.text
     words = s.split()[1:]
-    col = lambda w: max(line.find(w), 0) + 1
+    def col(w: str) -> int:
+        return max(line.find(w), 0) + 1
     if not words:
         raise ParseError(src.file, src.line, len(line) + 1, "expected '-> ADDRESS:PORT …'", line)
     host, addr, port, pname, fam = _hostport(words[0], src, col(words[0]), cut=True)
     truncated = fam == 4 and addr is None and len(words[0]) >= 28  # dname[28] = '\0' in ipvsadm.c
-    d = IpvsDest(host, port, src, address=addr, port_name=pname, truncated=truncated)  # type: ignore[arg-type]
+    d = IpvsDest(host, port, src, address=addr, port_name=pname, truncated=truncated)
     rest = words[1:]
     expect = {"list": 4, "tun-info": 5, "stats": 5, "rate": 5, "thresholds": 4, "persistent-conn": 4}[layout]
     if len(rest) != expect:
@@ -290,7 +292,8 @@ def _save_words(s: str) -> list[str]:
 def _save_target(words: list[str], src: Source) -> tuple[tuple[object, ...], dict[str, object], int]:
     """The virtual service a -A/-a line names; returns (key, service fields, index after it)."""
     line = src.text
-    col = lambda w: max(line.find(w), 0) + 1
+    def col(w: str) -> int:
+        return max(line.find(w), 0) + 1
     i = 1
     kw: dict[str, object] = {}
     while i < len(words):
@@ -320,7 +323,8 @@ def _save_target(words: list[str], src: Source) -> tuple[tuple[object, ...], dic
 def _save_service(s: str, src: Source) -> IpvsService:
     words = _save_words(s)
     line = src.text
-    col = lambda w: max(line.find(w), 0) + 1
+    def col(w: str) -> int:
+        return max(line.find(w), 0) + 1
     _, kw, i = _save_target(words, src)
     svc = IpvsService(str(kw.pop("protocol")), kw.pop("host"), kw.pop("port"), None, src, listing="save")  # type: ignore[arg-type]
     fields: dict[str, object] = dict(kw)
@@ -361,7 +365,8 @@ def _save_service(s: str, src: Source) -> IpvsService:
 def _save_dest(s: str, src: Source) -> tuple[IpvsDest, tuple[object, ...]]:
     words = _save_words(s)
     line = src.text
-    col = lambda w: max(line.find(w), 0) + 1
+    def col(w: str) -> int:
+        return max(line.find(w), 0) + 1
     key, _, i = _save_target(words, src)
     d: IpvsDest | None = None
     fields: dict[str, object] = {"forward": "Route", "weight": 1}  # ipvsadm's defaults: -g, weight 1
@@ -371,7 +376,7 @@ def _save_dest(s: str, src: Source) -> tuple[IpvsDest, tuple[object, ...]]:
         nxt = words[i + 1] if i + 1 < len(words) else None
         if w in ("-r", "--real-server") and nxt:
             host, addr, port, pname, _fam = _hostport(nxt, src, col(nxt)) if (":" in nxt) else (nxt, _addr(nxt), None, None, 4)
-            d = IpvsDest(host, port, src, address=addr, port_name=pname)  # type: ignore[arg-type]
+            d = IpvsDest(host, port, src, address=addr, port_name=pname)
             i += 2
         elif w in FORWARD_SWITCHES:
             fields["forward"] = FORWARD_SWITCHES[w]
@@ -411,6 +416,6 @@ def _conn(words: list[str], src: Source) -> IpvsConnection:
     mins, _, secs = words[1].partition(":")
     if not (mins.isdigit() and secs.isdigit()):
         raise ParseError(src.file, src.line, max(src.text.find(words[1]), 0) + 1, "expire is MM:SS", src.text)
-    pe = words[6:8] + [None, None]  # type: ignore[list-item]
+    pe = words[6:8] + [None, None]
     return IpvsConnection(words[0], int(mins) * 60 + int(secs), words[2], words[3], words[4], words[5], src,
                           pe[0], pe[1])

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kptrace.errors import ParseError
-from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Rule, Ruleset, Table
+from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Ruleset, Table
 from kptrace.model.node import Coverage, Node
 from kptrace.model.source import Source
 from kptrace.parsers.arp import BSD_RE as ARP_BSD_RE

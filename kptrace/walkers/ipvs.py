@@ -144,7 +144,7 @@ def _member_matches(s: IpsetSet, mem: IpsetMember, values: list[object]) -> bool
             if part.port != port:
                 return False
             continue
-        if getattr(value, "version", None) != part.version or value not in part:  # type: ignore[operator]
+        if getattr(value, "version", None) != part.version or value not in part:
             return False
     return True
 

@@ -375,7 +375,9 @@ def _localnet_guard(rs: Ruleset) -> str | None:
         if (r.comment() or "").startswith("block incoming localnet connections"):
             return str(r.source)
     services = rs.chain("nat", "KUBE-SERVICES")
-    for i in services.candidates("127.0.0.1") if services is not None else ():
+    if services is None:
+        return None
+    for i in services.candidates("127.0.0.1"):
         r = services.rule_at(i)
         if r.target is None or r.target.name != "KUBE-NODEPORTS":
             continue

@@ -96,7 +96,8 @@ def test_demo_services_merge_both_nodes() -> None:
 
 
 def test_a_source_per_function() -> None:
-    assert list(SOURCES) == ["iptables"]  # ipvs and nftables add theirs here
+    assert list(SOURCES) == ["iptables", "nftables", "ipvs"]
+    assert all(callable(f) for f in SOURCES.values())
 
 
 def _table(services: list[Service], wide: bool = False) -> list[str]:

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import networkx as nx  # type: ignore[import-untyped]
 
+from kptrace.model.netfilter import HOOK_TABLES as HOOK_ORDER
 from kptrace.model.netfilter import Ruleset
 
-HOOK_ORDER = {
-    "PREROUTING": ("raw", "mangle", "nat"),
-    "INPUT": ("mangle", "filter", "security", "nat"),
-    "FORWARD": ("mangle", "filter", "security"),
-    "OUTPUT": ("raw", "mangle", "nat", "filter", "security"),
-    "POSTROUTING": ("mangle", "nat"),
-}
 TERMINALS = {"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "SNAT", "MASQUERADE", "REDIRECT"}
 
 

@@ -21,6 +21,24 @@ BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "security": ("INPUT", "FORWARD", "OUTPUT"),
 }
 
+# The tables each hook runs, in the kernel's priority order (raw -300, mangle -150, nat -100 before
+# routing / +100 after it, filter 0, security 50: include/uapi/linux/netfilter_ipv4.h NF_IP_PRI_*).
+HOOK_TABLES: dict[str, tuple[str, ...]] = {
+    "PREROUTING": ("raw", "mangle", "nat"),
+    "INPUT": ("mangle", "filter", "security", "nat"),
+    "FORWARD": ("mangle", "filter", "security"),
+    "OUTPUT": ("raw", "mangle", "nat", "filter", "security"),
+    "POSTROUTING": ("mangle", "nat"),
+}
+_TABLE_PRIORITY = {"raw": -300, "mangle": -150, "filter": 0, "security": 50}
+
+
+def table_priority(table: str, hook: str) -> int:
+    """Where iptables registers a table at a hook; nat is destination NAT before routing, source NAT after."""
+    if table == "nat":
+        return -100 if hook in ("PREROUTING", "OUTPUT") else 100
+    return _TABLE_PRIORITY[table]
+
 
 @dataclass(frozen=True, slots=True)
 class Cond(Generic[T]):
@@ -43,6 +61,11 @@ class Option:
         return self.values[0] if self.values else ""
 
 
+def find_option(options: tuple[Option, ...], names: tuple[str, ...]) -> Option | None:
+    """The first option spelled as one of names (matches and targets both keep theirs in order)."""
+    return next((o for o in options if o.name in names), None)
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """One `-m MODULE --opt …`; known=False keeps a module or option kptrace does not model."""
@@ -56,10 +79,7 @@ class Match:
     implicit: bool = False  # loaded by `-p tcp --dport …` without `-m tcp`
 
     def opt(self, *names: str) -> Option | None:
-        for o in self.options:
-            if o.name in names:
-                return o
-        return None
+        return find_option(self.options, names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +91,7 @@ class Target:
     col: int = 1
 
     def opt(self, *names: str) -> Option | None:
-        for o in self.options:
-            if o.name in names:
-                return o
-        return None
+        return find_option(self.options, names)
 
 
 @dataclass(frozen=True, slots=True)

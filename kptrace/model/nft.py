@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kptrace.model.netfilter import BUILTIN_CHAINS
 from kptrace.model.source import Source
 
 # Where nft places its named chain priorities (nft(8), "CHAIN PRIORITIES"), families ip/ip6/inet/netdev.
@@ -17,14 +18,8 @@ PRIORITY_NAMES: dict[str, int] = {"raw": -300, "mangle": -150, "dstnat": -100, "
 # The bridge family uses other values for the same names.
 BRIDGE_PRIORITY_NAMES: dict[str, int] = {"dstnat": -300, "filter": -200, "out": 100, "srcnat": 300}
 FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
-# Tables iptables-nft creates, and the base chains it puts in them.
-IPTABLES_TABLES: dict[str, tuple[str, ...]] = {
-    "raw": ("PREROUTING", "OUTPUT"),
-    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-    "filter": ("INPUT", "FORWARD", "OUTPUT"),
-    "security": ("INPUT", "FORWARD", "OUTPUT"),
-}
+# Tables iptables-nft creates, and the base chains it puts in them: iptables' own.
+IPTABLES_TABLES = BUILTIN_CHAINS
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from kptrace.errors import InputError
 from kptrace.model.flow import Flow, IPAddress
-from kptrace.model.netfilter import Ruleset
+from kptrace.model.netfilter import HOOK_TABLES, Ruleset, table_priority
 from kptrace.model.node import Node
 from kptrace.model.trace import Branch, Disposition, Egress, Reply, Step, Trace
 from kptrace.walkers import link
@@ -28,13 +28,6 @@ from kptrace.walkers.matches import MatchContext
 from kptrace.walkers.packet import Packet, Path
 from kptrace.walkers.routing import RouteResult, describe, lookup
 
-HOOK_TABLES: dict[str, tuple[str, ...]] = {
-    "PREROUTING": ("raw", "mangle", "nat"),
-    "INPUT": ("mangle", "filter", "security", "nat"),
-    "FORWARD": ("mangle", "filter", "security"),
-    "OUTPUT": ("raw", "mangle", "nat", "filter", "security"),
-    "POSTROUTING": ("mangle", "nat"),
-}
 _LOOPBACK4 = IPv4Network("127.0.0.0/8")
 _VERDICT_DISPOSITION = {DROP: Disposition.DROPPED, REJECT: Disposition.REJECTED, UNDETERMINED: Disposition.UNDETERMINED}
 _ROUTE_FAILURE = {"blackhole": Disposition.DROPPED, "prohibit": Disposition.REJECTED,
@@ -43,15 +36,6 @@ _ROUTE_FAILURE = {"blackhole": Disposition.DROPPED, "prohibit": Disposition.REJE
 MAX_NODE_HOPS = 8  # a packet bouncing between nodes more often than this is a routing loop
 
 Final = tuple[Path, Disposition]
-# Where iptables registers each table (include/uapi/linux/netfilter_ipv4.h: NF_IP_PRI_*).
-_TABLE_PRIORITY = {"raw": -300, "mangle": -150, "filter": 0, "security": 50}
-
-
-def table_priority(table: str, hook: str) -> int:
-    if table == "nat":
-        # Destination NAT before routing, source NAT after it.
-        return -100 if hook in ("PREROUTING", "OUTPUT") else 100
-    return _TABLE_PRIORITY[table]
 
 
 @dataclass(frozen=True, slots=True)

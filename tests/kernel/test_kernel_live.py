@@ -279,12 +279,14 @@ def nobody_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[li
                 shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
             else:
                 shutil.copy2(src, dst)
+        # kptrace itself too: the checkout may sit below a directory nobody cannot enter (mktemp -d is 0700).
+        shutil.copytree(REPO / "kptrace", site / "kptrace", ignore=shutil.ignore_patterns("__pycache__"))
         out = root / "out"
         out.mkdir()
         out.chmod(0o777)
         for p in root.rglob("*"):
             p.chmod(0o777 if p == out else (0o755 if p.is_dir() else 0o644))
-        env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": f"{site}:{REPO}", "HOME": str(out),
+        env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": str(site), "HOME": str(out),
                "LC_ALL": "C"}
         yield [str(system)], env, out
     finally:

@@ -14,7 +14,13 @@ measures, in one run on the same file, pinned to one CPU:
 * ``kptrace check --dump FILE`` if the command exists;
 * peak RSS of each (os.wait4 rusage of that very child);
 * references on the same file: ``iptables-restore --test`` in a throwaway
-  network namespace (root only) and ``grep -c VIP FILE``.
+  network namespace (root only) and ``grep -c VIP FILE``;
+* the start-up floor: ``python -c pass`` and ``kptrace why`` on a four-line
+  dump, which every query pays whatever the dump.
+
+kptrace is run as the ``kptrace`` script installed next to this interpreter
+(``--kptrace CMD`` to choose), with its bytecode compiled first as ``pip
+install`` would.
 
 Then it prints a table with the targets next to the numbers and the 1k->10k
 scaling ratio.  ``--profile`` adds a cProfile of one cold ``why``.
@@ -276,10 +282,11 @@ def _measure_in_process(res: SizeResult, cli: Cli, first: ServicePort, second: S
                         dump: Path, src: str, node_ip: str) -> None:
     """Second query in the same interpreter (what a library user or a
     long-running session would see); only meaningful with the default CLI."""
-    if cli.base[:2] != [sys.executable, "-m"]:
-        return
-    argv_a = cli.why(first, dump, src, node_ip)[3:]
-    argv_b = cli.why(second, dump, src, node_ip)[3:]
+    skip = len(cli.base) + 1  # the command and "why"
+    if cli.base not in ([sys.executable, "-m", "kptrace"], default_command()):
+        return  # another kptrace (--kptrace): this interpreter may not import the same one
+    argv_a = ["why", *cli.why(first, dump, src, node_ip)[skip:]]
+    argv_b = ["why", *cli.why(second, dump, src, node_ip)[skip:]]
     run = run_measured([sys.executable, "-c", _INPROC, json.dumps(argv_a), json.dumps(argv_b)])
     try:
         t1, _, t3 = json.loads(run.stdout.strip().splitlines()[-1])
@@ -346,7 +353,7 @@ def profile_cold(cli: Cli, rs: GeneratedRuleset, dump: Path, work: Path, top: in
     first, _, src = _probes(rs)
     prof = work / "cold.prof"
     copy = _nonced_copy(dump, work / "profile.txt", str(time.time_ns()))
-    argv = cli.why(first, copy, src, rs.node_ips[0])[3:]
+    argv = ["why", *cli.why(first, copy, src, rs.node_ips[0])[len(cli.base) + 1:]]
     code = ("import sys, cProfile; from kptrace.cli.app import main; sys.argv=['kptrace', *sys.argv[1:]]\n"
             f"cProfile.run('\\ntry:\\n main()\\nexcept SystemExit:\\n pass', {str(prof)!r})")
     subprocess.run([*_pin_prefix(), sys.executable, "-c", code, *argv], capture_output=True)
@@ -373,9 +380,13 @@ def verdict(ok: bool | None) -> str:
     return "" if ok is None else ("ok" if ok else "MISS")
 
 
-def table(results: list[SizeResult], kptrace_ready: bool) -> str:
+def table(results: list[SizeResult], kptrace_ready: bool, floor: dict[str, tuple[float, float]] | None = None) -> str:
     pending = "pending core"
     rows = [("size", "metric", "time", "peak RSS", "target", "")]
+    for key, name in (("python", "python -c pass (interpreter start-up)"),
+                      ("why_floor", "kptrace why on a 4-line dump (start-up floor)")):
+        if floor and key in floor:
+            rows.append(("any", name, *fmt_pair(floor[key]), "reference", ""))
     for r in results:
         restore = r.restore[0] if r.restore else None
         cold_ok = None
@@ -431,7 +442,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("-n", "--repeat", type=int, default=5, help="repetitions per measurement (median)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kptrace", default=None,
-                    help="command to run kptrace (default: this python -m kptrace)")
+                    help="command to run kptrace (default: the kptrace script of this python, else python -m kptrace)")
     ap.add_argument("--workdir", help="keep dumps here (default: a temp dir, deleted)")
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--profile", action="store_true", help="cProfile one cold why on the largest size")
@@ -439,9 +450,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def default_command() -> list[str]:
+    """The `kptrace` script pip installed next to this interpreter (what a user runs), else
+    `python -m kptrace`. Never a version-manager shim found on PATH: pyenv's is a bash script that
+    adds ~50 ms to every start."""
+    script = Path(sys.executable).parent / "kptrace"
+    return [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "kptrace"]
+
+
+def compile_bytecode() -> str:
+    """Compile kptrace's modules as `pip install` does. An editable install under
+    PYTHONDONTWRITEBYTECODE=1 otherwise recompiles every module on every start (~40 ms)."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("kptrace")
+    if spec is None or not spec.submodule_search_locations:
+        return "kptrace not importable: bytecode not checked"
+    pkg = list(spec.submodule_search_locations)[0]
+    ok = compileall.compile_dir(pkg, quiet=1, workers=1)
+    return f"bytecode of {pkg} compiled" if ok else f"could not compile all of {pkg}"
+
+
+def measure_floor(cli: Cli, work: Path, repeat: int) -> dict[str, tuple[float, float]]:
+    """What every run pays whatever the dump: the interpreter, and `why` on a four-line dump."""
+    tiny = work / "tiny-iptables-save.txt"
+    tiny.write_text("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+    svc = ServicePort(namespace="default", name="probe", port_name="", cluster_ip="10.96.0.10", port=80,
+                      protocol="TCP", node_port=None, endpoints=[], policy="Cluster")
+    out = {"python": median_runs([run_measured([sys.executable, "-c", "pass"]) for _ in range(repeat)])}
+    if cli.why_help is not None:
+        out["why_floor"] = median_runs([run_measured(cli.why(svc, tiny, "10.244.1.5", "192.168.0.2"))
+                                        for _ in range(repeat)])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    base = args.kptrace.split() if args.kptrace else [sys.executable, "-m", "kptrace"]
+    base = args.kptrace.split() if args.kptrace else default_command()
+    print(compile_bytecode(), file=sys.stderr)
     cli = Cli.probe(base)
     ready = cli.why_help is not None
     if not ready:
@@ -452,12 +499,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[SizeResult] = []
     last: tuple[Path, GeneratedRuleset] | None = None
     try:
+        floor = measure_floor(cli, work, args.repeat)
         for spec in args.sizes.split(","):
             print(f"== {spec}", file=sys.stderr, flush=True)
             res, dump, rs = bench_size(spec, cli if ready else None, work, args.repeat, netns, args.seed)
             results.append(res)
             last = (dump, rs)
-        print(table(results, ready))
+        print(f"command: {' '.join(cli.base)}")
+        print(table(results, ready, floor))
         print(scaling(results))
         for r in results:
             if r.cache_detected is not None:

@@ -6,8 +6,6 @@ import os
 import sys
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from kptrace import __version__
 from kptrace.errors import ExitCode, KptraceError
@@ -23,8 +21,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
 )
-err_console = Console(stderr=True)
 state = {"debug": False}
+
+
+def _print_error(prefix: str, message: str) -> None:
+    # rich is imported here, not at start-up: `-o json` runs never print with it.
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True).print(Text(prefix, style="red") + Text(message), highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -64,7 +69,7 @@ def main() -> None:
     except KptraceError as e:
         if state["debug"]:
             raise
-        err_console.print(Text("error: ", style="red") + Text(str(e)), highlight=False, soft_wrap=True)
+        _print_error("error: ", str(e))
         sys.exit(int(e.exit_code))
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -82,5 +87,5 @@ def main() -> None:
         if state["debug"]:
             raise
         msg = f"{type(e).__name__}: {e} — rerun with --debug for the traceback"
-        err_console.print(Text("internal error (KPT003): ", style="red") + Text(msg), highlight=False, soft_wrap=True)
+        _print_error("internal error (KPT003): ", msg)
         sys.exit(int(ExitCode.INTERNAL))

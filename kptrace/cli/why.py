@@ -14,7 +14,7 @@ from kptrace.model.flow import Flow, IPAddress
 from kptrace.model.node import Node
 from kptrace.model.finding import Finding
 from kptrace.model.trace import Disposition, Trace
-from kptrace.render.human import Detail
+from kptrace.render.detail import Detail
 
 PROTOS = ("tcp", "udp", "sctp", "icmp")
 
@@ -65,7 +65,7 @@ def why(
     output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect."),
     strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large dumps are otherwise read lazily)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the scan cache of large dumps."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache of large dumps (KPTRACE_NO_CACHE=1)."),
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
     width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the terminal)."),
 ) -> None:

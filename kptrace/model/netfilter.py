@@ -131,7 +131,7 @@ class RawRules(Protocol):
 
     def parse(self, i: int) -> Rule: ...
 
-    def candidates(self, dst: str, start: int) -> Iterable[int]: ...
+    def candidates(self, dst: str, start: int, dport: int | None = None) -> Iterable[int]: ...
 
 
 class Chain:
@@ -166,11 +166,12 @@ class Chain:
         assert self._raw is not None
         return self._raw.parse(i)
 
-    def candidates(self, dst: str, start: int = 0) -> Iterable[int]:
-        """Indexes of the rules, from start, that can match a packet to dst (all of them unless indexed)."""
+    def candidates(self, dst: str, start: int = 0, dport: int | None = None) -> Iterable[int]:
+        """Indexes of the rules, from start, that can match a packet to dst (and to dport, if given):
+        all of them unless the chain is indexed."""
         if self._rules is not None or self._raw is None:
             return range(start, len(self))
-        return self._raw.candidates(dst, start)
+        return self._raw.candidates(dst, start, dport)
 
 
 @dataclass(slots=True)
@@ -180,10 +181,22 @@ class Table:
     chains: MutableChains = field(default_factory=dict)
 
 
+class ChainNames(Protocol):
+    """The declared chain names of a large table (a dict, or a lookup by bisection over the dump)."""
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def setdefault(self, name: str, default: object = None) -> object: ...
+
+
 class LazyChains(Mapping[str, Chain]):
     """Chains of a large table, made when first looked up: a 10k-service node declares 100k+ chains."""
 
-    def __init__(self, names: dict[str, object], make: object) -> None:
+    def __init__(self, names: ChainNames, make: object) -> None:
         self._names, self._make, self._made = names, make, {}  # type: ignore[var-annotated]
 
     def __getitem__(self, name: str) -> Chain:

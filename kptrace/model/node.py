@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from ipaddress import IPv4Interface, IPv6Interface, IPv4Network, IPv6Network
 
 from kptrace.model.flow import IPAddress
-from kptrace.model.ipvs import IpsetSet, IpvsService
 from kptrace.model.netfilter import Ruleset
 from kptrace.model.routing import BridgePort, FdbEntry, FlannelSubnet, KernelModule, Link, Neighbor, PolicyRule, Route
 from kptrace.model.source import Source
 from kptrace.model.trace import InputFile
+
+if TYPE_CHECKING:
+    from kptrace.model.ipvs import IpsetSet, IpvsService  # IPVS nodes only: not imported for the others
 
 IPInterface = IPv4Interface | IPv6Interface
 

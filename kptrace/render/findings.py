@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict
-
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from kptrace import __version__
 from kptrace.model.finding import Finding, Location, Severity, Status
 from kptrace.model.trace import InputFile
 from kptrace.render.jsonout import SCHEMA_ID, inputs_json
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ORDER = {Status.FAIL: 0, Status.WARN: 1, Status.INFO: 2, Status.PASS: 3}
 STYLE = {Status.FAIL: "bold red", Status.WARN: "yellow", Status.INFO: "cyan", Status.PASS: "green"}
@@ -112,6 +110,11 @@ def summary_line(findings: list[Finding], verbose: bool = False) -> str:
 
 
 def render_findings(findings: list[Finding], console: Console, verbose: bool = False) -> None:
+    # rich is imported by the two functions that draw: the JSON document never needs it.
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     """FAIL, WARN and INFO rows worst first (PASS too with verbose), then each failing check's fix."""
     shown = sorted((f for f in findings if verbose or f.status is not Status.PASS), key=sort_key)
     nodes = any(f.node for f in findings)
@@ -149,6 +152,10 @@ def render_findings(findings: list[Finding], console: Console, verbose: bool = F
 
 
 def render_nodes(findings: list[Finding], console: Console) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     """One row per node: its FAIL, WARN and INFO counts and the checks that FAIL there."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title="per node", title_justify="left",
                   title_style="bold")

@@ -26,7 +26,6 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import IO
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -37,6 +36,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from kptrace.model.trace import Branch, Disposition, Reply, Step, Trace
+from kptrace.render.detail import Detail
 
 _STYLE = {
     Disposition.DELIVERED: "bold green", Disposition.FORWARDED: "bold green", Disposition.ACCEPTED: "bold green",
@@ -58,12 +58,6 @@ _MATCHED = "bold yellow"  # the values of the conditions a deciding rule matched
 _COMMENT = "dim italic"
 _CITE = "dim"
 _GUIDE = 4  # columns rich's Tree indents each level by
-
-
-class Detail(str, Enum):
-    minimal = "minimal"
-    summary = "summary"
-    full = "full"
 
 
 def make_console(width: int | None = None, file: IO[str] | None = None) -> Console:

@@ -42,8 +42,9 @@ class ChainWalker:
     def _rules(self, chain: Chain, start: int, path: Path, depth: int) -> list[Outcome]:
         out: list[Outcome] = []
         deferred: list[Outcome] = []  # the non-matching shares of random rules, listed after the matching ones
-        # A large chain (KUBE-SERVICES) is indexed by destination: rules for other addresses are never parsed.
-        for i in chain.candidates(str(path.packet.dst), start):
+        # A large chain (KUBE-SERVICES, KUBE-EXTERNAL-SERVICES) is indexed by destination and port: rules for
+        # other addresses and ports are never parsed.
+        for i in chain.candidates(str(path.packet.dst), start, path.packet.dport):
             rule = chain.rule_at(i)
             self.ctx.assumptions.clear()
             result = eval_rule(rule, path.packet, self.ctx)

@@ -96,7 +96,7 @@ def _test(s: IpsetSet, flags: list[str], pkt: Packet, ctx: MatchContext, return_
     best: IpsetMember | None = None
     best_key: tuple[int, ...] = ()
     unknown = None
-    for mem in s.members:
+    for mem in _candidates(s, values):
         r = _member_matches(s, mem, values)
         if isinstance(r, Unknown):
             unknown = unknown or r
@@ -117,6 +117,56 @@ def _test(s: IpsetSet, flags: list[str], pkt: Packet, ctx: MatchContext, return_
         # --return-nomatch reverses the answer for these types: a nomatch element matches, a plain one does not.
         matched = not matched
     return matched
+
+
+class _SetIndex:
+    """A set's single-value elements (host addresses, ports) by value, so a packet is tested against
+    the elements it can match (a hash lookup, as the kernel does), not against all 10k of a
+    KUBE-CLUSTER-IP. Elements with networks or unmodelled parts stay in `rest`, tested one by one.
+    Member order is kept: among equally specific matches the first listed decides."""
+
+    def __init__(self, s: IpsetSet) -> None:
+        self.exact: dict[tuple[object, ...], list[int]] = {}
+        self.rest: list[int] = []
+        for i, mem in enumerate(s.members):
+            key = _member_key(mem)
+            if key is None:
+                self.rest.append(i)
+            else:
+                self.exact.setdefault(key, []).append(i)
+
+
+def _member_key(mem: IpsetMember) -> tuple[object, ...] | None:
+    key: list[object] = []
+    for part in mem.parts:
+        if isinstance(part, SetPort):
+            key.append((part.proto, part.port))
+        elif isinstance(part, str) or part.prefixlen != part.max_prefixlen:
+            return None
+        else:
+            key.append(part.network_address)
+    return tuple(key)
+
+
+_INDEXES: dict[int, tuple[IpsetSet, _SetIndex]] = {}  # by id(set); the set is kept so its id stays its own
+
+
+def _candidates(s: IpsetSet, values: list[object]) -> list[IpsetMember]:
+    if len(s.members) < 16:
+        return list(s.members)
+    held = _INDEXES.get(id(s))
+    if held is None or held[0] is not s:
+        held = _INDEXES[id(s)] = (s, _SetIndex(s))
+    index = held[1]
+    # A port element without a protocol (bitmap:port) matches every protocol: try both keys.
+    keys: list[tuple[object, ...]] = [()]
+    for v in values:
+        if isinstance(v, tuple):
+            keys = [(*k, p) for k in keys for p in {v, (None, v[1])}]
+        else:
+            keys = [(*k, v) for k in keys]
+    hits = [i for k in keys for i in index.exact.get(k, ())]
+    return [s.members[i] for i in sorted({*hits, *index.rest})]
 
 
 def _packet_port(pkt: Packet, src: bool, ctx: MatchContext) -> tuple[str, int | None] | Unknown:
@@ -169,6 +219,21 @@ class IpvsOutcome:
 StepFactory = Callable[..., Step]
 
 
+_SERVICES: dict[int, tuple[list[IpvsService], int, dict[tuple[object, ...], IpvsService]]] = {}
+
+
+def _services_by_key(services: list[IpvsService]) -> dict[tuple[object, ...], IpvsService]:
+    """(protocol, VIP, port) -> the first such virtual service: a node's 10k services by hash."""
+    held = _SERVICES.get(id(services))
+    if held is None or held[0] is not services or held[1] != len(services):
+        index: dict[tuple[object, ...], IpvsService] = {}
+        for svc in services:
+            if svc.fwmark is None:
+                index.setdefault((svc.protocol, svc.address, svc.port), svc)
+        held = _SERVICES[id(services)] = (services, len(services), index)
+    return held[2]
+
+
 def find_service(node: Node, pkt: Packet) -> IpvsService | Unknown | None:
     """ip_vs_service_find: firewall-mark services first, then (proto, VIP, port), then the VIP's port-0 service."""
     services = node.ipvs or []
@@ -178,12 +243,11 @@ def find_service(node: Node, pkt: Packet) -> IpvsService | Unknown | None:
                 return svc
     if pkt.proto not in ("tcp", "udp", "sctp"):
         return None  # IPVS schedules only TCP, UDP and SCTP
-    exact = [s for s in services if s.protocol == pkt.proto and s.address == pkt.dst and s.port == pkt.dport]
-    if exact:
-        return exact[0]
-    zero = [s for s in services if s.protocol == pkt.proto and s.address == pkt.dst and s.port == 0]
-    if zero:
-        return zero[0]
+    by_key = _services_by_key(services)
+    for port in (pkt.dport, 0):
+        found = by_key.get((pkt.proto, pkt.dst, port))
+        if found is not None:
+            return found
     unresolved = [s for s in services if s.fwmark is None and s.protocol == pkt.proto and not s.resolved]
     if unresolved:
         return Unknown(f"{unresolved[0].source}: the IPVS listing names services by host or service name "

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import TYPE_CHECKING
 
 from kptrace.errors import InputError
 from kptrace.model.flow import Flow, IPAddress
@@ -23,10 +24,12 @@ from kptrace.model.node import Node
 from kptrace.model.trace import Branch, Disposition, Egress, Reply, Step, Trace
 from kptrace.walkers import link
 from kptrace.walkers.chains import ACCEPT, DROP, REJECT, UNDETERMINED, ChainWalker
-from kptrace.walkers.ipvs import IpvsOutcome, ipvs_paths
 from kptrace.walkers.matches import MatchContext
 from kptrace.walkers.packet import Packet, Path
 from kptrace.walkers.routing import RouteResult, describe, lookup
+
+if TYPE_CHECKING:
+    from kptrace.walkers.ipvs import IpvsOutcome
 
 _LOOPBACK4 = IPv4Network("127.0.0.0/8")
 _VERDICT_DISPOSITION = {DROP: Disposition.DROPPED, REJECT: Disposition.REJECTED, UNDETERMINED: Disposition.UNDETERMINED}
@@ -299,7 +302,7 @@ def _route_incoming(w: _Walk, path: Path) -> None:
             # kube-proxy IPVS mode: a virtual service takes the packet at LOCAL_IN and sends it on to a
             # real server (kptrace/walkers/ipvs.py, docs/ipvs.md); like a locally sent packet after DNAT
             # it is routed again, then OUTPUT (nat not consulted) and POSTROUTING.
-            outs = ipvs_paths(w.node, p, w.step)
+            outs = _ipvs_paths(w, p)
             if outs is None:
                 w.finals.append((_undo_dnat(w, p, "INPUT"), Disposition.DELIVERED))
                 continue
@@ -312,6 +315,14 @@ def _route_incoming(w: _Walk, path: Path) -> None:
         for q in w.hook("FORWARD", [p]):
             for r in w.hook("POSTROUTING", [q]):
                 _leave(w, r)
+
+
+def _ipvs_paths(w: _Walk, p: Path) -> list[IpvsOutcome] | None:
+    if w.node.ipvs is None:
+        return None  # not an IPVS node: its walker (and model) are not even imported
+    from kptrace.walkers.ipvs import ipvs_paths
+
+    return ipvs_paths(w.node, p, w.step)
 
 
 def _ipvs_sent(w: _Walk, outs: list[IpvsOutcome], hooks: tuple[str, ...] = ("POSTROUTING",)) -> None:
@@ -456,7 +467,7 @@ def _local(w: _Walk, path: Path) -> None:
     for p in w.hook("OUTPUT", paths):
         # IPVS schedules a node's own connection to a virtual service at LOCAL_OUT (just after nat
         # OUTPUT; kptrace runs it after the whole OUTPUT hook, which kube-proxy's rules do not tell apart).
-        outs = ipvs_paths(w.node, p, w.step) if p.packet.out_iface == "lo" else None
+        outs = _ipvs_paths(w, p) if p.packet.out_iface == "lo" else None
         if outs is not None:
             _ipvs_sent(w, outs)
             continue

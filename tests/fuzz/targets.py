@@ -33,7 +33,8 @@ from kptrace.parsers.ip_route import parse_ip_route
 from kptrace.parsers.ip_rule import parse_ip_rule
 from kptrace.parsers.iptables_list import parse_iptables_list
 from kptrace.parsers.iptables_s import parse_iptables_s
-from kptrace.parsers.iptables_save import parse_iptables_save, scan_iptables_save
+from kptrace.parsers.iptables_save import parse_iptables_save
+from kptrace.parsers.iptables_scan import scan_iptables_save
 from kptrace.parsers.modules import parse_modules
 from kptrace.parsers.paste import parse_paste, sniff_paste
 from kptrace.parsers.route_n import parse_route_n
@@ -71,7 +72,7 @@ def _load(text: str, data: bytes) -> object:
 
 
 def _scan(text: str) -> object:
-    from kptrace.parsers import iptables_save
+    from kptrace.parsers import iptables_scan as iptables_save
 
     old = iptables_save.LAZY_MIN_LINES
     iptables_save.LAZY_MIN_LINES = 0  # the lazy scanner, on inputs of any size

@@ -175,12 +175,12 @@ class Cli:
     def has(self, flag: str) -> bool:
         return bool(self.why_help) and flag in self.why_help  # type: ignore[operator]
 
-    def why(self, svc: ServicePort, dump: Path, src: str, node_ip: str) -> list[str]:
+    def why(self, svc: ServicePort, dump: Path, src: str, node_ip: str | None) -> list[str]:
         cmd = [*self.base, "why", f"{svc.cluster_ip}:{svc.port}"]
         if self.has("--from"):
             cmd += ["--from", src]
         cmd += ["--dump", str(dump)]
-        if self.has("--node-ip"):
+        if node_ip is not None and self.has("--node-ip"):
             cmd += ["--node-ip", node_ip]
         if svc.protocol == "UDP" and self.has("--proto"):
             cmd += ["--proto", "udp"]
@@ -325,6 +325,65 @@ def bench_size(spec: str, cli: Cli | None, work: Path, repeat: int, netns: str |
 
 
 # --------------------------------------------------------------------------
+# IPVS and nftables mode: the same services as a node bundle of that mode
+# --------------------------------------------------------------------------
+
+@dataclass
+class ModeResult:
+    label: str
+    gen_s: float = 0.0
+    lines: int = 0
+    mb: float = 0.0
+    why: tuple[float, float] | None = None
+    check: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def bench_mode(mode: str, spec: str, cli: Cli, work: Path, repeat: int, seed: int) -> ModeResult:
+    """`kptrace why` (and `check`) on a generated IPVS-mode or nftables-mode node bundle. These
+    inputs are not cached: every run is cold."""
+    services, endpoints = (int(x) for x in spec.lower().split("x"))
+    res = ModeResult(f"{spec} {mode}")
+    bundle = work / f"{mode}-{spec}"
+    start = time.perf_counter()
+    if mode == "ipvs":
+        from kptrace.testing.generator_ipvs import generate_ipvs
+
+        gen: Any = generate_ipvs(services, endpoints, seed=seed)
+        res.gen_s = time.perf_counter() - start
+        gen.write(bundle)
+    else:
+        from kptrace.testing.generator_nft import generate_nftables
+
+        gen = generate_nftables(services, endpoints, seed=seed)
+        res.gen_s = time.perf_counter() - start
+        gen.write_bundle(bundle)
+    res.lines, res.mb = gen.lines, gen.nbytes / 1e6
+    svc = gen.pick(verdict="DNAT", index=0.5)
+    src = "10.244.1.200"
+    runs = [run_measured(cli.why(svc, bundle, src, None)) for _ in range(repeat)]
+    res.why = median_runs(runs)
+    if not _answer_ok(runs[0], svc):
+        res.notes.append(f"why rc={runs[0].rc}; expected endpoint not in output: {(runs[0].stderr or runs[0].stdout)[-300:]!r}")
+    if cli.check_help is not None:
+        res.check = median_runs([run_measured(cli.check(bundle))])
+    return res
+
+
+def mode_table(results: list[ModeResult]) -> str:
+    rows = [("size / mode", "metric", "time", "peak RSS", "target", "")]
+    for r in results:
+        rows.append((r.label, f"bundle: {r.lines:,} lines, {r.mb:.1f} MB", fmt_s(r.gen_s), "", "generate", ""))
+        for name, pair, limit in (("kptrace why", r.why, TARGETS["cold_s"]), ("kptrace check", r.check, TARGETS["check_s"])):
+            ok = None if pair is None else pair[0] <= limit and pair[1] <= TARGETS["rss_mb"]
+            rows.append((r.label, name, *fmt_pair(pair), f"<= {fmt_s(limit)}; RSS <= 400 MB", verdict(ok)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
 # Network namespace for iptables-restore --test
 # --------------------------------------------------------------------------
 
@@ -441,6 +500,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--sizes", default="1000x10,10000x10", help="comma list of SERVICESxENDPOINTS")
     ap.add_argument("-n", "--repeat", type=int, default=5, help="repetitions per measurement (median)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--modes", default="iptables,ipvs,nftables",
+                    help="kube-proxy modes to measure: iptables (the targets), ipvs, nftables (node bundles)")
     ap.add_argument("--kptrace", default=None,
                     help="command to run kptrace (default: the kptrace script of this python, else python -m kptrace)")
     ap.add_argument("--workdir", help="keep dumps here (default: a temp dir, deleted)")
@@ -500,11 +561,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     last: tuple[Path, GeneratedRuleset] | None = None
     try:
         floor = measure_floor(cli, work, args.repeat)
+        modes = args.modes.split(",")
+        mode_results: list[ModeResult] = []
         for spec in args.sizes.split(","):
-            print(f"== {spec}", file=sys.stderr, flush=True)
-            res, dump, rs = bench_size(spec, cli if ready else None, work, args.repeat, netns, args.seed)
-            results.append(res)
-            last = (dump, rs)
+            if "iptables" in modes:
+                print(f"== {spec}", file=sys.stderr, flush=True)
+                res, dump, rs = bench_size(spec, cli if ready else None, work, args.repeat, netns, args.seed)
+                results.append(res)
+                last = (dump, rs)
+            for mode in ("ipvs", "nftables"):
+                if mode in modes and ready:
+                    print(f"== {spec} {mode}", file=sys.stderr, flush=True)
+                    mode_results.append(bench_mode(mode, spec, cli, work, max(1, args.repeat // 2), args.seed))
         print(f"command: {' '.join(cli.base)}")
         print(table(results, ready, floor))
         print(scaling(results))
@@ -515,6 +583,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{fmt_s(r.cold[0] if r.cold else None)}); first in-process query {fmt_s(r.first_inproc)}")
             for note in r.notes:
                 print(f"{r.label}: NOTE {note}")
+        if mode_results:
+            print(mode_table(mode_results))
+            for m in mode_results:
+                for note in m.notes:
+                    print(f"{m.label}: NOTE {note}")
         if not netns:
             print("iptables-restore --test: n/a (needs root and ip netns)")
         if args.profile and ready and last:

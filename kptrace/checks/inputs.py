@@ -329,8 +329,9 @@ def local_pod_subnets(node: Node) -> list[IPNetwork]:
     for n in (node.pod_subnet, node.flannel.subnet if node.flannel else None):
         if n is not None:
             nets.append(n)
+    bridges = set(pod_bridges(node))  # once: an IPVS node holds 10k addresses on kube-ipvs0
     for a in node.addresses:
-        if a.iface in pod_bridges(node) and a.address.network not in nets:
+        if a.iface in bridges and a.address.network not in nets:
             nets.append(a.address.network)
     return nets
 

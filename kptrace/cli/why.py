@@ -63,7 +63,8 @@ def why(
     on: str = typer.Option(None, "--node", help="The node the packet starts on (default: the one owning --from, or the first)."),
     demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace (flannel VXLAN, node-a and node-b)."),
     output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
-    checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect."),
+    checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect (inputs under 4 MiB; "
+                                "`kptrace check` for larger ones)."),
     strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large dumps are otherwise read lazily)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache of large dumps (KPTRACE_NO_CACHE=1)."),
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
@@ -129,9 +130,10 @@ def why(
 
 def _findings(trace: Trace, node: Node, cluster: list[Node], paths: list[Path],
               node_ip: list[str] | None, pod_cidr: list[str] | None) -> list[Finding]:
-    """The check findings that cite a step of this trace. Large dumps are read lazily for speed;
-    the checks would read every rule, so they are left to `kptrace check` there."""
-    if not paths or any("parsed when the trace reads them" in a for rs in node.rulesets.values() for a in rs.assumptions):
+    """The check findings that cite a step of this trace. Large inputs (a 10k-service node) are read
+    lazily for speed; the checks read every rule and address, so they are left to `kptrace check` there."""
+    if not paths or _input_bytes(paths) > CHECKS_MAX_BYTES or \
+            any("parsed when the trace reads them" in a for rs in node.rulesets.values() for a in rs.assumptions):
         return []
     from kptrace.checks.inputs import load_for_checks
     from kptrace.checks.run import run_all
@@ -142,6 +144,17 @@ def _findings(trace: Trace, node: Node, cluster: list[Node], paths: list[Path],
     except KptraceError:
         return []
     return findings_for_trace(trace, run_all(contexts))
+
+
+CHECKS_MAX_BYTES = 4 * 1024 * 1024  # past this `why --checks` leaves the checks to `kptrace check`
+
+
+def _input_bytes(paths: list[Path]) -> int:
+    total = 0
+    for p in paths:
+        files = (f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        total += sum(f.stat().st_size for f in files if f.exists())
+    return total
 
 
 def _source(src: str | None, cluster: list[Node], dst: IPAddress) -> IPAddress:

@@ -100,8 +100,15 @@ class Node:
     # By family: rulesets built from `iptables -L`/`-S` listings and excerpts, and what they cover.
     coverage: dict[int, Coverage] = field(default_factory=dict)
 
+    _local: tuple[int, int, set[IPAddress]] | None = field(default=None, repr=False, compare=False)
+
     def local_addresses(self) -> set[IPAddress]:
-        return {a.address.ip for a in self.addresses} | set(self.node_ips)
+        # Kept while the lists only grow (loading appends): an IPVS node has 10k addresses on
+        # kube-ipvs0 and a walk asks dozens of times.
+        key = (len(self.addresses), len(self.node_ips))
+        if self._local is None or self._local[:2] != key:
+            self._local = (*key, {a.address.ip for a in self.addresses} | set(self.node_ips))
+        return self._local[2]
 
     @property
     def knows_addresses(self) -> bool:

@@ -255,8 +255,12 @@ def _list_dest(s: str, src: Source, layout: str) -> IpvsDest:
         raise ParseError(src.file, src.line, len(line) + 1, "expected '-> ADDRESS:PORT …'", line)
     host, addr, port, pname, fam = _hostport(words[0], src, col(words[0]), cut=True)
     truncated = fam == 4 and addr is None and len(words[0]) >= 28  # dname[28] = '\0' in ipvsadm.c
-    d = IpvsDest(host, port, src, address=addr, port_name=pname, truncated=truncated)
     rest = words[1:]
+    if layout == "list" and len(rest) == 4 and rest[0] in FORWARD_METHODS and all(_NUM.fullmatch(x) for x in rest[1:]):
+        # The common `-Ln` line in one construction (a 10k-service node lists 100k+ of them).
+        return IpvsDest(host, port, src, address=addr, port_name=pname, truncated=truncated, forward=rest[0],
+                        weight=int(rest[1]), active_conns=int(rest[2]), inactive_conns=int(rest[3]))
+    d = IpvsDest(host, port, src, address=addr, port_name=pname, truncated=truncated)
     expect = {"list": 4, "tun-info": 5, "stats": 5, "rate": 5, "thresholds": 4, "persistent-conn": 4}[layout]
     if len(rest) != expect:
         raise ParseError(src.file, src.line, len(line) + 1, f"expected {expect} columns after the real server ({layout} listing)", line)
@@ -279,8 +283,11 @@ def _list_dest(s: str, src: Source, layout: str) -> IpvsDest:
     return replace(d, weight=a1, persist_conns=a2, active_conns=a3, inactive_conns=a4)
 
 
+_NUM = re.compile(r"-?[0-9]{1,20}")
+
+
 def _int(word: str, src: Source) -> int:
-    if not re.fullmatch(r"-?[0-9]{1,20}", word):
+    if not _NUM.fullmatch(word):
         raise ParseError(src.file, src.line, max(src.text.find(word), 0) + 1, f"expected a number, got '{word}'", src.text)
     return int(word)
 

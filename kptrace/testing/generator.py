@@ -93,7 +93,7 @@ _APP_WORDS = (
     "metrics", "logging", "frontend", "backend", "worker", "ledger", "mailer",
 )
 _PORTS = (
-    ("http", 80), ("https", 443), ("http", 8080), ("grpc", 9090),
+    ("http", 80), ("https", 443), ("http-alt", 8080), ("grpc", 9090),
     ("metrics", 9100), ("redis", 6379), ("postgres", 5432), ("mysql", 3306),
     ("web", 8443), ("api", 9000),
 )

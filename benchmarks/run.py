@@ -577,10 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table(results, ready, floor))
         print(scaling(results))
         for r in results:
-            if r.cache_detected is not None:
-                print(f"{r.label}: persistent cache {'detected' if r.cache_detected else 'not detected'} "
-                      f"(2nd process {fmt_s(r.warm_proc[0] if r.warm_proc else None)} vs cold "
-                      f"{fmt_s(r.cold[0] if r.cold else None)}); first in-process query {fmt_s(r.first_inproc)}")
+            if r.cache_detected is not None and r.cold and r.warm_proc:
+                base = floor.get("why_floor", (0.0, 0.0))[0]
+                print(f"{r.label}: beyond the start-up floor ({fmt_s(base)}), cold {fmt_s(r.cold[0] - base)}, "
+                      f"2nd process {fmt_s(r.warm_proc[0] - base)}; first in-process query {fmt_s(r.first_inproc)}")
             for note in r.notes:
                 print(f"{r.label}: NOTE {note}")
         if mode_results:

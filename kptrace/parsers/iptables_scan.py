@@ -25,7 +25,7 @@ import mmap
 import os
 import re
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import groupby, islice
 from operator import lt
 from ipaddress import ip_address
@@ -243,20 +243,8 @@ class _SortedDecls:
     def offset(self, name: str) -> int | None:
         if name in self.builtins:
             return self.builtins[name]
-        data = self.t.data
-        lo, hi = self.user_start, self.rules
-        while lo < hi:
-            mid = (lo + hi) // 2
-            nl = data.rfind(b"\n", lo, mid)
-            start = nl + 1 if nl >= 0 else lo
-            found = self._name_at(start)
-            if found == name:
-                return start
-            if found < name:
-                lo = data.find(b"\n", start, hi) + 1
-            else:
-                hi = start
-        return None
+        pos = _first_line(self.t.data, self.user_start, self.rules, lambda at: self._name_at(at) < name)
+        return pos if pos < self.rules and self._name_at(pos) == name else None
 
     def names(self) -> list[str]:
         if self._names is None:
@@ -423,18 +411,23 @@ class _Section:
     def _first(self, k: tuple[int, int | str], after: bool) -> int:
         """Offset of the first rule line whose chain sorts at k or later (after: later than k), by
         bisection over offsets."""
-        data = self.t.data
-        lo, hi = self.rules, self.commit
-        while lo < hi:
-            mid = (lo + hi) // 2
-            nl = data.rfind(b"\n", lo, mid)
-            start = nl + 1 if nl >= 0 else lo
-            key = self._key(start)
-            if key < k or (after and key == k):
-                lo = data.find(b"\n", start, hi) + 1
-            else:
-                hi = start
-        return lo
+        if after:
+            return _first_line(self.t.data, self.rules, self.commit, lambda at: self._key(at) <= k)
+        return _first_line(self.t.data, self.rules, self.commit, lambda at: self._key(at) < k)
+
+
+def _first_line(data: Buffer, lo: int, hi: int, before: Callable[[int], bool]) -> int:
+    """Offset of the first line in [lo, hi) (both line starts) for which `before(offset)` is false,
+    by bisection over byte offsets: `before` must hold for a prefix of the lines and no further."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        nl = data.rfind(b"\n", lo, mid)
+        start = nl + 1 if nl >= 0 else lo  # the line holding mid
+        if before(start):
+            lo = data.find(b"\n", start, hi) + 1
+        else:
+            hi = start
+    return lo
 
 
 class _Blocks:

@@ -8,7 +8,9 @@ kptrace does not model is kept as `UnknownExpr` / `UnknownStmt` with the words i
 
 from __future__ import annotations
 
+from collections.abc import Callable, ItemsView, Iterator, MutableMapping, ValuesView
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kptrace.model.netfilter import BUILTIN_CHAINS
 from kptrace.model.source import Source
@@ -360,6 +362,69 @@ class NftObject:
     source: NftSource
 
 
+T = TypeVar("T")
+
+
+class LazyNftMap(MutableMapping[str, T]):
+    """A large table's chains or sets, each parsed from its block of the dump when first looked up
+    (kptrace/parsers/nft_scan.py). Iterating the values reads the whole table at once."""
+
+    def __init__(self, names: list[str], make: Callable[[str], T], make_all: Callable[[], dict[str, T]]) -> None:
+        self._order = list(names)
+        self._pending = set(names)
+        self._made: dict[str, T] = {}
+        self._make, self._make_all = make, make_all
+        self.has_xt: bool | None = None  # chains: whether the table's text holds `xt` expressions
+        self.hooked: list[tuple[int, str]] | None = None  # chains: (position, name) of the base chains
+
+    def __getitem__(self, name: str) -> T:
+        got = self._made.get(name)
+        if got is None:
+            if name not in self._pending:
+                raise KeyError(name)
+            got = self._made[name] = self._make(name)
+            self._pending.discard(name)
+        return got
+
+    def __setitem__(self, name: str, value: T) -> None:
+        if name not in self._made and name not in self._pending:
+            self._order.append(name)
+        self._pending.discard(name)
+        self._made[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self._pending.discard(name)
+        self._made.pop(name, None)
+        self._order.remove(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._made or name in self._pending
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._order))
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def materialize(self) -> None:
+        """Everything parsed, in one pass over the table (what checks and listings want)."""
+        if self._pending:
+            full = self._make_all()
+            for name in list(self._pending):
+                self._made[name] = full[name]
+            self._pending.clear()
+
+    def values(self) -> ValuesView[T]:
+        self.materialize()
+        return super().values()
+
+    def items(self) -> ItemsView[str, T]:
+        self.materialize()
+        return super().items()
+
+
 @dataclass(slots=True)
 class NftTable:
     family: str
@@ -382,7 +447,16 @@ class NftTable:
         return f"{self.family} {self.name}"
 
     def has_xt(self) -> bool:
+        if isinstance(self.chains, LazyNftMap) and self.chains.has_xt is not None:
+            return self.chains.has_xt
         return any(isinstance(s, Xt) for c in self.chains.values() for r in c.rules for s in r.stmts)
+
+    def hooked_chains(self) -> list[tuple[int, NftChain]]:
+        """(position in creation order, chain) of the chains with a hook (base chains), without
+        reading a large table's other chains."""
+        if isinstance(self.chains, LazyNftMap) and self.chains.hooked is not None:
+            return [(i, self.chains[name]) for i, name in self.chains.hooked]
+        return [(i, c) for i, c in enumerate(self.chains.values()) if c.hook is not None]
 
     @property
     def iptables_nft(self) -> bool:
@@ -420,4 +494,4 @@ class NftRuleset:
         return [r for t in self.tables.values() for c in t.chains.values() for r in c.rules]
 
     def base_chains(self) -> list[NftChain]:
-        return [c for t in self.tables.values() for c in t.chains.values() if c.base]
+        return [c for t in self.tables.values() for _, c in t.hooked_chains() if c.base]

@@ -449,6 +449,11 @@ def _unknown_module(b: _RuleBuilder, words: list[tuple[str, int]], i: int) -> in
     return i
 
 
+# Options without an inverted form take a bare `!` as their value, as getopt hands it over
+# (`--comment !` is a comment reading "!"; xtables_check_inverse never sees it).
+_NO_INVERT = {"--comment"}
+
+
 def _module_option(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int]], i: int, neg: bool) -> int:
     name = MATCH_ALIASES.get(w, w)
     slot = _owner_of(b, name)
@@ -458,7 +463,8 @@ def _module_option(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int
     spec = MATCH_OPTIONS.get(mod, {})
     nargs = spec.get(name, 0)
     i += 1
-    if i < len(words) and words[i][0] == "!" and not isinstance(words[i][0], Quoted) and nargs > 0:
+    if i < len(words) and words[i][0] == "!" and not isinstance(words[i][0], Quoted) and nargs > 0 \
+            and name not in _NO_INVERT:
         # Old spelling: `--dport ! 80`.
         neg, i = True, i + 1
     if i + nargs > len(words):

@@ -164,9 +164,9 @@ class _Unparsable(Exception):
     """An expression or statement kptrace does not model: the rest of the rule is kept as UnknownStmt."""
 
 
-def tokenize(text: str, file: str) -> list[Tok]:
+def tokenize(text: str, file: str, first_line: int = 1) -> list[Tok]:
     toks: list[Tok] = []
-    line, line_start = 1, 0
+    line, line_start = first_line, 0
     for m in _TOKEN.finditer(text):
         kind = m.lastgroup or "end"
         if kind == "end":
@@ -235,9 +235,10 @@ def value_word(s: str) -> Expr:
 
 
 class _Parser:
-    def __init__(self, text: str, file: str) -> None:
-        self.text, self.file = text, file
-        self.toks = tokenize(text, file)
+    def __init__(self, text: str, file: str, first_line: int = 1) -> None:
+        # first_line: where `text` starts in the file (nft_scan parses one block of a large dump at a time).
+        self.text, self.file, self.first_line = text, file, first_line
+        self.toks = tokenize(text, file, first_line)
         self.i = 0
         self.rs = NftRuleset(file)
         self._declared: set[tuple[str, str, str]] = set()  # chains declared by `chain`/`add chain`
@@ -272,7 +273,8 @@ class _Parser:
         return ParseError(self.file, tok.line, tok.col, msg, self.line_text(tok.line))
 
     def line_text(self, line: int) -> str:
-        return self._lines[line - 1] if 0 < line <= len(self._lines) else ""
+        k = line - self.first_line
+        return self._lines[k] if 0 <= k < len(self._lines) else ""
 
     def src(self, tok: Tok) -> NftSource:
         return NftSource(Source(self.file, tok.line, tok.col, self.line_text(tok.line).strip()))
@@ -1147,12 +1149,21 @@ def _renumber(chain: NftChain) -> None:
             chain.rules[k] = NftRule(r.family, r.table, r.chain, k + 1, r.source, r.stmts, r.text, r.comment, r.handle)
 
 
-def parse_nft_text(text: str, file: str = "nft-ruleset.txt") -> NftRuleset:
-    """Read `nft list ruleset` (or an `nft -f` file of `add …` commands) into an NftRuleset."""
+def parse_nft_text(text: str, file: str = "nft-ruleset.txt", first_line: int = 1, lazy: bool = True) -> NftRuleset:
+    """Read `nft list ruleset` (or an `nft -f` file of `add …` commands) into an NftRuleset.
+
+    A large `nft list ruleset` (a 10k-service kube-proxy node prints 580k lines) is read lazily
+    (kptrace/parsers/nft_scan.py): its blocks are parsed when a walk reads them."""
+    if lazy and first_line == 1:
+        from kptrace.parsers.nft_scan import scan_nft_text
+
+        scanned = scan_nft_text(text, file)
+        if scanned is not None:
+            return scanned
     # Millions of small objects and no cycles among them: the cyclic GC would only rescan them.
     enabled = gc.isenabled()
     gc.disable()
-    parser = _Parser(text, file)
+    parser = _Parser(text, file, first_line)
     try:
         return parser.parse()
     except _Unparsable as e:

@@ -101,10 +101,10 @@ def hook_entries(ruleset: object, hook: str, family: int, ctx_factory: Callable[
         return []
     nft_hook = HOOK_NAMES[hook]
     found: list[tuple[tuple[int, int, int], HookEntry]] = []
-    rank = 0
+    before = 0  # chains in the tables before this one: nft lists tables and chains in creation order
     for tbl in ruleset.tables.values():
-        for chain in tbl.chains.values():
-            rank += 1  # nft lists tables and chains in the order they were created
+        for index, chain in tbl.hooked_chains():
+            rank = before + index + 1
             if tbl.family not in families(family) or tbl.key in ruleset.skipped or "dormant" in tbl.flags:
                 continue
             if chain.hook != nft_hook or chain.priority is None:
@@ -115,6 +115,7 @@ def hook_entries(ruleset: object, hook: str, family: int, ctx_factory: Callable[
             # At equal priority the kernel runs the hook registered last first (nf_hook_entries_grow
             # inserts a new hook before those of the same priority).
             found.append(((prio, chain.priority, -rank), HookEntry(prio, f"nft:{tbl.label}:{chain.name}", nat, walker.walk)))
+        before += len(tbl.chains)
     found.sort(key=lambda x: x[0])
     return [e for _, e in found]
 

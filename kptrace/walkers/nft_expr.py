@@ -446,7 +446,7 @@ def lookup(v: TV, data: SetRef | AnonSet, env: Env) -> Lookup | Unknown:
         s = env.table.sets.get(data.name)
         if s is None:
             return Unknown(f"set @{data.name} is not in table {env.table.label}")
-        elements, named = s.elements, s
+        elements, named = _candidates(s, v), s
     else:
         elements, named = list(data.elements), None
     unknown: Unknown | None = None
@@ -463,6 +463,64 @@ def lookup(v: TV, data: SetRef | AnonSet, env: Env) -> Lookup | Unknown:
     if named is not None and named.dynamic:
         env.assumptions.append(f"no entry for this packet in dynamic set @{named.name} (e.g. no session affinity yet)")
     return Lookup(None, named)
+
+
+class _ElementIndex:
+    """A named set's constant elements by their value, for one shape of looked-up value, so a
+    lookup in kube-proxy's 10k-element maps tests the elements it can match (a hash lookup, as the
+    kernel does). Elements that are not plain constants (prefixes, ranges, wildcards, values that
+    do not convert) stay in `rest`, tested in order with the hits."""
+
+    def __init__(self, s: NftSet, kinds: tuple[str, ...]) -> None:
+        self.exact: dict[tuple[object, ...], list[int]] = {}
+        self.rest: list[int] = []
+        for i, el in enumerate(s.elements):
+            key = _constant_key(el.key, kinds)
+            if key is None:
+                self.rest.append(i)
+            else:
+                self.exact.setdefault(key, []).append(i)
+
+
+def _constant_key(key: Expr, kinds: tuple[str, ...]) -> tuple[object, ...] | None:
+    if isinstance(key, Concat) != (len(kinds) > 1):
+        return None  # another shape: element_matches says Unknown, so it stays in `rest`
+    parts = key.items if isinstance(key, Concat) else (key,)
+    if len(parts) != len(kinds):
+        return None
+    out: list[object] = []
+    for part, kind in zip(parts, kinds):
+        if not isinstance(part, Const):
+            return None
+        c = convert(kind, part)
+        if isinstance(c, Unknown) or (kind == "iface" and isinstance(c, str) and c.endswith("*")):
+            return None
+        out.append(c)
+    return tuple(out)
+
+
+_INDEXES: dict[tuple[int, tuple[str, ...]], tuple[NftSet, int, _ElementIndex]] = {}  # the set is kept: its id stays its own
+
+
+def _candidates(s: NftSet, v: TV | Unknown) -> list[Element]:
+    if len(s.elements) < 16 or isinstance(v, Unknown):
+        return s.elements
+    if v.kind == "concat":
+        if len(v.value) < 2 or not all(isinstance(p, TV) and p.kind != "concat" for p in v.value):
+            return s.elements
+        kinds = tuple(p.kind for p in v.value)
+        value = tuple(p.value for p in v.value)
+    else:
+        kinds, value = (v.kind,), (v.value,)
+    held = _INDEXES.get((id(s), kinds))
+    if held is None or held[0] is not s or held[1] != len(s.elements):
+        held = _INDEXES[(id(s), kinds)] = (s, len(s.elements), _ElementIndex(s, kinds))
+    index = held[2]
+    try:
+        hits = index.exact.get(value, [])
+    except TypeError:  # an unhashable value: test every element
+        return s.elements
+    return [s.elements[i] for i in sorted({*hits, *index.rest})]
 
 
 # ---------------------------------------------------------------------------------------------

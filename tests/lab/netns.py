@@ -1143,7 +1143,7 @@ def format_report(kernel: KernelResult, answer: KptraceAnswer, problems: list[st
 # so kptrace also knows addresses, routes, links, bridge ports and sysctls. "lazy": the dump read
 # the way a large one is (mapped, rules parsed when read); its answer must equal the dump mode's.
 MODES = ("dump", "bundle", "lazy")
-_LAZY_NOTE = "parsed when the trace reads them"
+_LAZY_NOTE = "parsed when the trace reads them"  # iptables-save's and nft's lazy readers both say it
 
 
 def _without_lazy_note(report: dict[str, Any]) -> str:

@@ -7,6 +7,8 @@ prompts, with -x --line-numbers), -L -n, -L, -S, and greps.
 
 from __future__ import annotations
 
+import re
+
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -368,7 +370,7 @@ def test_table_is_read_from_the_built_in_chains() -> None:
 
 _addr = st.builds(lambda a, b, p: f"10.{a}.{b}.0/{p}", st.integers(0, 255), st.integers(0, 255), st.integers(8, 31))
 _port = st.integers(1, 65535).map(str)
-_comment = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters='"\\*/'),
+_comment = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters='"\\*/\''),
                    min_size=1, max_size=20)
 
 
@@ -399,7 +401,8 @@ def rule_and_row(draw: st.DrawFn) -> tuple[str, str]:
         save += ["-p", proto]
     if draw(st.booleans()):
         c = draw(_comment)
-        save += ["-m", "comment", "--comment", c]
+        # As iptables-save prints it (xtables_save_string): bare only when every character is [-_0-9A-Za-z].
+        save += ["-m", "comment", "--comment", c if re.fullmatch(r"[-_0-9A-Za-z]+", c) else f'"{c}"']
         text.append(f"/* {c} */")
     if proto and draw(st.booleans()):
         neg = draw(st.booleans())

@@ -65,7 +65,7 @@ def why(
     output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect (inputs under 4 MiB; "
                                 "`kptrace check` for larger ones)."),
-    strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large dumps are otherwise read lazily)."),
+    strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large iptables-save and nft dumps are otherwise read lazily)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache of large dumps (KPTRACE_NO_CACHE=1)."),
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
     width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the terminal)."),

@@ -99,13 +99,12 @@ def scan_iptables_save(data: str | Buffer, file: str = "iptables-save", family: 
     `data` is the text, or its UTF-8 bytes (an mmap of the file works: only the parts a walk reads
     are decoded). Falls back to the full parse for small dumps and for anything but `iptables-save`
     layout (comment lines only outside tables, declarations before rules). `hints` are the
-    `Ruleset.scan_hints` of an earlier scan of the same bytes (kptrace's cache): they skip the scan.
+    `Ruleset.scan_hints` of an earlier scan of the same bytes by this HINTS_FORMAT (kptrace's cache,
+    which load.py checks): they skip the scan.
     """
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if len(raw) < 50 * LAZY_MIN_LINES and raw[:].count(b"\n") < LAZY_MIN_LINES:
         return parse_iptables_save(_Text(raw, file).decode(0, len(raw)), file, family).ruleset
-    if hints is not None and hints.get("format") != HINTS_FORMAT:
-        hints = None
     t = _Text(raw, file, hints["newlines"] if hints else None)
     sections = [tuple(s) for s in hints["sections"]] if hints else _sections(t)
     if sections is None:
@@ -293,9 +292,9 @@ Decls = _RankedDecls | _SortedDecls
 class _Section:
     """One `*table` … `COMMIT` block: its declarations, and where each chain's rules are."""
 
-    def __init__(self, t: _Text, rs: Ruleset, name: str, head: int, rules: int, commit: int, decls: Decls,
+    def __init__(self, t: _Text, name: str, head: int, rules: int, commit: int, decls: Decls,
                  family: int | None) -> None:
-        self.t, self.rs, self.name, self.file, self.family = t, rs, name, t.file, family
+        self.t, self.name, self.file, self.family = t, name, t.file, family
         self.head, self.rules, self.commit = head, rules, commit
         self.decls = decls
         self.blocks: _Blocks | None = None
@@ -326,7 +325,7 @@ class _Section:
                 decls = _RankedDecls(t, name, body, text, names)
         if isinstance(decls, _RankedDecls) and not decls.ok:
             return None  # a duplicate or malformed declaration: the full parser says which
-        sec = cls(t, rs, name, head, rules, commit, decls, family)
+        sec = cls(t, name, head, rules, commit, decls, family)
         if not in_order:
             sec.blocks = _Blocks.group(sec)
             if sec.blocks is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network, IPv6Network
 
 from kptrace.checks.inputs import CheckContext
-from kptrace.checks.registry import Outcome, fail, passed
+from kptrace.checks.registry import Outcome, fail, missing, passed
 from kptrace.model.finding import Location
 from kptrace.model.flow import IPAddress
 from kptrace.model.ipvs import IpsetMember, IpsetSet, IpvsService, SetPort
@@ -61,6 +61,19 @@ def ipvs_evidence(ctx: CheckContext) -> tuple[str, Source | None] | None:
             if s is not None:
                 return f"ipset {s.name} exists", s.source
     return None
+
+
+def ipvs_gate(ctx: CheckContext, inputs: dict[str, bool]) -> tuple[tuple[str, Source | None] | None, Outcome | None]:
+    """The opening every IPVS check shares: (evidence of IPVS mode, None) when the check can run, else
+    (None, the outcome to report): not IPVS mode (PASS), or bundle files it needs are missing.
+    `inputs` maps each needed file to whether the input has it."""
+    evidence = ipvs_evidence(ctx)
+    if evidence is None:
+        return None, not_ipvs(ctx)
+    absent = [name for name, have in inputs.items() if not have]
+    if absent:
+        return None, missing(*absent, why=f"IPVS mode: {evidence[0]}")
+    return evidence, None
 
 
 def not_ipvs(ctx: CheckContext) -> Outcome:

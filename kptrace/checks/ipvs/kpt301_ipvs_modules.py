@@ -3,8 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kptrace.checks.inputs import CheckContext
-from kptrace.checks.ipvs.facts import ipvs_evidence, not_ipvs
-from kptrace.checks.registry import Outcome, check, fail, info, missing, passed
+from kptrace.checks.ipvs.facts import ipvs_gate
+from kptrace.checks.registry import Outcome, check, fail, info, passed
 from kptrace.model.finding import Severity
 
 # kube-proxy's list before v1.27 (GetRequiredIPVSModules; nf_conntrack_ipv4 on kernels before 4.19).
@@ -26,14 +26,12 @@ def ipvs_modules(ctx: CheckContext) -> Iterator[Outcome]:
     """IPVS mode, but ip_vs, a scheduler module (ip_vs_rr, ip_vs_wrr, ip_vs_sh) or nf_conntrack is not loaded."""
     node = ctx.node
     assert node is not None
-    evidence = ipvs_evidence(ctx)
-    if evidence is None:
-        yield not_ipvs(ctx)
+    evidence, stop = ipvs_gate(ctx, {"modules.txt": node.modules is not None})
+    if stop is not None:
+        yield stop
         return
+    assert evidence is not None and node.modules is not None
     mode, where = evidence
-    if node.modules is None:
-        yield missing("modules.txt", why=f"IPVS mode: {mode}")
-        return
     loaded = {m.name: m for m in node.modules}
     services = node.ipvs or []
     used: dict[str, int] = {}  # scheduler module -> virtual services using it

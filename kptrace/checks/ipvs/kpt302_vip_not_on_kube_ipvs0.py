@@ -7,8 +7,7 @@ from kptrace.checks.ipvs.facts import (
     KUBE_IPVS0,
     MAX_LISTED,
     capped,
-    ipvs_evidence,
-    not_ipvs,
+    ipvs_gate,
     own_addresses,
     vip_addresses,
 )
@@ -27,14 +26,9 @@ def vip_not_on_kube_ipvs0(ctx: CheckContext) -> Iterator[Outcome]:
     """A virtual service's VIP is not on kube-ipvs0 (nor any interface), or kube-ipvs0 holds an address with no service."""
     node = ctx.node
     assert node is not None
-    evidence = ipvs_evidence(ctx)
-    if evidence is None:
-        yield not_ipvs(ctx)
-        return
-    mode = evidence[0]
-    absent = [f for f, have in (("ipvsadm.txt", node.ipvs is not None), ("ip-addr.txt", node.addresses)) if not have]
-    if absent:
-        yield missing(*absent, why=f"IPVS mode: {mode}")
+    _, stop = ipvs_gate(ctx, {"ipvsadm.txt": node.ipvs is not None, "ip-addr.txt": bool(node.addresses)})
+    if stop is not None:
+        yield stop
         return
     services = node.ipvs or []
     if any(vs.fwmark is None and vs.address is None for vs in services):

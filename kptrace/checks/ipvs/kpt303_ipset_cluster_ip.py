@@ -11,9 +11,8 @@ from kptrace.checks.ipvs.facts import (
     capped,
     ip_entries,
     ip_port_entries,
-    ipvs_evidence,
     ipvs_filter_reject,
-    not_ipvs,
+    ipvs_gate,
     own_addresses,
     service_key,
     set_name,
@@ -35,15 +34,10 @@ def ipset_cluster_ip(ctx: CheckContext) -> Iterator[Outcome]:
     """ipset KUBE-CLUSTER-IP and the IPVS virtual services disagree: an entry without a service, or a service without one."""
     node = ctx.node
     assert node is not None
-    evidence = ipvs_evidence(ctx)
-    if evidence is None:
-        yield not_ipvs(ctx)
-        return
-    mode = evidence[0]
     sets = node.ipsets
-    absent = [f for f, have in (("ipvsadm.txt", node.ipvs is not None), ("ipset-save.txt", sets is not None)) if not have]
-    if absent:
-        yield missing(*absent, why=f"IPVS mode: {mode}")
+    _, stop = ipvs_gate(ctx, {"ipvsadm.txt": node.ipvs is not None, "ipset-save.txt": sets is not None})
+    if stop is not None:
+        yield stop
         return
     assert sets is not None
     if any(not s.members_listed for s in sets.values()):

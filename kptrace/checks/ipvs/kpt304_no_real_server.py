@@ -3,8 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kptrace.checks.inputs import CheckContext, local_pod_subnets
-from kptrace.checks.ipvs.facts import MAX_LISTED, capped, ipvs_evidence, not_ipvs
-from kptrace.checks.registry import Outcome, check, fail, info, missing, passed
+from kptrace.checks.ipvs.facts import MAX_LISTED, capped, ipvs_gate
+from kptrace.checks.registry import Outcome, check, fail, info, passed
 from kptrace.model.finding import Severity
 from kptrace.model.ipvs import IpvsDest, IpvsService
 from kptrace.model.node import Node
@@ -20,13 +20,11 @@ def no_real_server(ctx: CheckContext) -> Iterator[Outcome]:
     """A virtual service has no real server that can take a connection: all weight 0, or none while another node has some."""
     node = ctx.node
     assert node is not None
-    evidence = ipvs_evidence(ctx)
-    if evidence is None:
-        yield not_ipvs(ctx)
+    _, stop = ipvs_gate(ctx, {"ipvsadm.txt": node.ipvs is not None})
+    if stop is not None:
+        yield stop
         return
-    if node.ipvs is None:
-        yield missing("ipvsadm.txt", why=f"IPVS mode: {evidence[0]}")
-        return
+    assert node.ipvs is not None
     # The same virtual service on the other nodes of this run, where it has real servers.
     elsewhere: dict[str, list[tuple[Node, IpvsService]]] = {}
     for peer in ctx.peers:

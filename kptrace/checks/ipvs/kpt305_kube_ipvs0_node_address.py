@@ -7,14 +7,13 @@ from kptrace.checks.ipvs.facts import (
     IPVS_IPS,
     KUBE_IPVS0,
     ip_entries,
-    ipvs_evidence,
     ipvs_filter_reject,
-    not_ipvs,
+    ipvs_gate,
     own_addresses,
     set_name,
     vip_addresses,
 )
-from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.checks.registry import Outcome, check, fail, passed
 from kptrace.model.finding import Severity
 
 
@@ -28,12 +27,9 @@ def kube_ipvs0_node_address(ctx: CheckContext) -> Iterator[Outcome]:
     """kube-ipvs0 holds a node's own address (a node IP, or one also on another interface): traffic to that node breaks."""
     node = ctx.node
     assert node is not None
-    evidence = ipvs_evidence(ctx)
-    if evidence is None:
-        yield not_ipvs(ctx)
-        return
-    if not node.addresses:
-        yield missing("ip-addr.txt", why=f"IPVS mode: {evidence[0]}")
+    _, stop = ipvs_gate(ctx, {"ip-addr.txt": bool(node.addresses)})
+    if stop is not None:
+        yield stop
         return
     own = own_addresses(node)
     peers = [(peer, own_addresses(peer), set(peer.node_ips)) for peer in ctx.peers]

@@ -40,7 +40,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -55,7 +54,6 @@ from tests.lab.netns import (
     NODE_PORTS_LISTENING,
     POD_PORTS,
     PROBE_SPORTS,
-    REPO_ROOT,
     Agent,
     ConntrackEntry,
     Delivery,
@@ -812,37 +810,14 @@ def _int(text: str | None) -> int | None:
 
 
 def make_cluster(dump_dir: Path, seed: int = 1) -> ClusterLab:
-    prefix = f"{NS_PREFIX}{os.getpid()}-{random.Random().randrange(16**4):04x}-"
-    lab = ClusterLab(prefix=prefix, dump_dir=dump_dir, seed=seed)
-    try:
-        lab.build()
-    except BaseException:
-        lab.close()
-        raise
-    return lab
+    return netns.built(ClusterLab(prefix=netns.lab_prefix(), dump_dir=dump_dir, seed=seed))  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------
 # kptrace on both bundles, and the comparison
 
 
-@dataclass
-class ClusterAnswer:
-    exit_code: int
-    report: dict[str, Any]
-    argv: list[str]
-
-    @property
-    def disposition(self) -> str:
-        return str(self.report.get("disposition"))
-
-    @property
-    def branches(self) -> list[dict[str, Any]]:
-        return list(self.report.get("branches") or [])
-
-    @property
-    def endpoints(self) -> list[str]:
-        return list(self.report.get("endpoints") or [])
+ClusterAnswer = netns.KptraceAnswer
 
 
 def run_kptrace(bundles: list[Path], flow: ClusterFlow) -> ClusterAnswer:
@@ -855,16 +830,7 @@ def run_kptrace(bundles: list[Path], flow: ClusterFlow) -> ClusterAnswer:
     if flow.client == "world":
         argv += ["--node", NODES[flow.start].name]  # where the external client's packet enters
     argv += ["-o", "json"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-                          check=False)
-    if proc.returncode in (2, 3) or not proc.stdout.strip():
-        raise AssertionError(f"kptrace failed (rc={proc.returncode}): {' '.join(argv)}\n"
-                             f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-4000:]}")
-    try:
-        report = json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        raise AssertionError(f"kptrace printed no JSON: {proc.stdout[:2000]}") from exc
-    return ClusterAnswer(proc.returncode, report, argv)
+    return netns.answer_of(argv)
 
 
 _KERNEL_CLASSES = {"ACCEPT": {"pass"}, "DROP": {"drop"}, "REJECT": {"reject"},

@@ -956,15 +956,23 @@ def bundle_of(dump: Path) -> Path:
     return dump.with_suffix(".bundle")
 
 
-def make_lab(dump_dir: Path, seed: int = 1) -> Lab:
-    prefix = f"{NS_PREFIX}{os.getpid()}-{random.Random().randrange(16**4):04x}-"
-    lab = Lab(prefix=prefix, seed=seed, dump_dir=dump_dir)
+def lab_prefix() -> str:
+    """Namespace names of one lab: the project's prefix, this process, a random tag."""
+    return f"{NS_PREFIX}{os.getpid()}-{random.Random().randrange(16**4):04x}-"
+
+
+def built(lab: Any) -> Any:
+    """The lab, built; a half-built lab is torn down before the error goes on."""
     try:
         lab.build()
     except BaseException:
         lab.close()
         raise
     return lab
+
+
+def make_lab(dump_dir: Path, seed: int = 1) -> Lab:
+    return built(Lab(prefix=lab_prefix(), seed=seed, dump_dir=dump_dir))  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1001,6 +1009,11 @@ def run_kptrace(source: Path, flow: Flow, *, node_ips: Iterable[str] = NODE_LOCA
     if flow.in_iface:
         argv += ["--in-iface", flow.in_iface]
     argv += ["-o", "json"]
+    return answer_of(argv, env)
+
+
+def answer_of(argv: list[str], env: dict[str, str] | None = None) -> KptraceAnswer:
+    """Run a `kptrace why … -o json` command line; its report, or an AssertionError saying why not."""
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
                           check=False, env={**os.environ, **(env or {})})
     if proc.returncode in (2, 3) or not proc.stdout.strip():

@@ -29,6 +29,10 @@ class ParseError(KptraceError):
         self.message, self.text = message, text
         super().__init__(str(self))
 
+    def __reduce__(self) -> tuple[type[ParseError], tuple[str, int, int, str, str]]:
+        # Bundles load in worker processes (kptrace check over many nodes): errors travel back pickled.
+        return (ParseError, (self.file, self.line, self.col, self.message, self.text))
+
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.col}: {self.message}"
         if self.text:

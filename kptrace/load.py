@@ -12,17 +12,18 @@ import mmap
 import os
 import re
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from importlib import resources
 from itertools import islice
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, TypeVar
 
 from kptrace import cache
-from kptrace.errors import InputError, ParseError
+from kptrace.errors import InputError, KptraceError, ParseError
 from kptrace.model.netfilter import Ruleset, Table
-from kptrace.model.node import Node
+from kptrace.model.node import COMPLETE, EXCERPT, Node
 from kptrace.model.trace import InputFile
 from kptrace.model.routing import Route
 from kptrace.parsers.bridge import parse_brctl_show, parse_bridge_fdb, parse_bridge_link
@@ -85,11 +86,10 @@ BUNDLE_NAMES = {
     "nft-ruleset.txt": "nft-ruleset", "nft-ruleset.json": "nft-ruleset",
     "ipset-save.txt": "ipset", "ipset-list.txt": "ipset",
     "ipvsadm.txt": "ipvsadm", "ipvsadm-save.txt": "ipvsadm",
+    "services.txt": "services", "conntrack.txt": "conntrack",
 }
 # Files a bundle may hold that `why` does not read (checks read some of them); listed, not parsed.
 PASSIVE_KINDS = {
-    "hostname": re.compile(r"^hostname"), "manifest": re.compile(r"^manifest"), "services": re.compile(r"^services"),
-    "conntrack": re.compile(r"^conntrack"),
     "readme": re.compile(r"(?i)^(readme|source)"),
 }
 
@@ -219,41 +219,71 @@ class MappedFile:
 
 
 def _read_file(p: Path, mapped: bool) -> bytes | MappedFile:
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file (a FIFO or device: save the output to a file first)")
     if mapped and p.stat().st_size >= max(MAP_MIN_BYTES, 1):
         return MappedFile(p)
     return p.read_bytes()
 
 
-@overload
-def _read_entries(path: Path, mapped: Literal[False] = False) -> Iterator[tuple[str, bytes]]: ...
+Entry = tuple[str, "bytes | MappedFile | KptraceError"]
 
 
-@overload
-def _read_entries(path: Path, mapped: Literal[True]) -> Iterator[tuple[str, bytes | MappedFile]]: ...
+def _read_entries(path: Path, mapped: bool = False) -> Iterator[Entry]:
+    """(label, bytes) of every file in path; with `mapped`, large plain files come as a MappedFile.
 
-
-def _read_entries(path: Path, mapped: bool = False) -> Iterator[tuple[str, bytes | MappedFile]]:
-    """(label, bytes) of every file in path; with `mapped`, large plain files come as a MappedFile."""
+    A file that cannot be read comes as the error instead of its bytes, so the others still load.
+    """
     if path.is_dir():
         # Text before JSON of the same command, so steps cite the form people read.
         for p in sorted(path.rglob("*"), key=lambda q: (str(q.parent), q.stem, q.suffix != ".txt", q.name)):
-            if p.is_file():
-                yield str(p), _read_file(p, mapped)
+            if p.is_symlink() and not p.resolve().is_relative_to(path.resolve()):
+                yield str(p), InputError(f"{p}: a link out of the bundle directory; not followed")
+            elif p.is_file():
+                yield str(p), _guarded(p, lambda q=p: _read_file(q, mapped))  # type: ignore[misc]
         return
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
-    if path.stat().st_size > MAX_INPUT_BYTES:
+    if path.is_file() and path.stat().st_size > MAX_INPUT_BYTES:
         raise InputError(f"{path}: {path.stat().st_size} bytes is larger than any node dump ({MAX_INPUT_BYTES} max)")
-    if tarfile.is_tarfile(path):
-        # Read members in memory: a bundle is never unpacked onto the disk.
-        with tarfile.open(path) as tar:
-            for m in tar.getmembers():
-                if m.isfile():
-                    f = tar.extractfile(m)
-                    if f is not None:
-                        yield f"{path}:{m.name}", f.read()
+    if path.is_file() and tarfile.is_tarfile(path):
+        yield from _tar_entries(path)
         return
-    yield str(path), _read_file(path, mapped)
+    yield str(path), _guarded(path, lambda: _read_file(path, mapped))
+
+
+def _guarded(p: Path, read: Callable[[], bytes | MappedFile]) -> bytes | MappedFile | KptraceError:
+    try:
+        return read()
+    except KptraceError as e:
+        return e
+    except OSError as e:
+        return InputError(f"{p}: cannot read: {e.strerror or e}")
+
+
+def _tar_entries(path: Path) -> Iterator[Entry]:
+    """Members read in memory (a bundle is never unpacked onto the disk), within the input cap."""
+    total = 0
+    last = None
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                label = f"{path}:{m.name}"
+                total += m.size
+                if m.size > MAX_INPUT_BYTES or total > MAX_INPUT_BYTES:
+                    yield label, InputError(f"{label}: members add up to more than any node dump "
+                                            f"({MAX_INPUT_BYTES} bytes max); the rest of the archive is not read")
+                    return
+                f = tar.extractfile(m)
+                if f is not None:
+                    yield label, f.read()
+                last = m.name
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        after = f" after member {last}" if last else ""
+        yield f"{path}", InputError(f"{path}: the archive is truncated or corrupt{after} ({type(e).__name__}: "
+                                    f"{str(e) or 'unexpected end of data'}); the members before it are read")
 
 
 def _node_dirs(path: Path) -> list[Path]:
@@ -267,11 +297,18 @@ def _node_dirs(path: Path) -> list[Path]:
     return subdirs
 
 
-def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None) -> list[Node]:
-    """One Node per bundle directory; loose files (pasted dumps) together make one more node."""
+def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None,
+                 keep_unusable: bool = False) -> list[Node]:
+    """One Node per bundle directory; loose files (pasted dumps) together make one more node.
+
+    A bundle with nothing kptrace can read is left out (kept, with its errors, for `check` with
+    keep_unusable) while another one can be read; with none, the first one's reason is the error.
+    """
     groups: list[list[Path]] = []
     loose: list[Path] = []
     for p in paths:
+        if str(p) == "":
+            raise InputError("--dump '': an empty path (give a file, a bundle directory or a .tar.gz)")
         if p.is_dir():
             groups.extend([d] for d in _node_dirs(p))
         else:
@@ -284,24 +321,41 @@ def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs
     nodes = []
     for i, group in enumerate(groups):
         ips = node_ips if i == 0 else None
-        nodes.append(load_node(group, ips, pod_cidrs))
+        nodes.append(load_node(group, ips, pod_cidrs, must_be_usable=False))
     names = [n.name for n in nodes]
     for i, n in enumerate(nodes):
         if names.count(n.name) > 1 or n.name == "node":
             n.name = _name_from(groups[i], i)
-    return nodes
+    usable = [n for n in nodes if n.usable]
+    if not usable:
+        raise _nothing_usable(nodes[0], ", ".join(str(p) for p in paths))
+    return nodes if keep_unusable else usable
+
+
+def _nothing_usable(node: Node, where: str) -> InputError:
+    if node.errors:
+        more = f" (and {len(node.errors) - 1} more input(s) not read)" if len(node.errors) > 1 else ""
+        return InputError(f"{node.errors[0]}{more}")
+    return InputError(f"nothing kptrace can read in {where}: no command output it knows (docs/bundle.md lists them)")
 
 
 def _name_from(group: list[Path], i: int) -> str:
     return group[0].name.removesuffix(".tar.gz").removesuffix(".tgz") if group[0].is_dir() or group[0].suffix in (".gz", ".tgz") else f"node{i + 1}"
 
 
-def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None) -> Node:
+def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None,
+              must_be_usable: bool = True) -> Node:
     node = _new_node(node_ips, pod_cidrs)
     for p in paths:
-        for label, data in _read_entries(p, mapped=True):
-            _load_one(node, _short(label, p), data, in_bundle=p.is_dir() or label != str(p))
-    return _finish_node(node, ", ".join(str(p) for p in paths))
+        try:
+            for label, data in _read_entries(p, mapped=True):
+                _load_safely(node, _short(label, p), data, in_bundle=p.is_dir() or label != str(p))
+        except KptraceError as e:
+            node.errors.append(_as_parse_error(e, str(p)))
+    node = _finish_node(node, ", ".join(str(p) for p in paths))
+    if must_be_usable and not node.usable:
+        raise _nothing_usable(node, ", ".join(str(p) for p in paths))
+    return node
 
 
 def load_node_from_texts(files: dict[str, bytes], node_ips: list[str] | None = None,
@@ -313,10 +367,53 @@ def load_node_from_texts(files: dict[str, bytes], node_ips: list[str] | None = N
     cited by (default: its bundle name); the bundle name still decides its kind.
     """
     node = _new_node(node_ips, pod_cidrs)
+    node.not_collected["<collector>"] = "kptrace"  # kptrace's own capture (collect, live), as its manifest says
     labels = labels or {}
     for name, data in files.items():
-        _load_one(node, labels.get(name, name), data, in_bundle=True, name=name)
-    return _finish_node(node, ", ".join(labels.get(n, n) for n in files) or "no files")
+        _load_safely(node, labels.get(name, name), data, in_bundle=True, name=name)
+    node = _finish_node(node, ", ".join(labels.get(n, n) for n in files) or "no files")
+    if not node.usable:
+        raise _nothing_usable(node, "the node")
+    return node
+
+
+def _as_parse_error(e: KptraceError, label: str) -> ParseError:
+    """Every unread input as `file:line:col: what is wrong`, for KPT001 and parse's notes."""
+    if isinstance(e, ParseError):
+        return e
+    text = str(e)
+    if text.startswith(label + ":"):
+        rest = text[len(label) + 1:].lstrip()
+        m = re.match(r"(\d+):(\d+): (.*)", rest, re.S)
+        if m:
+            return ParseError(label, int(m.group(1)), int(m.group(2)), m.group(3))
+        return ParseError(label, 1, 1, rest)
+    return ParseError(label, 1, 1, text)
+
+
+def _load_safely(node: Node, label: str, data: bytes | MappedFile | KptraceError, in_bundle: bool = False,
+                 name: str | None = None) -> None:
+    """Load one input; one that cannot be read is recorded (KPT001) and the others still load."""
+    if isinstance(data, KptraceError):
+        node.errors.append(_as_parse_error(data, label))
+        return
+    try:
+        _load_one(node, label, data, in_bundle, name)
+    except KptraceError as e:
+        if not isinstance(e, ParseError) and "claim the same node" in str(e):
+            raise  # two inputs of one node that contradict each other: the user must say which is which
+        node.errors.append(_as_parse_error(e, label))
+        node.inputs.append(InputFile(label, "unreadable", _digest(data)))
+    except (RecursionError, MemoryError, ValueError) as e:
+        # A parser's limit reached on hostile input: this file is not read, the run goes on.
+        node.errors.append(ParseError(label, 1, 1, f"cannot read this input ({type(e).__name__}: {str(e)[:120]})"))
+        node.inputs.append(InputFile(label, "unreadable", _digest(data)))
+
+
+def _digest(data: bytes | MappedFile) -> str:
+    if isinstance(data, MappedFile):
+        return cache.file_digest(data.path, data.stat, data.mm)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _new_node(node_ips: list[str] | None, pod_cidrs: list[str] | None) -> Node:
@@ -335,6 +432,8 @@ def _new_node(node_ips: list[str] | None, pod_cidrs: list[str] | None) -> Node:
 
 
 def _finish_node(node: Node, where: str) -> Node:
+    # What could not be read is said wherever the node's assumptions are shown (trace, JSON, graph).
+    node.assumptions.extend(f"not read: {e}" for e in node.errors)
     for fam, legacy in list(node.legacy_rulesets.items()):
         if not legacy.tables:
             del node.legacy_rulesets[fam]
@@ -346,12 +445,12 @@ def _finish_node(node: Node, where: str) -> Node:
             if fam not in node.rulesets:
                 # The nft ruleset lists every nf_tables table, iptables-nft's included.
                 node.rulesets[fam] = Ruleset(getattr(node.nft, "file", "nft"), fam)
-    if not node.rulesets:
-        raise InputError(f"no iptables-save dump in the input ({where}); give --dump FILE or a bundle directory")
+    _uncollected_legacy(node)
     for rs in [*node.rulesets.values(), *node.legacy_rulesets.values()]:
         add_kube_proxy_jumps(rs)
     if not node.pod_cidrs:
         _infer_pod_cidrs(node)
+    _infer_node_addresses(node)
     if node.nft is not None:
         from kptrace.walkers.nft import reconcile
 
@@ -370,51 +469,67 @@ def _short(label: str, root: Path) -> str:
 
 
 def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool = False, name: str | None = None) -> None:
-    if isinstance(data, MappedFile):
-        digest = cache.file_digest(data.path, data.stat, data.mm)
-    else:
-        digest = hashlib.sha256(data).hexdigest()
-    base = (name or label).rsplit("/", 1)[-1]
+    digest = _digest(data)
+    base = (name or label).rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    if base.startswith("manifest"):
+        _manifest(node, decode(data, label), label)
+        node.inputs.append(InputFile(label, "manifest", digest))
+        return
     if any(rx.match(base) for rx in PASSIVE_KINDS.values()):
+        return
+    if base.startswith("hostname"):
+        # The node's name (kptrace collect writes `hostname`'s output): node.yaml's name wins.
+        name = decode(data, label).strip()
+        if name and " " not in name and node.name == "node":
+            node.name = name
+        node.saw("node_meta", EXCERPT, label)
+        node.inputs.append(InputFile(label, "hostname", digest))
         return
     if isinstance(data, MappedFile):
         kind = _large_dump_kind(name or label, label, data)
         if kind is not None:
-            if _load_dump(node, label, kind, data.mm, digest):
-                node.inputs.append(InputFile(label, kind, digest))
+            _load_dump(node, label, kind, data.mm, digest)
+            node.inputs.append(InputFile(label, kind, digest))
             return
     text = decode(data, label)
     kind = sniff(name or label, text)
     if kind is None:
         if not text.strip():
             return
-        if in_bundle:
-            # A bundle may carry extra files (notes, outputs of later versions): say so, go on.
-            node.assumptions.append(f"{label} was not recognised and is not used")
-            return
-        raise InputError(f"{label}:1:1: cannot tell what command produced this file (see docs/bundle.md for names)")
+        # Said once, as one line; whatever else the input holds still loads.
+        raise ParseError(label, 1, 1, "cannot tell what command produced this file (docs/bundle.md lists the "
+                                      "outputs kptrace reads)")
     if kind in DUMP_KINDS:
-        if not _load_dump(node, label, kind, text, digest):
-            return
+        _load_dump(node, label, kind, text, digest)
     elif kind == "ip-addr":
         # A bundle may hold `ip addr` both as text and as JSON: the same address counts once.
         seen = {(a.iface, a.address) for a in node.addresses}
-        node.addresses.extend(a for a in parse_ip_addr(text, label) if (a.iface, a.address) not in seen)
+        node.addresses.extend(a for a in _tolerant(node, parse_ip_addr, text, label) if (a.iface, a.address) not in seen)
     elif kind in _LIST_KINDS:
         parse, attr, key = _LIST_KINDS[kind]
         current = getattr(node, attr)
         seen_keys = {key(x) for x in current}
         # Text and JSON of one command, or `ip route show table all` and `ip -6 route` (which overlap):
         # the same entry counts once, cited where it was first read.
-        current.extend(x for x in parse(text, label) if key(x) not in seen_keys)
+        current.extend(x for x in _tolerant(node, parse, text, label) if key(x) not in seen_keys)
     elif kind == "flannel-subnet":
-        node.flannel = parse_flannel_subnet(text, label)
+        node.flannel = _tolerant(node, parse_flannel_subnet, text, label)
     elif kind == "modules":
-        node.modules = (node.modules or []) + parse_modules(text, label)
+        node.modules = (node.modules or []) + _tolerant(node, parse_modules, text, label)
     elif kind == "sysctl":
-        node.sysctls.update(parse_sysctl(text, label))
+        node.merge_sysctls(_tolerant(node, parse_sysctl, text, label))
     elif kind == "node-meta":
         _node_meta(node, text, label)
+    elif kind == "services":
+        from kptrace.parsers.systemctl import parse_services
+
+        node.services = (node.services or ()) + _tolerant(node, parse_services, text, label)
+    elif kind == "conntrack":
+        from kptrace.parsers.conntrack import parse_conntrack
+
+        errors: list[ParseError] = []
+        node.conntrack = (node.conntrack or []) + parse_conntrack(text, label, errors)
+        node.errors.extend(errors[:20])  # the entries that do read are used; the first few bad lines are said
     elif kind == "paste":
         from kptrace.parsers.paste import apply_to_node, parse_paste, paste_kind
 
@@ -435,17 +550,131 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         # `ipset save` and `ipset list` of the same node name the same sets: the first read wins.
         from kptrace.parsers.ipset import parse_ipset
 
-        sets = parse_ipset(text, label)
+        sets = _tolerant(node, parse_ipset, text, label)
         node.ipsets = {**sets, **(node.ipsets or {})}
     elif kind == "ipvsadm":
         from kptrace.parsers.ipvsadm import parse_ipvsadm
 
-        table = parse_ipvsadm(text, label)
+        table = _tolerant(node, parse_ipvsadm, text, label)
         if table.services or not table.connections:  # a connection list alone (-Lnc) says nothing of the services
             known = {str(s) for s in node.ipvs or []}
             node.ipvs = (node.ipvs or []) + [s for s in table.services if str(s) not in known]
         node.assumptions.extend(table.notes)
+    if kind != "paste" and kind not in DUMP_KINDS:
+        _saw(node, kind, label, text, base in BUNDLE_NAMES)
     node.inputs.append(InputFile(label, kind, digest))
+
+
+T = TypeVar("T")
+MAX_BAD_LINES = 50  # past this many unreadable lines a file is not the output it looked like
+
+
+def _tolerant(node: Node, parse: Callable[[str, str], T], text: str, label: str) -> T:
+    """Parse a line-based output; a line that does not read is said (KPT001) and left out, the rest is used.
+
+    One redacted address or a line a web page wrapped should not throw away a whole `ip route`.
+    """
+    if text.lstrip().startswith(("[", "{")):
+        return parse(text, label)  # JSON: a line is not a unit
+    lines: list[str] | None = None
+    for _ in range(MAX_BAD_LINES):
+        try:
+            return parse(text if lines is None else "\n".join(lines), label)
+        except ParseError as e:
+            lines = lines if lines is not None else text.split("\n")
+            if not 1 <= e.line <= len(lines) or not lines[e.line - 1].strip():
+                raise
+            node.errors.append(e)
+            lines[e.line - 1] = ""
+    raise ParseError(label, 1, 1, f"more than {MAX_BAD_LINES} lines do not read: not the output it looks like")
+
+
+# Input kind -> the kind of fact it shows (Node.evidence).
+KIND_FACTS = {
+    "ip-addr": "addresses", "ip-route": "routes", "ip-rule": "policy_rules", "ip-link": "links",
+    "ip-neigh": "neighbors", "bridge-fdb": "fdb", "bridge-link": "bridge_ports", "brctl-show": "bridge_ports",
+    "flannel-subnet": "flannel", "modules": "modules", "sysctl": "sysctls", "node-meta": "node_meta",
+    "services": "services", "conntrack": "conntrack", "nft-ruleset": "nft", "ipset": "ipsets", "ipvsadm": "ipvs",
+}
+
+
+def _saw(node: Node, kind: str, label: str, text: str, bundle_name: bool) -> None:
+    fact = KIND_FACTS.get(kind)
+    if fact is None:
+        return
+    level = _level(kind, text, node, bundle_name)
+    if fact == "routes":
+        # `ip -6 route` shows no IPv4 route, and `ip route` (before iproute2 6.x) no IPv6 one.
+        for fam in route_families(text, label):
+            node.saw("routes" if fam == 4 else "routes6", level, label)
+        return
+    node.saw(fact, level, label)
+
+
+def route_families(text: str, label: str) -> list[int]:
+    """Which families a route listing shows: by its name (ip-6-route), else by the destinations in it."""
+    if "-6-" in label.rsplit("/", 1)[-1] or " -6 " in f" {text[:200]} ":
+        return [6]
+    head = text[:65536]
+    if head.lstrip().startswith("["):
+        v6, v4 = '"dst":"' in head and "::" in head, True
+    else:
+        firsts = [ln.split()[0] for ln in head.splitlines() if ln.split()]
+        v4 = any("." in w or w == "default" for w in firsts)
+        v6 = any(":" in w for w in firsts)
+    return [f for f, on in ((4, v4), (6, v6)) if on] or [4]
+
+
+def _level(kind: str, text: str, node: Node, bundle_name: bool = False) -> str:
+    """A command's own output file is complete, except where its form shows it is a part."""
+    if kind == "sysctl":
+        # `sysctl -a` shows every key, so a key it lacks does not exist (net.bridge.* without br_netfilter).
+        # The keys a bundle asks for (docs/bundle.md) or a paste of a few: a key not there is unknown.
+        whole = _is_sysctl_all(text) or node.not_collected.get("<collector>") == "kptrace"
+        return COMPLETE if whole else EXCERPT
+    if kind == "modules":
+        # lsmod with its header, or /proc/modules: every module. `lsmod | grep x`: only x's lines.
+        # A bundle's modules.txt is `cat /proc/modules` (docs/bundle.md).
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        whole = bundle_name or (lines and lines[0].split()[:1] == ["Module"]) or len(lines) >= 15
+        return COMPLETE if whole else EXCERPT
+    if kind == "ipvsadm" and "Prot LocalAddress:Port" not in text and not text.lstrip().startswith("-A"):
+        return EXCERPT
+    return COMPLETE
+
+
+def _is_sysctl_all(text: str) -> bool:
+    """`sysctl -a`, or its net.* part (`sysctl -a | grep ^net.`, what docs/bundle.md collects)."""
+    lines = text.splitlines()
+    net = sum(1 for ln in lines if ln.startswith("net.ipv4.conf."))
+    return len(lines) >= 200 and net >= 20
+
+
+def _manifest(node: Node, text: str, label: str) -> None:
+    """A bundle's manifest.json: which parts were not collected (timed out, denied), and by what."""
+    import json
+
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise ParseError(label, getattr(e, "lineno", 1), getattr(e, "colno", 1), "invalid JSON") from None
+    if not isinstance(doc, dict):
+        return
+    if "kptrace_version" in doc:
+        # kptrace collect reads every key docs/bundle.md lists from /proc/sys: a key it lacks does not exist.
+        node.not_collected["<collector>"] = "kptrace"
+    entries = doc.get("commands", doc.get("files"))
+    if isinstance(entries, dict):  # {file: null | {status: …}}
+        entries = [{"file": k, **(v if isinstance(v, dict) else {"status": "missing" if v is None else "ok"})}
+                   for k, v in entries.items()]
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or str(entry.get("status", "ok")) in ("ok", "absent", "skipped"):
+            continue  # absent: the node has no such thing (no IPVS); skipped: not asked for
+        command = entry.get("command") or [""]
+        prog = str(command[0]).rsplit("/", 1)[-1] if isinstance(command, list) and command else ""
+        name = entry.get("file") or (f"{prog}.txt" if prog.endswith("-save") else prog)
+        if name:
+            node.not_collected[str(name)] = str(entry.get("message") or entry.get("status"))[:200]
 
 
 def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest: str) -> bool:
@@ -455,28 +684,126 @@ def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest:
         node.assumptions.append(f"{label} is identical to another dump in the input and was read once")
         return False
     family = 6 if kind.startswith("ip6") else None
-    if STRICT[0]:
-        rs = parse_iptables_save(data if isinstance(data, str) else decode(data[:], label), label, family).ruleset
-    else:
-        hints = cache.get(digest)
-        if hints is not None and hints.get("format") != HINTS_FORMAT:
-            hints = None  # written by another version of the scanner: scan again, and replace it
-        rs = scan_iptables_save(data, label, family, hints)
-        if rs.scan_hints is not None and hints is None:
-            cache.put(digest, rs.scan_hints)
-    if "legacy" not in kind and rs.family in node.coverage:
+    level = COMPLETE
+    try:
+        if STRICT[0]:
+            rs = parse_iptables_save(data if isinstance(data, str) else decode(data[:], label), label, family).ruleset
+        else:
+            hints = cache.get(digest)
+            if hints is not None and hints.get("format") != HINTS_FORMAT:
+                hints = None  # written by another version of the scanner: scan again, and replace it
+            rs = scan_iptables_save(data, label, family, hints)
+            if rs.scan_hints is not None and hints is None:
+                cache.put(digest, rs.scan_hints)
+    except ParseError:
+        # An edited, redacted or cut dump: read what can be read, say what could not (KPT001).
+        problems: list[ParseError] = []
+        text = data if isinstance(data, str) else decode(data[:], label)
+        rs = parse_iptables_save(text, label, family, lenient=problems).ruleset
+        node.errors.extend(problems[:50])
+        if any("COMMIT" in e.message for e in problems):
+            level = EXCERPT
+            _unknown_tables(rs, label)
+    rs.text = data
+    rs.comments = _comment_lines(data, label)
+    rs.backend = "legacy" if "legacy" in kind else _backend(rs.comments, label)
+    if rs.family in node.coverage:
         from kptrace.parsers.paste import drop_partial
 
         drop_partial(node, rs.family, label)  # a whole dump supersedes listings and excerpts read before it
-    slot = node.legacy_rulesets if "legacy" in kind else node.rulesets
+    # Each backend's rules run in the kernel: the `iptables` command's (node.rulesets) and legacy's.
+    main = node.rulesets.get(rs.family)
+    if rs.backend == "legacy" and (main is None or main.backend != "legacy"):
+        slot = node.legacy_rulesets
+    elif rs.backend != "legacy" and main is not None and main.backend == "legacy" and rs.family not in node.legacy_rulesets:
+        node.legacy_rulesets[rs.family] = node.rulesets.pop(rs.family)  # the nft one is the node's iptables
+        slot = node.rulesets
+    else:
+        slot = node.rulesets
     if rs.family in slot and slot[rs.family].tables:
         if not rs.tables:
             return False
-        raise InputError(f"{label}: a second IPv{rs.family} ruleset (already read {slot[rs.family].file}); "
-                         "name the backends iptables-nft-save.txt and iptables-legacy-save.txt")
+        other = slot[rs.family]
+        raise InputError(f"{label}: {other.file} and {label} are two different IPv{rs.family} iptables-save dumps of "
+                         f"the same backend, which claim the same node: give them as two nodes' bundle directories "
+                         f"(or name the backends iptables-nft-save.txt and iptables-legacy-save.txt)")
     if rs.tables or rs.family not in slot:
         slot[rs.family] = rs
+    fact = "iptables-legacy" if slot is node.legacy_rulesets else ("ip6tables" if rs.family == 6 else "iptables")
+    node.saw(fact, level, label)
     return True
+
+
+def _uncollected_legacy(node: Node) -> None:
+    """The manifest says iptables-legacy-save was not collected (timed out, denied): its rules are unknown,
+    not absent. Unless a whole module list shows no legacy table module loaded, a walk meets a rule standing
+    for them, and the answer says it depends on them."""
+    from kptrace.walkers.absent import unknown_ruleset
+
+    for fam, name in ((4, "iptables-legacy-save.txt"), (6, "ip6tables-legacy-save.txt")):
+        why = node.not_collected.get(name)
+        if why is None or fam in node.legacy_rulesets or fam not in node.rulesets:
+            continue
+        prefix = "iptable_" if fam == 4 else "ip6table_"
+        if node.level("modules") == COMPLETE and not any(m.name.startswith(prefix) for m in node.modules or []):
+            continue  # legacy tables exist only while an iptable_* module is loaded
+        rs = unknown_ruleset(fam, why=f"{name} was not collected ({why}): the legacy backend's rules are unknown")
+        node.legacy_rulesets[fam] = rs
+        node.assumptions.append(rs.assumptions[0])
+
+
+def _unknown_tables(rs: Ruleset, label: str) -> None:
+    """A dump cut short: the tables after the cut are unknown, not empty."""
+    from kptrace.walkers.absent import unknown_ruleset
+
+    stand_in = unknown_ruleset(rs.family)
+    for name in ("raw", "mangle", "nat", "filter"):
+        if name not in rs.tables:
+            rs.tables[name] = stand_in.tables[name]
+    rs.assumptions.append(f"{label} is cut short: tables not in it ({', '.join(n for n in stand_in.tables if rs.tables[n] is stand_in.tables[n])}) are unknown")
+
+
+_BACKEND_RE = re.compile(r"^# Generated by (?:ip6?tables|xtables)(?:-(legacy|nft))?-save v(\d+)\.(\d+)\S* ?(?:\((\w+)\))?")
+
+
+def _backend(comments: list[Any], label: str) -> str | None:
+    """nft or legacy, from `# Generated by iptables-save v1.8.9 (nf_tables)`; before 1.8 only legacy existed."""
+    base = label.rsplit("/", 1)[-1]
+    if "nft-save" in base:
+        return "nft"
+    for c in comments:
+        m = _BACKEND_RE.match(c.text)
+        if m:
+            if m.group(1):
+                return m.group(1)
+            if m.group(4):
+                return "nft" if m.group(4) == "nf_tables" else "legacy"
+            return "legacy" if (int(m.group(2)), int(m.group(3))) < (1, 8) else None
+    return None
+
+
+def _comment_lines(data: str | mmap.mmap, label: str) -> list[Any]:
+    """The dump's `#` lines (str.find: dumps run to 50 MB), with their line numbers."""
+    from kptrace.model.source import Source
+
+    out: list[Source] = []
+    if isinstance(data, str):
+        pos = 0 if data.startswith("#") else data.find("\n#")
+        while pos >= 0 and len(out) < 50:
+            start = pos if data.startswith("#", pos) else pos + 1
+            end = data.find("\n", start)
+            line = data[start: end if end >= 0 else len(data)].rstrip("\r")
+            out.append(Source(label, data.count("\n", 0, start) + 1, 1, line))
+            pos = data.find("\n#", start)
+    else:
+        pos = 0 if data[:1] == b"#" else data.find(b"\n#")
+        while pos >= 0 and len(out) < 50:
+            start = pos if data[pos:pos + 1] == b"#" else pos + 1
+            end = data.find(b"\n", start)
+            line = data[start: end if end >= 0 else len(data)].decode("utf-8", "replace").rstrip("\r")
+            out.append(Source(label, data[:start].count(b"\n") + 1, 1, line))
+            pos = data.find(b"\n#", start)
+    return out
 
 
 def _route_key(r: Route) -> object:
@@ -534,6 +861,29 @@ def _sample_service_chains(nat: Table, n: int = 50) -> list[str]:
             if len(out) == n:
                 break
     return out
+
+
+def _infer_node_addresses(node: Node) -> None:
+    """Without `ip addr`, the node's addresses still show: the `src` of its kernel routes
+    (`192.168.0.0/24 dev eth0 proto kernel scope link src 192.168.0.2`), flannel's subnet (cni0 holds
+    its first address). Each is stated as an assumption."""
+    if node.level("addresses") == COMPLETE:
+        return
+    known = node.local_addresses()
+    for r in node.routes:
+        if r.src is not None and r.proto == "kernel" and r.src not in known:
+            node.node_ips.append(r.src)
+            known = node.local_addresses()
+            dev = r.nexthops[0].dev if r.nexthops else None
+            node.assumptions.append(f"{r.src} is a local address{f' (on {dev})' if dev else ''}: the kernel route at "
+                                    f"{r.source} names it as its source (no `ip addr` in the input)")
+    f = node.flannel
+    if f is not None and f.subnet is not None and not node.addresses:
+        gw = next(iter(f.subnet.hosts()), None)
+        if isinstance(gw, (IPv4Address, IPv6Address)) and gw not in known:
+            node.node_ips.append(gw)
+            node.assumptions.append(f"{gw} is a local address (cni0, the first address of flannel's subnet at "
+                                    f"{f.source}; no `ip addr` in the input)")
 
 
 def _infer_pod_cidrs(node: Node) -> None:

@@ -19,7 +19,7 @@ from kptrace.model.finding import Location, Severity, Status
 from kptrace.model.source import ASSUMED_FILE, Source
 
 if TYPE_CHECKING:
-    from kptrace.checks.inputs import CheckContext
+    from kptrace.checks.facts import CheckContext
 
 GROUPS = ("input", "kernel", "netfilter", "ipvs", "routing", "host")
 ID_RE = re.compile(r"^KPT\d{3}$")
@@ -33,7 +33,8 @@ class Outcome:
     status: Status
     message: str
     locations: tuple[Location, ...] = ()
-    missing: tuple[str, ...] = ()  # bundle files whose absence made this a WARN (KPT002 lists them)
+    missing: tuple[str, ...] = ()  # inputs that would settle a CANNOT_TELL (KPT002 and the summary list them)
+    needs: tuple[str, ...] | None = None  # what this PASS must have seen whole, when not the check's `needs`
 
 
 CheckFn = Callable[["CheckContext"], Iterable[Outcome]]
@@ -48,8 +49,9 @@ class CheckSpec:
     remediation: str
     docs_url: str
     func: CheckFn
-    needs_node: bool  # False: runs on the raw files alone, even when the node could not be loaded
+    needs_node: bool  # kept for the registry's shape: every check now reads the node
     late: bool  # True: runs after the others and reads their results (KPT002, KPT003)
+    needs: tuple[str, ...] = ()  # kinds of fact (Node.FACTS, "a|b" for either) a PASS must have seen whole
 
 
 _REGISTRY: dict[str, CheckSpec] = {}
@@ -57,8 +59,13 @@ _loaded = [False]
 
 
 def check(*, id: str, name: str, severity: Severity, remediation: str, needs_node: bool = True,
-          late: bool = False) -> Callable[[CheckFn], CheckFn]:
-    """Register a check. Explicit arguments keep every ID greppable."""
+          late: bool = False, needs: tuple[str, ...] = ()) -> Callable[[CheckFn], CheckFn]:
+    """Register a check. Explicit arguments keep every ID greppable.
+
+    `needs`: what a PASS must have seen in full. The runner turns a PASS into CANNOT_TELL when the
+    input shows only an excerpt of it, or none (a filter listing cannot prove "every Service has
+    endpoints"), so no check has to remember to.
+    """
 
     def register(fn: CheckFn) -> CheckFn:
         if not ID_RE.match(id):
@@ -68,7 +75,7 @@ def check(*, id: str, name: str, severity: Severity, remediation: str, needs_nod
             raise ValueError(f"{fn.__module__}: check id {id} is already used by {old.func.__module__}")
         doc = inspect.getdoc(fn) or ""
         _REGISTRY[id] = CheckSpec(id, name, Severity(severity), doc.split("\n", 1)[0].strip(), remediation,
-                                  DOCS_URL.format(id=id), fn, needs_node, late)
+                                  DOCS_URL.format(id=id), fn, needs_node, late, needs)
         return fn
 
     return register
@@ -120,8 +127,13 @@ def fail(message: str, *where: Where) -> Outcome:
     return Outcome(Status.FAIL, message, locations(*where))
 
 
-def passed(message: str, *where: Where) -> Outcome:
-    return Outcome(Status.PASS, message, locations(*where))
+def passed(message: str, *where: Where, needs: tuple[str, ...] | None = None) -> Outcome:
+    return Outcome(Status.PASS, message, locations(*where), needs=needs)
+
+
+def warn(message: str, *where: Where) -> Outcome:
+    """A diagnosis the input shows but cannot prove breaks this node's traffic on its own."""
+    return Outcome(Status.WARN, message, locations(*where))
 
 
 def info(message: str, *where: Where) -> Outcome:
@@ -129,8 +141,8 @@ def info(message: str, *where: Where) -> Outcome:
 
 
 def missing(*files: str, why: str = "") -> Outcome:
-    """The check could not run: a bundle file (or a value in one) it needs is not in the input."""
-    return Outcome(Status.WARN, f"could not run: input missing: {', '.join(files)}" + (f" ({why})" if why else ""),
+    """Cannot tell: the input does not show what the check needs; `files` would settle it."""
+    return Outcome(Status.CANNOT_TELL, f"cannot tell: give {', '.join(files)}" + (f" ({why})" if why else ""),
                    (), files)
 
 

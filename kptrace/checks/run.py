@@ -10,8 +10,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterable
 
-from kptrace import __version__
-from kptrace.checks.inputs import CheckContext
+from kptrace.checks.facts import CheckContext, evidence_gaps
 from kptrace.checks.registry import CheckSpec, Outcome, all_checks, get_check
 from kptrace.errors import ExitCode, ParseError
 from kptrace.model.finding import Finding, Severity, Status
@@ -29,14 +28,15 @@ def run_checks(ctx: CheckContext, checks: Iterable[CheckSpec] | None = None, *, 
                 for file in files:
                     ctx.missing_inputs.setdefault(file, []).append(f.id)
         for spec in specs:
-            if spec.late != late or (ctx.node is None and spec.needs_node):
+            if spec.late != late:
                 continue
             try:
-                outcomes = list(spec.func(ctx))
+                outcomes = [_proven(spec, o, ctx) for o in spec.func(ctx)]
             except ParseError as e:
                 # A large dump's rules are parsed when first read; a broken one surfaces here (KPT001 cites it).
-                ctx.extra.errors.append(e)
-                outcomes = [Outcome(Status.WARN, f"could not run: {e.file} does not parse at line {e.line}")]
+                ctx.node.errors.append(e)
+                outcomes = [Outcome(Status.CANNOT_TELL, f"cannot tell: {e.file} does not parse at line {e.line}",
+                                    (), (e.file,))]
             except Exception as e:  # a crashing check must not stop the others
                 if debug:
                     raise
@@ -53,14 +53,24 @@ def run_all(contexts: list[CheckContext], *, debug: bool = False) -> list[Findin
     return [f for ctx in contexts for f in run_checks(ctx, node_name=ctx.name if several else None, debug=debug)]
 
 
+def _proven(spec: CheckSpec, o: Outcome, ctx: CheckContext) -> Outcome:
+    """A PASS stands only on evidence seen whole (spec.needs); otherwise it cannot tell."""
+    needs = o.needs if o.needs is not None else spec.needs
+    if o.status is not Status.PASS or not needs:
+        return o
+    gaps = evidence_gaps(ctx.node, needs)
+    if not gaps:
+        return o
+    seen = "; ".join(f"{f} ({ev.level})" for f, ev in sorted(ctx.node.evidence.items())
+                     if f in {n for need in needs for n in need.split("|")} or
+                     ("rules" in needs and f in ("iptables", "ip6tables", "nft"))) or "none of it"
+    return Outcome(Status.CANNOT_TELL, f"cannot tell: give {', '.join(gaps)} (the input shows {seen}; "
+                                       f"what it shows would pass: {o.message})", o.locations, tuple(gaps))
+
+
 def _finding(spec: CheckSpec, o: Outcome, ctx: CheckContext, node: str | None) -> Finding:
-    message = o.message
-    unread = [f for f in o.missing if ctx.unread(f)]
-    if unread:
-        message += f" ({', '.join(unread)} {'is' if len(unread) == 1 else 'are'} in the bundle, but kptrace " \
-                   f"{__version__} does not read {'it' if len(unread) == 1 else 'them'} yet)"
-    return Finding(spec.id, spec.name, spec.severity, o.status, message, o.locations, spec.remediation, spec.docs_url,
-                   node)
+    return Finding(spec.id, spec.name, spec.severity, o.status, o.message, o.locations, spec.remediation, spec.docs_url,
+                   node, o.missing)
 
 
 def _crash(spec: CheckSpec, e: Exception, node: str | None) -> Finding:
@@ -74,13 +84,15 @@ def _crash(spec: CheckSpec, e: Exception, node: str | None) -> Finding:
 
 
 def exit_code(findings: list[Finding], fail_on: Severity = Severity.HIGH) -> ExitCode:
-    """3 a check crashed, 2 an input did not parse, 1 a FAIL at or above fail_on, 4 a WARN, else 0."""
+    """3 a check crashed, 1 a FAIL at or above fail_on, 4 a WARN or a check that cannot tell, else 0.
+
+    An input that could not be read (KPT001) is a WARN: the rest of the input was checked. Nothing
+    readable at all never gets here (the loader's one-line error, exit 2).
+    """
     if any(f.id == "KPT003" and f.status is Status.FAIL for f in findings):
         return ExitCode.INTERNAL
-    if any(f.id == "KPT001" and f.status is Status.FAIL for f in findings):
-        return ExitCode.USAGE
     if any(f.status is Status.FAIL and f.severity.rank >= fail_on.rank for f in findings):
         return ExitCode.FAIL
-    if any(f.status is Status.WARN for f in findings):
+    if any(f.status in (Status.WARN, Status.CANNOT_TELL) for f in findings):
         return ExitCode.INCONCLUSIVE
     return ExitCode.OK

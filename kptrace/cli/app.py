@@ -26,10 +26,24 @@ state = {"debug": False}
 
 def _print_error(prefix: str, message: str) -> None:
     # rich is imported here, not at start-up: `-o json` runs never print with it.
-    from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True).print(Text(prefix, style="red") + Text(message), highlight=False, soft_wrap=True)
+    from kptrace.render.safe import printable, safe_console
+
+    # The message quotes inputs (file names, rule text): one line, control characters escaped.
+    line = Text(prefix, style="red") + Text(printable(message, one_line=True))
+    safe_console(stderr=True).print(line, highlight=False, soft_wrap=True)
+
+
+def _show_usage_error(e: Exception) -> None:
+    """click's own usage message, with any control character of the arguments it quotes escaped."""
+    import io
+
+    from kptrace.render.safe import printable
+
+    buf = io.StringIO()
+    e.show(file=buf)  # type: ignore[attr-defined]
+    sys.stderr.write(printable(buf.getvalue()))
 
 
 def _version(value: bool) -> None:
@@ -82,7 +96,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the one place a bug becomes exit 3 instead of a traceback
         # Usage errors come from click (vendored inside newer typer releases): they know how to show themselves.
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
+            _show_usage_error(e)
             sys.exit(int(ExitCode.USAGE))
         if state["debug"]:
             raise

@@ -2,11 +2,8 @@
 
 Several node bundles (a directory of them, as the DaemonSet writes, or several --dump) are loaded in
 parallel, one process per core, with a progress bar on stderr; the human output then ends with one
-row per node. Each worker runs the checks' own loader (`load_for_checks`) on one bundle, so a bundle
-reads exactly as it does alone; `kptrace.collect.cluster.load_bundles_parallel` is not used because
-it returns bare Nodes: it would skip the files only the checks read (services.txt, conntrack.txt,
-a second IPv4 dump), refuse a bundle holding both iptables backends, and turn an unparsable file
-into an error instead of KPT001.
+row per node. Each worker runs the one loader (load.py) on one bundle, so a bundle reads exactly
+as it does alone, unreadable bundles and files included (KPT001).
 """
 
 from __future__ import annotations
@@ -19,14 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
 from kptrace.cli.why import OutputFormat
-from kptrace.errors import KptraceError, ParseError
+from kptrace.errors import KptraceError
 from kptrace.model.finding import Severity
 
 if TYPE_CHECKING:
-    from kptrace.checks.inputs import CheckContext
+    from kptrace.checks.facts import CheckContext
+    from kptrace.model.node import Node
 
 
 class FailOn(str, Enum):
@@ -64,7 +61,6 @@ def check(
 
       kptrace explain KPT101
     """
-    from kptrace.checks.inputs import inputs_of
     from kptrace.checks.run import exit_code, run_checks
     from kptrace.cli.app import state
     from kptrace.load import demo_path
@@ -82,34 +78,38 @@ def check(
     findings = [f for name, ctx in named
                 for f in run_checks(ctx, node_name=name if several else None, debug=bool(state["debug"]))]
     if output == OutputFormat.json:
-        typer.echo(dumps(check_json(findings, inputs_of(contexts))))
+        typer.echo(dumps(check_json(findings, [i for c in contexts for i in c.node.inputs])))
     else:
-        render_findings(findings, Console(), verbose)
+        from kptrace.render.safe import safe_console
+
+        render_findings(findings, safe_console(), verbose)
     raise typer.Exit(int(exit_code(findings, Severity(fail_on.value.upper()))))
 
 
 def load_contexts(paths: list[Path], node_ips: list[str], pod_cidrs: list[str], *, workers: int | None = None,
                   progress: bool = False) -> list[tuple[str, CheckContext]]:
-    """(node name, context) per node: several bundles in parallel, anything else as `load_for_checks` reads it."""
-    from kptrace.checks.inputs import load_for_checks
+    """(node name, context) per node: several bundles in parallel, anything else as load_cluster reads it.
+
+    A bundle with nothing readable is still checked (KPT001 says why) while another one can be read.
+    """
+    from kptrace.checks.facts import contexts
     from kptrace.collect.cluster import TARBALL_SUFFIXES, bundle_paths
+    from kptrace.load import load_cluster
 
     bundles = bundle_paths(paths)
     loose = any(b.is_file() and not b.name.endswith(TARBALL_SUFFIXES) for b in bundles)
     if len(bundles) < 2 or loose:
-        # One bundle, or pasted files (which load_cluster makes one node of, together): as before.
-        return [(ctx.name, ctx) for ctx in load_for_checks(paths, node_ips, pod_cidrs)]
+        # One bundle, or pasted files (which load_cluster makes one node of, together).
+        return [(ctx.name, ctx) for ctx in contexts(load_cluster(paths, node_ips, pod_cidrs, keep_unusable=True))]
     return _load_parallel(bundles, node_ips, pod_cidrs, workers, progress)
 
 
-# What a worker sends back for one bundle: its contexts, each with its parse errors as plain fields
-# (ParseError does not survive pickling: its __init__ takes five arguments), or the error that stopped it.
-ErrorFields = tuple[str, int, int, str, str]
-Loaded = list[tuple["CheckContext", list[ErrorFields]]] | KptraceError
+Loaded = list["Node"] | KptraceError
 
 
 def _load_parallel(bundles: list[Path], node_ips: list[str], pod_cidrs: list[str], workers: int | None,
                    progress: bool) -> list[tuple[str, CheckContext]]:
+    from kptrace.checks.facts import contexts
     from kptrace.collect.cluster import _bar
 
     # --node-ip names the first node, as load_cluster has it.
@@ -129,42 +129,38 @@ def _load_parallel(bundles: list[Path], node_ips: list[str], pod_cidrs: list[str
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
                     advance(bundles[futures[fut]])
-    loaded: list[tuple[str, CheckContext, Path]] = []
+    loaded: list[tuple[Node, Path]] = []
+    failed: list[KptraceError] = []
     for i, b in enumerate(bundles):
         res = results[i]
         if isinstance(res, KptraceError):
-            raise res  # the first failing bundle in path order, as loading them all together would
-        for ctx, errors in res:
-            ctx.extra.errors = [ParseError(*e) for e in errors]
-            loaded.append((ctx.node.name if ctx.node is not None else _bundle_name(b), ctx, b))
+            # Only two inputs that contradict each other get here; the bundle is named and the others checked.
+            failed.append(res)
+            continue
+        loaded.extend((node, b) for node in res)
+    if not any(node.usable for node, _ in loaded):
+        raise failed[0] if failed else KptraceError(f"nothing kptrace can read in {', '.join(map(str, bundles))}")
     # A name two bundles share (or none) becomes the bundle's, as load_cluster does for directories.
-    names = [name for name, _, _ in loaded]
-    named: list[tuple[str, CheckContext]] = []
-    for name, ctx, b in loaded:
-        if names.count(name) > 1 or name == "node":
-            name = _bundle_name(b)
-            if ctx.node is not None:
-                ctx.node.name = name
-        named.append((name, ctx))
-    nodes = [ctx.node for _, ctx in named if ctx.node is not None]
-    for _, ctx in named:
-        ctx.peers = tuple(p for p in nodes if p is not ctx.node)
-    return named
+    names = [node.name for node, _ in loaded]
+    for node, b in loaded:
+        if names.count(node.name) > 1 or node.name == "node":
+            node.name = _bundle_name(b)
+    return [(ctx.name, ctx) for ctx in contexts([node for node, _ in loaded])]
 
 
 def _load_bundle(bundle: Path, node_ips: list[str], pod_cidrs: list[str]) -> Loaded:
     """One bundle, as `kptrace check --dump BUNDLE` reads it; runs in a worker process."""
-    from kptrace.checks.inputs import load_for_checks
+    from kptrace.load import load_cluster
 
     try:
-        contexts = load_for_checks([bundle], node_ips, pod_cidrs)
+        nodes = load_cluster([bundle], node_ips, pod_cidrs, keep_unusable=True)
     except KptraceError as e:
-        return KptraceError(str(e)) if isinstance(e, ParseError) else e
-    out: list[tuple[CheckContext, list[ErrorFields]]] = []
-    for ctx in contexts:
-        out.append((ctx, [(e.file, e.line, e.col, e.message, e.text) for e in ctx.extra.errors]))
-        ctx.extra.errors = []
-    return out
+        return KptraceError(str(e))
+    for node in nodes:
+        for rs in [*node.rulesets.values(), *node.legacy_rulesets.values()]:
+            if rs.text is not None and not isinstance(rs.text, str):
+                rs.text = bytes(rs.text[:]).decode("utf-8", "replace")  # a mapped file does not cross processes
+    return nodes
 
 
 def _bundle_name(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from kptrace.errors import ExitCode, KptraceError
+from kptrace.render.safe import printable, safe_console
 
 if TYPE_CHECKING:
     from kptrace.collect.capture import Capture
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
 def collect(
     output: Path = typer.Option(None, "--output", "-o", help="Bundle to write: NAME.tar.gz, a new directory, or - "
                                 "(the .tar.gz on stdout). An existing directory (or one ending in /) gets "
-                                "kptrace-HOST-TIME.tar.gz inside. Default: kptrace-HOST-TIME.tar.gz here."),
+                                "kptrace-HOST-TIME.tar.gz inside. Default: kptrace-HOST-TIME.tar.gz here. Nothing that "
+                                "exists is overwritten."),
     include: list[str] = typer.Option(None, "--include", help="Also collect an optional part: conntrack "
                                       "(every tracked connection; can be large). Repeatable."),
     redact: bool = typer.Option(False, "--redact", help="Replace public IP addresses and this node's host "
@@ -63,14 +66,19 @@ def collect(
         _check_ip(ip)
     started = bundle.now()
     host = hostname()
-    name = bundle.default_name(host, started)
+    redactor = Redactor([host, *([node_name] if node_name else [])]) if redact else None
+    # Redacted, the host name leaves the file name and the tarball's top directory too.
+    name = bundle.default_name(redactor.host(host) if redactor else host, started)
     to_stdout = output is not None and str(output) == "-"
     out = None if to_stdout else _output_path(output, name)
-    err = Console(stderr=True)
+    err = safe_console(stderr=True)
+    if redactor is not None and redactor.unreplaceable:
+        err.print(Text("warning: ", style="yellow") + Text(
+            "--redact: a host name too short or too common a word to replace inside the dumps is replaced only in "
+            "the file name, hostname.txt, node.yaml and manifest.json"), highlight=False, soft_wrap=True)
     options = Options(include=frozenset(parts), timeout=timeout, node_name=node_name, node_ips=tuple(node_ip or ()),
                       pod_cidr=pod_cidr)
     caps = _run(run_collect, options, err, quiet)
-    redactor = Redactor([host, *([node_name] if node_name else [])]) if redact else None
     meta = bundle.Meta(host, node_name or host, started, bundle.now() - started, tuple(parts))
     try:
         if out is None:
@@ -78,16 +86,20 @@ def collect(
             written: Path | str = "stdout"
         else:
             written = bundle.write_bundle(caps, out, meta, redactor)
+    except FileExistsError:
+        # It appeared while collecting: nothing was written through it, and it is left as it is.
+        raise KptraceError(f"{out} exists; kptrace collect does not overwrite files") from None
     except OSError as e:
         raise KptraceError(f"cannot write {out or 'stdout'}: {e.strerror or e}") from None
     warns = [c for c in caps if c.warn]
     for c in warns:
         msg = redactor.text(c.message) if redactor else c.message
-        err.print(Text("warning: ", style="yellow") + Text(f"{c.name}: {msg}"), highlight=False, soft_wrap=True)
+        err.print(Text("warning: ", style="yellow") + Text(printable(f"{c.name}: {msg}", one_line=True)),
+                  highlight=False, soft_wrap=True)
     files = sum(1 for c in caps if c.data is not None)
-    summary = f"wrote {written} ({files} files"
+    summary = f"wrote {printable(str(written), one_line=True)} ({files} files"
     summary += f", {len(warns)} parts not collected)" if warns else ")"
-    err.print(summary, highlight=False, soft_wrap=True)
+    err.print(Text(summary), highlight=False, soft_wrap=True)
     if out is not None:
         typer.echo(str(written))
     raise typer.Exit(int(ExitCode.INCONCLUSIVE if warns else ExitCode.OK))
@@ -98,10 +110,11 @@ def live_node(node_ips: list[str], pod_cidrs: list[str]) -> Node:
     from kptrace.collect import live
 
     node, caps = live.live_node(node_ips, pod_cidrs)
-    err = Console(stderr=True)
+    err = safe_console(stderr=True)
     for c in caps:
         if c.warn:
-            err.print(Text("warning: ", style="yellow") + Text(f"live: {c.message}"), highlight=False, soft_wrap=True)
+            err.print(Text("warning: ", style="yellow") + Text(printable(f"live: {c.message}", one_line=True)),
+                      highlight=False, soft_wrap=True)
     return node
 
 
@@ -115,13 +128,19 @@ def _check_ip(raw: str) -> None:
 
 
 def _output_path(output: Path | None, name: str) -> Path:
+    """Where the bundle goes; refused before collecting when something is already there (a file, a
+    directory, a link, even a dangling one). bundle.write_bundle refuses it again, atomically."""
     if output is None:
-        return Path(f"{name}.tar.gz")
-    if output.is_dir() or str(output).endswith("/"):
-        return output / f"{name}.tar.gz"
-    if output.exists():
-        raise KptraceError(f"{output} exists; kptrace collect does not overwrite files")
-    return output
+        out = Path(f"{name}.tar.gz")
+    elif output.is_dir() or str(output).endswith("/"):
+        out = output / f"{name}.tar.gz"
+    else:
+        out = output
+    if os.path.lexists(out):
+        raise KptraceError(f"{out} exists; kptrace collect does not overwrite files")
+    if not out.parent.is_dir():
+        raise KptraceError(f"{out.parent}: no such directory (kptrace collect creates the bundle, not its parents)")
+    return out
 
 
 def _run(run_collect: Callable[..., list[Capture]], options: Options, err: Console, quiet: bool) -> list[Capture]:

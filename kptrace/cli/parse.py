@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from kptrace.cli.why import OutputFormat
-from kptrace.errors import ExitCode, InputError, KptraceError
+from kptrace.errors import ExitCode, KptraceError
 from kptrace.model.netfilter import LazyChains, Ruleset
 from kptrace.model.node import Node
 from kptrace.model.trace import InputFile
@@ -46,6 +46,8 @@ class FileRecord(TypedDict):
     lines: int
     sections: list[SectionRecord]
     unrecognised: list[UnknownRecord]
+    # What the input shows, by kind of fact: "complete" (the command's whole output) or "excerpt".
+    evidence: NotRequired[dict[str, str]]
 
 
 def parse(
@@ -65,7 +67,7 @@ def parse(
 
       kptrace parse node-a/ -o json
     """
-    from kptrace.load import _load_one, _read_entries, _short, decode, sniff
+    from kptrace.load import MappedFile, _load_one, _read_entries, _short, decode, sniff
     from kptrace.parsers.paste import parse_paste, paste_kind
 
     node = Node()
@@ -74,9 +76,14 @@ def parse(
         for label, data in _read_entries(p):
             short = _short(label, p)
             in_bundle = p.is_dir() or label != str(p)
+            if isinstance(data, KptraceError):
+                records.append(FileRecord(file=short, kind=None, sha256="", lines=0, sections=[],
+                                          unrecognised=[_from_error(data, short)]))
+                continue
             text = decode(data, short)
             kind = sniff(short, text)
-            rec = FileRecord(file=short, kind=kind, sha256=hashlib.sha256(data).hexdigest(),
+            raw = data.mm[:] if isinstance(data, MappedFile) else data
+            rec = FileRecord(file=short, kind=kind, sha256=hashlib.sha256(raw).hexdigest(),
                              lines=text.count("\n") + (0 if text.endswith("\n") or not text else 1), sections=[],
                              unrecognised=[])
             if kind == "paste":
@@ -85,28 +92,30 @@ def parse(
                 rec["sections"] = [_section_record(s) for s in pasted.sections]
                 rec["unrecognised"] = [_unknown(u.source.file, u.source.line, u.source.col, u.reason, u.source.text)
                                        for u in pasted.unrecognised]
+            errors_before = len(node.errors)
             try:
                 before = _snapshot(node)
                 _load_one(node, short, data, in_bundle=in_bundle)
-            except InputError as e:
-                if kind is not None:
-                    raise
-                rec["unrecognised"].append(_unknown(short, 1, 1, str(e).split(": ", 1)[-1], text.split("\n", 1)[0]))
+            except KptraceError as e:
+                # Said as this input's note; the other inputs still load (exit 4, not 2).
+                rec["unrecognised"].append(_from_error(e, short, text.split("\n", 1)[0]))
                 records.append(rec)
                 continue
-            if kind is None and text.strip():
-                rec["unrecognised"].append(_unknown(short, 1, 1, "not recognised as any command's output (see "
-                                                    "docs/bundle.md for names)", text.split("\n", 1)[0]))
-            elif kind != "paste" and kind is not None:
+            rec["unrecognised"] += [_from_error(e, short) for e in node.errors[errors_before:]]
+            if kind != "paste" and kind is not None:
                 rec["sections"] = [_whole_file_section(node, before, kind, rec["lines"])]
             records.append(rec)
+    for rec in records:
+        rec["evidence"] = {fact: ev.level for fact, ev in sorted(node.evidence.items()) if rec["file"] in ev.files}
     doc = parse_json(records, node)
     if output == OutputFormat.json:
         from kptrace.render.jsonout import dumps
 
         typer.echo(dumps(doc))
     else:
-        _render(records, node, Console(highlight=False))
+        from kptrace.render.safe import safe_console
+
+        _render(records, node, safe_console(highlight=False))
     raise typer.Exit(int(exit_code(records)))
 
 
@@ -115,6 +124,13 @@ def exit_code(records: list[FileRecord]) -> ExitCode:
         if r["unrecognised"] or any(s["unknowns"] or not s["used"] for s in r["sections"]):
             return ExitCode.INCONCLUSIVE
     return ExitCode.OK
+
+
+def _from_error(e: KptraceError, file: str, text: str = "") -> UnknownRecord:
+    from kptrace.load import _as_parse_error
+
+    pe = _as_parse_error(e, file)
+    return _unknown(pe.file, pe.line, pe.col, pe.message, pe.text or text)
 
 
 def _unknown(file: str, line: int, col: int, reason: str, text: str) -> UnknownRecord:

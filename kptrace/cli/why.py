@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from ipaddress import ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 
 import typer
 
 from kptrace.errors import ExitCode, KptraceError
-from kptrace.model.flow import Flow, IPAddress
+from kptrace.model.flow import STATES, Flow, IPAddress
 from kptrace.model.node import Node
 from kptrace.model.finding import Finding
 from kptrace.model.trace import Disposition, Trace
@@ -60,7 +60,13 @@ def why(
     dump: list[Path] = typer.Option(None, "--dump", "-d", help="A dump file, bundle directory or bundle .tar.gz; repeatable."),
     node_ip: list[str] = typer.Option(None, "--node-ip", help="An address of this node (addrtype LOCAL); repeatable."),
     pod_cidr: list[str] = typer.Option(None, "--pod-cidr", help="The cluster's pod CIDR (default: read from kube-proxy's rules)."),
-    on: str = typer.Option(None, "--node", help="The node the packet starts on (default: the one owning --from, or the first)."),
+    on: str = typer.Option(None, "--node", help="The node the packet starts on (default: the one owning --from or its pod "
+                           "subnet; for an outside client the one owning the destination, else the one on its subnet)."),
+    state: str = typer.Option("new", "--state", help="The packet's conntrack state: new (a connection's first packet), "
+                              "established (a later one), related, or reply (the answer direction)."),
+    mark: str = typer.Option(None, "--mark", help="The packet's mark when it enters, e.g. 0x4000."),
+    service_cidr: list[str] = typer.Option(None, "--service-cidr", help="The cluster's Service range (default: node.yaml); "
+                                           "a destination in it that no Service has is answered NO_SERVICE."),
     demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace (flannel VXLAN, node-a and node-b)."),
     output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect (inputs under 4 MiB; "
@@ -103,11 +109,16 @@ def why(
 
         # No --dump and no --demo: this node, read live (read-only), through the same loader.
         cluster = [live_node(list(node_ip or []), list(pod_cidr or []))]
+    st = (state or "new").lower()
+    if st not in STATES:
+        raise KptraceError(f"--state '{state}': expected one of {', '.join(STATES)}")
+    mark_value = _mark(mark)
+    cidrs = tuple(_network(c) for c in service_cidr or ())
     dst_ip = ip_address(host)
     src_ip = _source(src, cluster, dst_ip)
-    node = start_node(cluster, src_ip, on)
-    flow = Flow(src_ip, dst_ip, p, sport, port, in_iface)
-    trace = trace_flow(node, flow, cluster)
+    node, notes = choose_start(cluster, src_ip, dst_ip, on)
+    flow = Flow(src_ip, dst_ip, p, sport, port, in_iface, st, mark_value)
+    trace = trace_flow(node, flow, cluster, tuple(notes), cidrs)
     findings = _findings(trace, node, cluster, paths, node_ip, pod_cidr) if checks else []
     if output == OutputFormat.json:
         from kptrace.render.findings import finding_json
@@ -135,15 +146,12 @@ def _findings(trace: Trace, node: Node, cluster: list[Node], paths: list[Path],
     if not paths or _input_bytes(paths) > CHECKS_MAX_BYTES or \
             any("parsed when the trace reads them" in a for rs in node.rulesets.values() for a in rs.assumptions):
         return []
-    from kptrace.checks.inputs import load_for_checks
+    from kptrace.checks.facts import contexts
     from kptrace.checks.run import run_all
     from kptrace.checks.trace import findings_for_trace
 
-    try:
-        contexts = load_for_checks(paths, list(node_ip or []), list(pod_cidr or []))
-    except KptraceError:
-        return []
-    return findings_for_trace(trace, run_all(contexts))
+    # The nodes the trace walked, with the same --pod-cidr/--node-ip and inferred facts: one load.
+    return findings_for_trace(trace, run_all(contexts(cluster)))
 
 
 CHECKS_MAX_BYTES = 4 * 1024 * 1024  # past this `why --checks` leaves the checks to `kptrace check`
@@ -183,6 +191,60 @@ def _source(src: str | None, cluster: list[Node], dst: IPAddress) -> IPAddress:
             return a.address.ip
     ips = [a for a in node.node_ips if a.version == dst.version] + [a.address.ip for a in candidates]
     return ips[0] if ips else ip_address("127.0.0.1" if dst.version == 4 else "::1")
+
+
+def _mark(text: str | None) -> int:
+    if text is None:
+        return 0
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise KptraceError(f"--mark '{text}': expected a number such as 0x4000") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise KptraceError(f"--mark '{text}': a mark is 32 bits")
+    return value
+
+
+def _network(text: str) -> IPv4Network | IPv6Network:
+    try:
+        return ip_network(text, strict=False)
+    except ValueError:
+        raise KptraceError(f"--service-cidr '{text}' is not a network (e.g. 10.96.0.0/12)") from None
+
+
+def choose_start(cluster: list[Node], src: IPAddress, dst: IPAddress, name: str | None) -> tuple[Node, list[str]]:
+    """The node the packet starts on, and what kptrace assumed to choose it.
+
+    A node's own address or pod: that node. A client outside the cluster sends to an address some
+    node owns (its address, a NodePort, an externalIP or LoadBalancer IP bound on it), else its
+    packet reaches the node it shares a link with; failing both, the first node, and it says so.
+    """
+    if name is not None or len(cluster) == 1:
+        return start_node(cluster, src, name), []
+    for n in cluster:
+        if src in n.local_addresses():
+            return n, []
+    for n in cluster:
+        if n.pod_subnet is not None and src.version == n.pod_subnet.version and src in n.pod_subnet:
+            return n, []
+    owners = [n for n in cluster if dst in n.local_addresses() or _local_route(n, dst)]
+    if len(owners) == 1:
+        return owners[0], [f"the client is outside the cluster; its packet enters {owners[0].name}, which owns {dst} "
+                           "(use --node to change)"]
+    linked = [n for n in cluster if any(a.address.version == src.version and src in a.address.network
+                                        and a.scope != "host" and not a.address.ip.is_loopback for a in n.addresses)]
+    if len(linked) == 1:
+        return linked[0], [f"the client is outside the cluster; its packet enters {linked[0].name}, the node on its "
+                           f"subnet (use --node to change)"]
+    first = owners[0] if owners else cluster[0]
+    why = (f"several nodes own {dst} ({', '.join(n.name for n in owners)})" if owners else
+           f"no node of the input owns {dst} or shares a subnet with {src}")
+    return first, [f"the client is outside the cluster and {why}: the packet is traced from {first.name} "
+                   "(use --node to say where it enters)"]
+
+
+def _local_route(n: Node, dst: IPAddress) -> bool:
+    return any(r.type == "local" and dst.version == r.dst.version and dst in r.dst for r in n.routes)
 
 
 def start_node(cluster: list[Node], src: IPAddress, name: str | None) -> Node:

@@ -126,7 +126,6 @@ class _bar:
 
     def __enter__(self) -> Callable[[Path], None]:
         if self.on:
-            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -135,9 +134,11 @@ class _bar:
                 TimeElapsedColumn,
             )
 
+            from kptrace.render.safe import safe_console
+
             self._progress = Progress(TextColumn("loading bundles"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.description}"), TimeElapsedColumn(),
-                                      console=Console(stderr=True), transient=True)
+                                      TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
+                                      console=safe_console(stderr=True), transient=True)
             self._progress.start()
             self._task = self._progress.add_task("", total=self.total)
         return self._advance

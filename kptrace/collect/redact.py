@@ -29,7 +29,9 @@ class Redactor:
     def __init__(self, hostnames: list[str] | None = None) -> None:
         self._v4: dict[int, int] = {}  # public /16 (top 16 bits) -> replacement index
         self._v6: dict[int, int] = {}  # public /48 (top 48 bits) -> replacement index
-        self._hosts: dict[str, str] = {}
+        self._names: dict[str, str] = {}  # every host name (an FQDN and its first label) -> its replacement
+        self._hosts: dict[str, str] = {}  # those of them replaced inside the dumps' text too
+        self.unreplaceable = False  # a host name is too short or too common a word to replace in text
         self.replaced = 0
         for h in hostnames or []:
             self.add_hostname(h)
@@ -38,13 +40,25 @@ class Redactor:
         """A host name to hide; an FQDN also hides its first label (the same host, the same replacement)."""
         full = name.strip().rstrip(".").lower()
         short = full.split(".", 1)[0]
-        if not full or full in self._hosts:
+        if not full or full in self._names:
             return
-        repl = self._hosts.get(short) or f"redacted-host-{len(set(self._hosts.values())) + 1}"
+        repl = self._names.get(short) or f"redacted-host-{len(set(self._names.values())) + 1}"
         for n in (full, short):
+            if not n:
+                continue
+            self._names[n] = repl
             # A name that is also a word of the dumps (a table, a route table) would break them.
             if len(n) >= 3 and n not in GENERIC_WORDS:
                 self._hosts[n] = repl
+            else:
+                self.unreplaceable = True
+
+    def host(self, name: str) -> str:
+        """The replacement for a whole host-name value (the bundle's file name, node.yaml's `name`, the
+        manifest): always replaced, even a name too short or too common to replace inside the dumps."""
+        self.add_hostname(name)
+        full = name.strip().rstrip(".").lower()
+        return self._names.get(full) or self._names.get(full.split(".", 1)[0]) or "redacted-host"
 
     def address(self, text: str) -> str:
         """The replacement for one address (unchanged when it is not public)."""

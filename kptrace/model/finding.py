@@ -24,12 +24,14 @@ _RANK = {Severity.HIGH: 3, Severity.MEDIUM: 2, Severity.LOW: 1, Severity.INFO: 0
 
 
 class Status(str, Enum):
-    """After kube-bench's State: FAIL, WARN (the check could not run), INFO, PASS."""
+    """After kube-bench's State: FAIL, WARN, INFO, PASS; and CANNOT_TELL: the input does not show what
+    the check needs (it names the input that would settle it). A check never PASSes on what it did not see."""
 
     FAIL = "FAIL"
     WARN = "WARN"
     INFO = "INFO"
     PASS = "PASS"
+    CANNOT_TELL = "CANNOT_TELL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class Finding:
     remediation: str = ""
     docs_url: str = ""
     node: str | None = None  # which node's bundle, when several are checked together
+    settle: tuple[str, ...] = ()  # CANNOT_TELL: the inputs that would settle it
 
     def fingerprint(self) -> str:
         """sha256 of id, first cited file and line, and message: stable across runs on the same inputs."""

@@ -15,12 +15,15 @@ class Disposition(str, Enum):
     DROPPED = "DROPPED"
     REJECTED = "REJECTED"
     NO_ROUTE = "NO_ROUTE"
+    # The destination is a Service address (in the Service range, or a ClusterIP with other ports)
+    # that no Service port matches: nothing translates it, and nobody will answer.
+    NO_SERVICE = "NO_SERVICE"
     UNDETERMINED = "UNDETERMINED"
     MIXED = "MIXED"  # branches end differently
 
     @property
     def failed(self) -> bool:
-        return self in (Disposition.DROPPED, Disposition.REJECTED, Disposition.NO_ROUTE)
+        return self in (Disposition.DROPPED, Disposition.REJECTED, Disposition.NO_ROUTE, Disposition.NO_SERVICE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,7 @@ class Step:
     text: str
     depth: int = 0  # nesting of user-chain jumps, for the tree view
     node: str | None = None  # set when a trace crosses nodes
+    encapsulated: bool = False  # a step of the overlay's own packet (VXLAN UDP) carrying the traced one
 
 
 @dataclass(frozen=True, slots=True)

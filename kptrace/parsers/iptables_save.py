@@ -180,12 +180,26 @@ def parse_network(value: str, file: str, line: int, col: int, text: str) -> tupl
     return tuple(nets)
 
 
-def parse_iptables_save(text: str, file: str = "iptables-save", family: int | None = None) -> ParseResult:
-    """Parse a whole dump. Structure errors raise ParseError with file:line:col."""
+def parse_iptables_save(text: str, file: str = "iptables-save", family: int | None = None,
+                        lenient: list[ParseError] | None = None) -> ParseResult:
+    """Parse a whole dump. Structure errors raise ParseError with file:line:col.
+
+    With `lenient` (a paste, a dump someone edited or cut), an error is recorded there instead and
+    the rest is read: a rule kptrace cannot read stays in its chain as a rule that makes a walk
+    UNDETERMINED; a table cut before COMMIT keeps its chains, the last one marked as shown in part;
+    a jump to a chain the input does not hold is left for the walk to report.
+    """
     rs = Ruleset(file=file, family=family or 4)
     result = ParseResult(rs)
     table: Table | None = None
     saw_v6 = False
+    last_chain: Chain | None = None
+
+    def problem(e: ParseError) -> None:
+        if lenient is None:
+            raise e
+        lenient.append(e)
+
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r")
         stripped = line.strip()
@@ -193,38 +207,82 @@ def parse_iptables_save(text: str, file: str = "iptables-save", family: int | No
             continue
         if stripped.startswith("*"):
             if table is not None:
-                raise ParseError(file, lineno, 1, f"table '{stripped[1:]}' starts before COMMIT of '{table.name}'", line)
+                problem(ParseError(file, lineno, 1, f"table '{stripped[1:]}' starts before COMMIT of '{table.name}'", line))
+                _cut(table, last_chain, file, lineno - 1)
             name = stripped[1:].strip()
             if name not in BUILTIN_CHAINS:
-                raise ParseError(file, lineno, 2, f"unknown table '{name}'", line)
+                problem(ParseError(file, lineno, 2, f"unknown table '{name}'", line))
+                table = None
+                continue
             table = rs.tables.get(name) or Table(name, Source(file, lineno, 1, line))
             rs.tables[name] = table
+            last_chain = None
             continue
         if stripped == "COMMIT":
             if table is None:
-                raise ParseError(file, lineno, 1, "COMMIT outside a table", line)
+                problem(ParseError(file, lineno, 1, "COMMIT outside a table", line))
             table = None
             continue
         if table is None:
-            raise ParseError(file, lineno, 1, "rule or chain outside a table (missing '*table' line)", line)
-        if stripped.startswith(":"):
-            _chain_line(table, stripped, file, lineno, line, rs.assumptions)
+            problem(ParseError(file, lineno, 1, "rule or chain outside a table (missing '*table' line)", line))
             continue
-        rule = parse_rule_line(table.name, line, file, lineno)
+        try:
+            if stripped.startswith(":"):
+                _chain_line(table, stripped, file, lineno, line, rs.assumptions)
+                continue
+            rule = parse_rule_line(table.name, line, file, lineno)
+        except ParseError as e:
+            from kptrace.parsers.iptables_s import unreadable_rule
+
+            problem(e)
+            chain = _chain_of(table, stripped, file, lineno, line)
+            if chain is not None:
+                why = f"kptrace cannot read this rule ({e.message})"
+                chain.rules.append(_reindex(unreadable_rule(table.name, chain.name, Source(file, lineno, 1, line), why),
+                                            len(chain.rules) + 1, ()))
+                last_chain = chain
+            continue
         saw_v6 = saw_v6 or _is_v6(rule)
         if rule.chain not in table.chains:
             if rule.chain in BUILTIN_CHAINS[table.name]:
                 table.chains[rule.chain] = Chain(table.name, rule.chain, "ACCEPT", rule.source)
             else:
-                raise ParseError(file, lineno, 4, f"chain '{rule.chain}' is not declared in table '{table.name}'", line)
+                problem(ParseError(file, lineno, 4, f"chain '{rule.chain}' is not declared in table '{table.name}'", line))
+                table.chains[rule.chain] = Chain(table.name, rule.chain, None, rule.source)
         _add_rule(table.chains[rule.chain], rule, line, file, lineno)
+        last_chain = table.chains[rule.chain]
     if table is not None:
         n = len(text.splitlines())
-        raise ParseError(file, n or 1, 1, f"table '{table.name}' has no COMMIT (truncated dump?)")
+        problem(ParseError(file, n or 1, 1, f"table '{table.name}' has no COMMIT (truncated dump?)"))
+        _cut(table, last_chain, file, n or 1)
     if family is None and saw_v6:
         rs.family = 6
-    _check_jumps(rs, result)
+    _check_jumps(rs, result, lenient)
     return result
+
+
+def _chain_of(table: Table, stripped: str, file: str, lineno: int, line: str) -> Chain | None:
+    """The chain an unreadable `-A CHAIN …` line belongs to (declared now if the input did not)."""
+    words = stripped.split()
+    if len(words) < 2 or words[0] not in ("-A", "-I", "--append", "--insert"):
+        return None
+    name = words[1]
+    if name not in table.chains:
+        builtin = name in BUILTIN_CHAINS[table.name]
+        table.chains[name] = Chain(table.name, name, "ACCEPT" if builtin else None, Source(file, lineno, 1, line))
+    return table.chains[name]
+
+
+def _cut(table: Table, chain: Chain | None, file: str, lineno: int) -> None:
+    """A table the input cuts short: its last chain may go on past the cut."""
+    from kptrace.parsers.iptables_s import not_shown_rule
+
+    if chain is None:
+        return
+    src = Source(file, max(lineno, 1), 1, f"(not in the input: the rest of {table.name}/{chain.name}, cut before COMMIT)")
+    rule = not_shown_rule(table.name, chain.name, src, f"the input is cut before {table.name}'s COMMIT: the rest of "
+                                                         f"{table.name}/{chain.name} is not in it")
+    chain.rules.append(_reindex(rule, len(chain.rules) + 1, ()))
 
 
 def _is_v6(rule: Rule) -> bool:
@@ -270,8 +328,11 @@ def _reindex(rule: Rule, index: int, tokens: tuple[str, ...]) -> Rule:
     return replace(rule, index=index, tokens=tokens)
 
 
-def _check_jumps(rs: Ruleset, result: ParseResult) -> None:
-    """iptables-restore refuses a jump to a chain that does not exist; so do we."""
+def _check_jumps(rs: Ruleset, result: ParseResult, lenient: list[ParseError] | None = None) -> None:
+    """iptables-restore refuses a jump to a chain that does not exist; so do we (unless lenient: the
+    walk then says the chain is not in the input)."""
+    if lenient is not None:
+        return
     for t in rs.tables.values():
         for c in t.chains.values():
             for r in c.rules:

@@ -40,7 +40,7 @@ from kptrace.parsers.iptables_save import POLICIES, _reindex, parse_iptables_sav
 # moves the line (0: read every dump lazily, as the kernel lab does to compare both paths).
 LAZY_MIN_LINES = int(os.environ.get("KPTRACE_LAZY_MIN_LINES") or 5000)
 INDEX_MIN_RULES = 64  # chains this long get a destination index (KUBE-SERVICES, KUBE-NODEPORTS)
-HINTS_FORMAT = 4  # bump when the cached structure changes meaning
+HINTS_FORMAT = 5  # bump when the cached structure changes meaning
 _DECL_RE = re.compile(r"^:(\S+)[ \t]+(\S+)(?:[ \t]+\[(\d{1,20}):(\d{1,20})\])?[ \t\r]*$")
 _DECL_NAME_RE = re.compile(r"\n:([^ \t\r\n]+)")
 _NOT_DECL_RE = re.compile(rb"\n[^:]")
@@ -105,6 +105,8 @@ def scan_iptables_save(data: str | Buffer, file: str = "iptables-save", family: 
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if len(raw) < 50 * LAZY_MIN_LINES and raw[:].count(b"\n") < LAZY_MIN_LINES:
         return parse_iptables_save(_Text(raw, file).decode(0, len(raw)), file, family).ruleset
+    if hints is not None and not _hints_fit(hints, raw):
+        hints = None  # made for other bytes: scan these
     t = _Text(raw, file, hints["newlines"] if hints else None)
     sections = [tuple(s) for s in hints["sections"]] if hints else _sections(t)
     if sections is None:
@@ -122,8 +124,8 @@ def scan_iptables_save(data: str | Buffer, file: str = "iptables-save", family: 
             return parse_iptables_save(t.decode(0, len(raw)), file, family).ruleset
         tables[name] = sec.decls.hint()
         rs.tables[name] = sec.table()
-    rs.scan_hints = {"format": HINTS_FORMAT, "sections": [list(s) for s in sections], "tables": tables,
-                     "newlines": t.newlines}
+    rs.scan_hints = {"format": HINTS_FORMAT, "bytes": len(raw), "sections": [list(s) for s in sections],
+                     "tables": tables, "newlines": t.newlines}
     if family is None and b":" in raw[:200000] and _V6_RULE_RE.search(raw[:2000000]):
         rs.family = 6
     rs.assumptions.append(
@@ -131,6 +133,21 @@ def scan_iptables_save(data: str | Buffer, file: str = "iptables-save", family: 
         "syntax error in a rule it never reads is not reported (kptrace why --strict checks every rule)"
     )
     return rs
+
+
+def _hints_fit(hints: dict[str, Any], raw: Buffer) -> bool:
+    """Whether hints describe these bytes: their size, a newline count per block, and a `*table` line
+    and a `COMMIT` line at each section's offsets. A few bytes per table: the cache verifies that an
+    entry is the one kptrace wrote for this sha256; this checks it could describe these bytes at all."""
+    n = len(raw)
+    try:
+        sections = [(int(h), int(c)) for h, c in hints["sections"]]
+        ok = (hints.get("bytes") == n and isinstance(hints.get("tables"), dict)
+              and isinstance(hints.get("newlines"), list) and len(hints["newlines"]) == n // _Text.STEP + 1)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return ok and all(0 <= h < c < n and raw[h:h + 1] == b"*" and (h == 0 or raw[h - 1:h] == b"\n")
+                      and raw[c - 1:c + 6] == b"\nCOMMIT" for h, c in sections)
 
 
 def _sections(t: _Text) -> list[tuple[int, int]] | None:

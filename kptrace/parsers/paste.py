@@ -35,7 +35,7 @@ from typing import Any
 
 from kptrace.errors import ParseError
 from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Ruleset, Table
-from kptrace.model.node import Coverage, Node
+from kptrace.model.node import COMPLETE, EXCERPT, Coverage, Node
 from kptrace.model.source import Source
 from kptrace.parsers.arp import BSD_RE as ARP_BSD_RE
 from kptrace.parsers.arp import HEADER_RE as ARP_HEADER_RE
@@ -63,16 +63,53 @@ KNOWN_COMMANDS = frozenset({
     "ip6tables-nft-save", "ip", "route", "arp", "conntrack", "ipvsadm", "ipset", "nft", "sysctl", "cat", "netstat",
     "sudo", "kubectl", "bridge", "brctl", "lsmod", "ss", "grep", "egrep", "echo", "ls", "uname", "hostname",
     "crictl", "docker", "tcpdump", "cilium", "calicoctl", "ethtool", "modprobe", "journalctl", "systemctl",
+    "dmesg", "xtables-monitor", "xtables-legacy-multi", "xtables-nft-multi", "nslookup", "dig", "host", "ping",
+    "curl", "wget", "nc", "telnet", "traceroute", "ps", "for", "ansible", "less", "tail", "head", "k", "oc",
+    "sh", "bash", "nerdctl", "ctr", "mtr", "tracepath", "arping", "free", "df", "cd", "iptables-restore", "ipvsadm-save",
+    "ipset-save", "conntrack-tools", "resolvectl", "systemd-resolve", "find", "wc", "watch",
+})
+# Programs a line may start with, without any prompt, to be read as the command that printed what follows
+# (`sudo iptables-save ` glued to a code fence; a shell loop over /sys files; an ansible ad-hoc run).
+_BARE_PROGRAMS = frozenset({
+    "sudo", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "iptables-legacy", "ip6tables-legacy",
+    "iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft", "ip6tables-nft", "iptables-nft-save",
+    "ip6tables-nft-save", "ipvsadm", "ipset", "conntrack", "sysctl", "lsmod", "bridge", "brctl", "route", "arp",
+    "netstat", "nft", "dmesg", "journalctl", "xtables-monitor", "for", "ansible", "cat", "ip", "kubectl",
 })
 _FILTERS = frozenset({"grep", "egrep", "fgrep", "rg", "head", "tail", "sed", "awk", "less", "more", "cut", "sort",
                       "uniq", "column"})
 _IPT = re.compile(r"^ip6?tables(-legacy|-nft)?$")
 _IPT_SAVE = re.compile(r"^ip6?tables(-legacy|-nft)?-save$")
+# `root@node:~# cmd`, `[root@node ~]# cmd`, `clear@clr-01 ~/dir $ cmd`, `(venv) user@box:~/x$ cmd`, `$ cmd`, `# cmd`.
 PROMPT_RE = re.compile(
-    r"^\s{0,4}(?:\([\w.-]{1,40}\)\s)?(?P<p>(?:\[[^\]\n]{1,80}\]|[\w.-]{1,64}@[\w.-]{1,64}(?::[^\s#$%>]{0,200})?)"
-    r"\s?[#$%>]|[#$%])\s+(?P<cmd>\S.{0,4000})$"
+    r"^\s{0,4}(?:\([\w.-]{1,40}\)\s)?(?P<p>(?:\[[^\]\n]{1,80}\]|[\w.-]{1,64}@[\w.-]{1,64}"
+    r"(?::[^\s#$%>]{0,200}|\s{1,2}[~/][^\s#$%>]{0,200})?)\s?[#$%>]|[#$%])\s+(?P<cmd>\S.{0,4000})$"
+)
+# Prompts that need a known command after them (else the line is data or prose): `> cmd`, `!20 $ cmd`,
+# BusyBox `/ # cmd`, BOSH `k8s/08ea…:~# cmd`, zsh themes (`⇒  cmd`, `➜  dir cmd`), `#cmd` without a space.
+_WEAK_PROMPT_RES = (
+    re.compile(r"^\s{0,4}(?P<p>>|!\d{1,6}\s[#$%>])\s+(?P<cmd>\S.{0,4000})$"),
+    re.compile(r"^\s{0,4}(?P<p>[~/][^\s#$%>]{0,200}\s[#$])\s+(?P<cmd>\S.{0,4000})$"),
+    re.compile(r"^\s{0,4}(?P<p>[\w.-]{1,64}/[\w.-]{1,64}:[^\s#$%>]{0,200}[#$])\s*(?P<cmd>\S.{0,4000})$"),
+    re.compile(r"^\s{0,4}(?P<p>[⇒➜❯λ»→▶])\s+(?:[\w.~/-]{1,80}\s+(?:git:\([^)\s]{0,80}\)\s+)?(?:✗\s+)?)?(?P<cmd>\S.{0,4000})$"),
+    re.compile(r"^\s{0,4}(?P<p>#)(?P<cmd>[a-z][\w.-]{0,40}(?:\s.{0,4000})?)$"),
+)
+# A prompt with no command after it (the last line of a terminal copy): the end of the output before it.
+BARE_PROMPT_RE = re.compile(
+    r"^\s{0,4}(?:\([\w.-]{1,40}\)\s)?(?:\[[^\]\n]{1,80}\]|[\w.-]{1,64}@[\w.-]{1,64}"
+    r"(?::[^\s#$%>]{0,200}|\s{1,2}[~/][^\s#$%>]{0,200})?|[\w.-]{1,64}/[\w.-]{1,64}:[^\s#$%>]{0,200})\s?[#$%>]\s*$"
+    r"|^\s{0,4}\$\s*$"
 )
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]{0,32}[A-Za-z]")
+# `[ 14.414142] : Chain INPUT (policy DROP)`: a serial console that prefixes every line it prints.
+CONSOLE_PREFIX_RE = re.compile(r"^\[\s*\d{1,10}\.\d{1,9}\] : ")
+_FENCE_RE = re.compile(r"^\s*```\w*\s*$")
+# `10.109.0.18 | CHANGED | rc=0 >>`: ansible's header before each host's output.
+HOST_HEADER_RE = re.compile(r"^(\S{1,253}) \| (CHANGED|SUCCESS|FAILED|UNREACHABLE!?|FAILED!)(?: \| rc=-?\d+)? (>>|=>)")
+LEGACY_WARNING_RE = re.compile(r"^#?\s*Warning: ip6?tables-legacy tables present")
+_MAC = r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}"
+# A destination of `ip route`/`ip neigh`: an IPv4 or IPv6 address or prefix, never a MAC address.
+_DST = rf"(?!{_MAC}(?:\s|$))(?:[0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}|[0-9a-fA-F]{{0,4}}(?::[0-9a-fA-F]{{0,4}}){{2,7}})"
 
 # Line classes -> the section kind they belong to.
 _CLASSES: list[tuple[str, str, re.Pattern[str]]] = [
@@ -90,18 +127,52 @@ _CLASSES: list[tuple[str, str, re.Pattern[str]]] = [
     ("arp-header", "arp", ARP_HEADER_RE),
     ("arp-bsd", "arp", ARP_BSD_RE),
     ("conntrack", "conntrack", CT_HEAD_RE),
+    ("conntrack-cut", "conntrack", re.compile(r"^([0-9]{1,3})\s+([0-9]{1,20})\s+([A-Z_]{1,30}\s+)?src=\S+ dst=\S+")),
     ("conntrack-footer", "conntrack", CT_FOOTER_RE),
-    ("ipvs-title", "ipvsadm", re.compile(r"^(IP Virtual Server version |Prot LocalAddress:Port|IPVS connection entries)")),
+    ("ipvs-title", "ipvsadm", re.compile(r"^(IP Virtual Server version |Prot LocalAddress:Port|IPVS connection entries|"
+                                         r"pro expire state\s+source\s+virtual\s+destination)")),
     ("ipvs-save", "ipvsadm", re.compile(r"^-[AaEe] (-t|-u|-f|--tcp-service|--udp-service|--fwmark-service|--sctp-service) ")),
+    ("ipvs-conn", "ipvsadm", re.compile(r"^(TCP|UDP|SCTP|IP)\s+\d{1,4}:\d\d\s+[A-Z_]{2,20}\s+\S+:\d+\s+\S+:\d+\s+\S+:\d+\s*$")),
+    ("ipvs-service", "ipvsadm", re.compile(r"^(TCP|UDP|SCTP)\s+(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]{2,45}\]):\d{1,5}\s+[a-z]{2,6}\b"
+                                           r"|^FWM\s+\d{1,10}\s+(IPv6\s+)?[a-z]{2,6}\b")),
+    ("ipvs-dest", "ipvsadm", re.compile(r"^->\s+(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]{2,45}\]):\d{1,5}\s+"
+                                        r"(Masq|Route|Tunnel|Local|Bypass|FullNat)\s+\d")),
     ("ipset", "ipset", re.compile(r"^(create \S+ (hash|bitmap|list):|add \S+ \S+|Name: \S+$)")),
+    ("bridge-link", "bridge-link", re.compile(
+        r"^\d+: [^:\s]+(@\S+)?: <[^>\n]{0,200}>(?!.*\bqdisc\b).*\bmaster \S+ state (forwarding|blocking|disabled|learning|listening)\b")),
     ("ip-addr-head", "ip-addr", re.compile(r"^\d+: [^:\s]+(@\S+)?: <")),
     ("ip-rule", "ip-rule", re.compile(r"^\d+:\s+(not\s+)?from ")),
     ("ip-neigh", "ip-neigh", re.compile(
-        r"^[0-9a-fA-F.:]{2,45} dev \S+ (.* )?(lladdr \S+|PERMANENT|REACHABLE|STALE|DELAY|PROBE|FAILED|INCOMPLETE|NOARP)( |$)")),
+        rf"^{_DST} (dev \S+ (.* )?)?(lladdr \S+|PERMANENT|REACHABLE|STALE|DELAY|PROBE|FAILED|INCOMPLETE|NOARP)( |$)")),
+    ("fdb", "bridge-fdb", re.compile(
+        rf"^{_MAC}\s+(dev|dst|vlan|master|self|permanent|static|extern_learn|offload|router|sticky|nhid|vni|port)(\s|$)")),
     ("ip-route", "ip-route", re.compile(
         r"^((unicast|local|broadcast|anycast|multicast|blackhole|unreachable|prohibit|throw|nat)\s+)?"
-        r"(default|[0-9a-fA-F.:]{2,45}(/\d{1,3})?)(\s+\S+)*?\s+(via|dev|table|proto|scope|metric|nhid)\s")),
+        rf"(default|{_DST}(/\d{{1,3}})?)(\s+\S+)*?\s+(via|dev|table|proto|scope|metric|nhid)\s")),
     ("sysctl", "sysctl", re.compile(r"^[a-z0-9_]+(\.[\w\-/]+)+\s*=")),
+    ("sysctl-note", "sysctl", re.compile(r"^sysctl: (permission denied|reading key|cannot stat|setting key)")),
+    ("proc-value", "proc-value", re.compile(r"^/(proc|sys)/[^\s=]{1,400}?(\s*=\s*|:)\S")),
+    ("module-header", "modules", re.compile(r"^Module\s+Size\s+Used by\s*$")),
+    ("module-proc", "modules", re.compile(
+        r"^[A-Za-z_][\w]{0,60}\s+\d{1,12}\s+\d{1,6}\s+(-|[\w,\[\]-]{1,4000})\s+(Live|Loading|Unloading)\s+0x[0-9a-fA-F]+(\s+\(\w+\))?\s*$")),
+    ("module-row", "modules", re.compile(r"^[A-Za-z_][\w]{0,60}\s+\d{1,12}\s+\d{1,6}(\s+[\w,\[\]-]{1,4000})?\s*$")),
+    ("brctl-header", "brctl-show", re.compile(r"^bridge name\s+bridge id\s+STP enabled")),
+    ("brctl-row", "brctl-show", re.compile(r"^\S+\s+[0-9a-fA-F]{4}\.[0-9a-fA-F]{12}\s+(yes|no)\b")),
+    ("flannel", "flannel-subnet", re.compile(r"^(export\s+)?FLANNEL_[A-Z0-9_]+=")),
+    ("resolv", "resolv-conf", re.compile(
+        r"^nameserver\s+[0-9a-fA-F.:%\w]{2,60}\s*$|^(search|domain)(\s+[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\.?)+\s*$"
+        r"|^options(\s+(ndots|timeout|attempts|rotate|edns0|single-request|single-request-reopen|no-tld-query|"
+        r"use-vc|no-reload|trust-ad|inet6|debug|no-aaaa)(:\d+)?)+\s*$")),
+    ("xt-trace", "xtables-monitor", re.compile(r"^(TRACE|PACKET): \d{1,3} [0-9a-f]{8} ")),
+    ("trace", "trace-log", re.compile(r"(^|.{0,120}\s)TRACE: [\w-]+:[^\s:]+:(rule|return|policy):\d+(\s|$)")),
+    ("kernel-log", "kernel-log", re.compile(
+        r"^(\[\s*\d{1,10}\.\d{1,9}\]|\[(Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d [\d:]{8} \d{4}\])\s*\S"
+        r"|^[A-Z][a-z]{2}\s+\d{1,2} \d\d:\d\d:\d\d(\.\d+)? \S+ kernel: "
+        r"|^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S* \S+ kernel: "
+        r"|^((nf|ip)_conntrack: table full, dropping packet|IPVS: \w+: (TCP|UDP|SCTP) \S+ - no destination available)")),
+    ("kube-node", "kube-node", re.compile(r"^apiVersion: v1\s*$|^kind: (Node|List|NodeList)\s*$")),
+    ("nft-table", "nft-ruleset", re.compile(r"^table (ip|ip6|inet|arp|bridge|netdev) \S+ \{\s*$")),
+    ("nft-chain", "nft-ruleset", re.compile(r"^chain [\w.-]{1,256} \{\s*$")),
 ]
 _LIST_KINDS_NEEDING_TEXT = ("ip-route", "ip-neigh", "ip-addr", "ip-link", "ip-rule", "sysctl", "ipvsadm", "ipset")
 
@@ -115,6 +186,11 @@ class Command:
     table: str | None = None
     family: int | None = None
     excerpt: bool = False  # filtered through grep/head/…: what it prints is part of the output
+    backend: str | None = None  # "legacy" / "nft": `iptables-legacy …`, `iptables-nft …`
+    path: str | None = None  # the file `cat PATH` (or a shell loop over PATHs) printed; `sysctl -n KEY`'s key
+    dev: str | None = None  # `ip neigh show dev X`, `bridge fdb show dev X`: a device its lines leave out
+    whose: str | None = None  # `kubectl exec POD -- cat …`: the output is that pod's, not the node's
+    pattern: str | None = None  # `| grep WORD`: the word the output was filtered on
 
 
 @dataclass(slots=True)
@@ -134,6 +210,7 @@ class Section:
     chains: list[str] = field(default_factory=list)  # `Chain X (...)` names of a listing, in order
     marks: set[str] = field(default_factory=set)  # tables (`*nat`) and dump programs seen, for restarts
     used: bool = True  # False: recognised but kptrace does not read this kind from a paste
+    backend: str | None = None  # iptables sections: "legacy" / "nft" when the paste says which binary printed it
 
 
 @dataclass(slots=True)
@@ -143,25 +220,35 @@ class PasteResult:
     unrecognised: list[Unparsed] = field(default_factory=list)
     commands: list[Source] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)  # hosts the paste's prompts or ansible headers name
+    legacy_hidden: list[Source] = field(default_factory=list)  # `Warning: iptables-legacy tables present` lines
 
 
 # --- classification ------------------------------------------------------------------------------
 
 
 def clean(line: str) -> str:
-    """A pasted line without the CR of Windows line endings and without terminal colour codes."""
+    """A pasted line without the CR of Windows line endings, terminal colour codes, a serial console's
+    `[ 14.414142] : ` prefix and markdown fences glued to the data (```net.bridge… = 1```)."""
     line = line.rstrip("\r")
     if "\x1b" in line:
         line = _ANSI_RE.sub("", line)
+    if line.startswith("[") and " : " in line[:24]:
+        line = CONSOLE_PREFIX_RE.sub("", line, count=1)
+    if "```" in line and not _FENCE_RE.match(line):
+        line = re.sub(r"^(\s*)```(?=\S)", r"\1", line)
+        line = re.sub(r"(?<=\S)```\s*$", "", line)
     return line
 
 
 def classify(line: str) -> str | None:
     s = line.strip()
-    if not s:
+    if not s or _FENCE_RE.match(s):
         return "blank"
-    if ELISION_RE.match(s):
-        return "elision"
+    if ELISION_RE.match(s) or s == "(empty)":
+        return "elision" if s != "(empty)" else "empty"
+    if LEGACY_WARNING_RE.match(s):
+        return "legacy-warning"
     for name, _, rx in _CLASSES:
         if rx.match(line if name in ("ip-rule",) else s):
             return name
@@ -178,35 +265,80 @@ def group_of(cls: str | None) -> str | None:
 def prompt(line: str) -> Command | None:
     """The command of a shell prompt line (`$ cmd`, `# cmd`, `root@host:~# cmd`), or None."""
     m = PROMPT_RE.match(line)
-    if not m:
+    if m:
+        cmd = m.group("cmd").strip()
+        if not (line.lstrip().startswith("#") and m.group("p").strip() == "#") or _known(cmd):
+            return parse_command(cmd)
+        if not line.lstrip().startswith("#") or m.group("p").strip() != "#":
+            return None
+    for rx in _WEAK_PROMPT_RES:
+        m = rx.match(line)
+        if m and _known(m.group("cmd").strip()):
+            return parse_command(m.group("cmd").strip())
+    return None
+
+
+def _known(cmd: str) -> bool:
+    """A command line starting with a program kptrace knows (`# iptables -S` is a prompt, `# note` a comment)."""
+    first = cmd.split()[0] if cmd.split() else ""
+    return first in KNOWN_COMMANDS or _IPT.match(first) is not None or _IPT_SAVE.match(first) is not None
+
+
+def bare_command(line: str) -> Command | None:
+    """A command line pasted without a prompt (`sudo iptables-save `, `for d in /sys/…; do cat …; done`)."""
+    if not line or line[0] in " \t" or len(line) > 4000:
         return None
-    cmd = m.group("cmd").strip()
-    if line.lstrip().startswith("#") and m.group("p").strip() == "#":
-        first = cmd.split()[0] if cmd.split() else ""
-        if first not in KNOWN_COMMANDS and not _IPT.match(first) and not _IPT_SAVE.match(first):
-            return None  # `# Generated by iptables-save`, `# Warning: …`: comments, not a prompt
-    return parse_command(cmd)
+    words = line.split()
+    first = words[0] if words else ""
+    if first not in _BARE_PROGRAMS and not _IPT.match(first) and not _IPT_SAVE.match(first):
+        return None
+    c = parse_command(line.strip())
+    if c.kind is not None:
+        return c
+    prog = next((w for w in words if w not in ("sudo", "time", "env")), "")
+    # An iptables command that changes rules (`iptables -I FORWARD -j ACCEPT`): a command, printing nothing.
+    if _IPT.match(prog) and len(words) > 1:
+        return c
+    return None
 
 
 def parse_command(cmd: str) -> Command:
     """What a command line prints: `iptables -t nat -nvL KUBE-SERVICES | grep 30001` and its kin."""
     c = Command(cmd)
-    stages = [s.strip() for s in cmd.split("|")]
+    s = cmd.strip()
+    loop = re.match(r"^for\s+(\w+)\s+in\s+(.+?);\s*do\s+(.+?);?\s*done\s*(\|.*)?$", s)
+    if loop:
+        return _loop_command(c, loop)
+    stages = [x.strip() for x in s.split("|")]
     try:
         argv = shlex.split(stages[0])
     except ValueError:
         argv = stages[0].split()
-    while argv and (argv[0] in ("sudo", "time", "env", "command", "exec") or "=" in argv[0] or
+    if argv and argv[0].rsplit("/", 1)[-1] == "ansible":
+        inner = _ansible_inner(argv)
+        if inner is not None:
+            sub = parse_command(inner)
+            sub.text = cmd
+            return sub
+    while argv and (argv[0] in ("sudo", "time", "env", "command", "exec", "watch") or "=" in argv[0] or
                     (argv[0].startswith("-") and c.kind is None and len(argv) > 1)):
         argv = argv[1:]
+    if len(argv) >= 2 and argv[0].rsplit("/", 1)[-1] in ("kubectl", "k", "oc") and "exec" in argv[1:3]:
+        return _kubectl_exec(c, argv, stages)
     if not argv:
         return c
     prog = argv[0].rsplit("/", 1)[-1]
     args = argv[1:]
-    c.excerpt = any((s.split() or [""])[0].rsplit("/", 1)[-1] in _FILTERS for s in stages[1:])
+    filters = [(x.split() or [""]) for x in stages[1:]]
+    c.excerpt = any(f[0].rsplit("/", 1)[-1] in _FILTERS for f in filters)
+    grep = next((f for f in filters if f[0] in ("grep", "egrep", "fgrep")), None)
+    if grep is not None:
+        words = [w.strip("'\"") for w in grep[1:] if not w.startswith("-")]
+        c.pattern = words[0] if len(words) == 1 else None
     if _IPT.match(prog) or _IPT_SAVE.match(prog):
         c.family = 6 if prog.startswith("ip6") else 4
         c.table = _table_arg(args)
+        c.backend = "legacy" if "-legacy" in prog else ("nft" if "-nft" in prog else None)
         if _IPT_SAVE.match(prog):
             c.kind = "iptables-rules"
         else:
@@ -217,22 +349,123 @@ def parse_command(cmd: str) -> Command:
                 c.kind = "iptables-rules"
             if c.kind is not None and c.table is None:
                 c.table = "filter"  # iptables -L / -S without -t list the filter table
+    elif prog in ("xtables-legacy-multi", "xtables-nft-multi") and args:
+        sub = parse_command(" ".join(shlex.quote(a) for a in args) + "".join(f" | {x}" for x in stages[1:]))
+        sub.text = cmd
+        sub.backend = sub.backend or ("legacy" if "legacy" in prog else "nft")
+        return sub
     elif prog == "route" or (prog == "netstat" and "r" in _short_flags(args)):
         c.kind = "route-n"
     elif prog == "arp":
         c.kind = "arp"
     elif prog == "ip":
         c.kind = _ip_kind(args)
+        if c.kind in ("ip-neigh",) and "dev" in args[:-1]:
+            c.dev = args[args.index("dev") + 1]
+    elif prog == "bridge":
+        words = [a for a in args if not a.startswith("-")]
+        if words and words[0] in ("fdb",):
+            c.kind = "bridge-fdb"
+            if "dev" in args[:-1]:
+                c.dev = args[args.index("dev") + 1]
+        elif words and words[0] in ("link", "l", "li", "lin"):
+            c.kind = "bridge-link"
+    elif prog == "brctl" and args[:1] == ["show"]:
+        c.kind = "brctl-show"
     elif prog == "conntrack" and ("-L" in args or "--dump" in args or "L" in _short_flags(args)):
         c.kind = "conntrack"
-    elif prog == "cat" and any("nf_conntrack" in a or "ip_conntrack" in a for a in args):
-        c.kind = "conntrack"
+    elif prog == "cat" or prog == "grep" and args:
+        _cat_kind(c, [a for a in args if not a.startswith("-")])
     elif prog == "sysctl":
         c.kind = "sysctl"
-    elif prog == "ipvsadm":
+        keys = [a for a in args if not a.startswith("-")]
+        if ("-n" in args or "n" in _short_flags(args)) and len(keys) == 1 and "=" not in keys[0]:
+            from kptrace.parsers.proc_values import sysctl_path
+
+            c.kind, c.path = "proc-value", sysctl_path(keys[0])
+    elif prog in ("ipvsadm", "ipvsadm-save"):
         c.kind = "ipvsadm"
-    elif prog == "ipset":
+    elif prog in ("ipset", "ipset-save"):
         c.kind = "ipset"
+    elif prog == "lsmod":
+        c.kind = "modules"
+    elif prog == "dmesg" or (prog == "journalctl" and ("-k" in args or "--dmesg" in args or "kernel" in " ".join(args))):
+        c.kind = "kernel-log"
+    elif prog == "xtables-monitor":
+        c.kind = "xtables-monitor"
+    elif prog == "nft" and any(a in ("list", "monitor") for a in args):
+        c.kind = "nft-ruleset" if "list" in args else None
+    elif prog in ("kubectl", "k", "oc") and len(args) >= 2 and args[0] == "get" and args[1] in ("node", "nodes", "no") \
+            and any(a in ("yaml", "json", "-oyaml", "-ojson") or a.endswith(("=yaml", "=json")) for a in args):
+        c.kind = "kube-node"
+    return c
+
+
+def _cat_kind(c: Command, files: list[str]) -> None:
+    """`cat FILE` (or `grep . FILE…`): what the file is."""
+    if not files:
+        return
+    f = files[0]
+    if "nf_conntrack" in f or "ip_conntrack" in f:
+        c.kind = "conntrack"
+    elif f in ("/proc/modules",):
+        c.kind = "modules"
+    elif f.endswith("resolv.conf"):
+        c.kind = "resolv-conf"
+    elif f.endswith("subnet.env"):
+        c.kind = "flannel-subnet"
+    elif f.startswith(("/proc/sys/", "/sys/")):
+        c.kind = "proc-value"
+        c.path = f if len(files) == 1 else None
+
+
+def _loop_command(c: Command, m: re.Match[str]) -> Command:
+    """`for d in /sys/…/brif/*; do cat $d/hairpin_mode; done`: the files it reads, as one glob."""
+    var, items, body = m.group(1), m.group(2).split(), m.group(3)
+    inner = re.search(rf"\bcat\s+\"?\${{?{var}}}?\"?(/[\w./*-]+)?", body)
+    if inner is not None and len(items) == 1 and items[0].startswith(("/proc/", "/sys/")):
+        c.kind = "proc-value"
+        c.path = items[0].rstrip("/") + (inner.group(1) or "")
+        c.excerpt = m.group(4) is not None
+    return c
+
+
+def _ansible_inner(argv: list[str]) -> str | None:
+    """`ansible HOSTS -a 'ipvsadm -Ln'` / `-m shell -a '…'`: the command it runs on each host."""
+    for i, a in enumerate(argv[:-1]):
+        if a in ("-a", "--args"):
+            return argv[i + 1]
+    return None
+
+
+def _kubectl_exec(c: Command, argv: list[str], stages: list[str]) -> Command:
+    """`kubectl exec POD [-n NS] [--] cat /etc/resolv.conf`: the pod's file."""
+    rest = argv[argv.index("exec") + 1:]
+    pod = None
+    inner: list[str] = []
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--":
+            inner = rest[i + 1:]
+            break
+        if a in ("-n", "--namespace", "-c", "--container") and i + 1 < len(rest):
+            i += 2
+            continue
+        if a.startswith("-"):
+            i += 1
+            continue
+        if pod is None:
+            pod = a
+        else:
+            inner = rest[i:]
+            break
+        i += 1
+    if inner:
+        sub = parse_command(" ".join(shlex.quote(x) for x in inner) + "".join(f" | {x}" for x in stages[1:]))
+        sub.text = c.text
+        sub.whose = f"pod {pod}" if pod else "a pod"
+        return sub
     return c
 
 
@@ -658,6 +891,7 @@ def apply_to_node(node: Node, res: PasteResult) -> None:
     for sec in res.sections:
         if sec.model is None or not sec.used:
             continue
+        _saw(node, sec, res.file)
         if sec.kind == "iptables-save":
             _whole_ruleset(node, sec.model.ruleset)
         elif sec.kind in ("iptables-rules", "iptables-list"):
@@ -680,13 +914,40 @@ def apply_to_node(node: Node, res: PasteResult) -> None:
         elif sec.kind == "ip-rule":
             node.policy_rules.extend(sec.model)
         elif sec.kind == "sysctl":
-            node.sysctls.update(sec.model)
+            node.merge_sysctls(sec.model)
         elif sec.kind == "ipvsadm":
             known = {str(s) for s in node.ipvs or []}
             node.ipvs = (node.ipvs or []) + [s for s in sec.model.services if str(s) not in known]
             node.assumptions.extend(getattr(sec.model, "notes", []))
         elif sec.kind == "ipset":
             node.ipsets = {**sec.model, **(node.ipsets or {})}
+
+
+# Section kind -> the kind of fact it shows (Node.evidence).
+_SECTION_FACTS = {
+    "route-n": "routes", "ip-route": "routes", "arp": "neighbors", "ip-neigh": "neighbors", "conntrack": "conntrack",
+    "ip-addr": "addresses", "ip-link": "links", "ip-rule": "policy_rules", "sysctl": "sysctls", "ipvsadm": "ipvs",
+    "ipset": "ipsets",
+}
+
+
+def _saw(node: Node, sec: Section, file: str) -> None:
+    """What a pasted section shows, and how much: filtered (`| grep`) or a few keys is an excerpt."""
+    if sec.kind in ("iptables-rules", "iptables-list"):
+        fam = getattr(sec.model, "ruleset", None)
+        node.saw("ip6tables" if fam is not None and fam.family == 6 else "iptables", EXCERPT, file)
+        return
+    if sec.kind == "iptables-save":
+        return  # _whole_ruleset records it
+    fact = _SECTION_FACTS.get(sec.kind)
+    if fact is None:
+        return
+    excerpt = sec.command is not None and sec.command.excerpt
+    if sec.kind == "ip-route" and sec.command is not None and " get " in f" {sec.command.text} ":
+        excerpt = True  # `ip route get`: the route one address takes, not the table
+    if sec.kind == "sysctl" and (sec.command is None or " -a" not in f" {sec.command.text}"):
+        excerpt = True  # some keys: one not shown is unknown, not absent
+    node.saw(fact, EXCERPT if excerpt else COMPLETE, file)
 
 
 def _whole_ruleset(node: Node, rs: Ruleset) -> None:
@@ -698,6 +959,7 @@ def _whole_ruleset(node: Node, rs: Ruleset) -> None:
                                 f"(already read {node.rulesets[fam].file})")
         return
     node.rulesets[fam] = rs
+    node.saw("ip6tables" if fam == 6 else "iptables", COMPLETE, rs.file)
 
 
 def drop_partial(node: Node, fam: int, whole: str) -> None:

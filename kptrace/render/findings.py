@@ -8,12 +8,14 @@ from kptrace import __version__
 from kptrace.model.finding import Finding, Location, Severity, Status
 from kptrace.model.trace import InputFile
 from kptrace.render.jsonout import SCHEMA_ID, inputs_json
+from kptrace.render.safe import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-ORDER = {Status.FAIL: 0, Status.WARN: 1, Status.INFO: 2, Status.PASS: 3}
-STYLE = {Status.FAIL: "bold red", Status.WARN: "yellow", Status.INFO: "cyan", Status.PASS: "green"}
+ORDER = {Status.FAIL: 0, Status.WARN: 1, Status.INFO: 2, Status.CANNOT_TELL: 3, Status.PASS: 4}
+STYLE = {Status.FAIL: "bold red", Status.WARN: "yellow", Status.INFO: "cyan", Status.PASS: "green",
+         Status.CANNOT_TELL: "magenta"}
 MAX_LOCATIONS = 4
 
 
@@ -34,10 +36,12 @@ class FindingRecord(TypedDict):
     docs_url: str
     fingerprint: str
     node: NotRequired[str]
+    settle: NotRequired[list[str]]
 
 
 # `pass` is a keyword, hence the functional form.
-SummaryRecord = TypedDict("SummaryRecord", {"total": int, "fail": int, "warn": int, "info": int, "pass": int})
+SummaryRecord = TypedDict("SummaryRecord", {"total": int, "fail": int, "warn": int, "info": int, "pass": int,
+                                             "cannot_tell": int})
 # One node's counts when several are checked together, and the ids of its FAILs.
 NodeRecord = TypedDict("NodeRecord", {"node": str, "total": int, "fail": int, "warn": int, "info": int, "pass": int,
                                       "failing": list[str]})
@@ -58,13 +62,15 @@ def finding_json(f: Finding) -> FindingRecord:
     }
     if f.node is not None:
         out["node"] = f.node
+    if f.settle:
+        out["settle"] = list(f.settle)
     return out
 
 
 def summary_json(findings: list[Finding]) -> SummaryRecord:
     counts = {s: sum(1 for f in findings if f.status is s) for s in Status}
     return {"total": len(findings), "fail": counts[Status.FAIL], "warn": counts[Status.WARN],
-            "info": counts[Status.INFO], "pass": counts[Status.PASS]}
+            "info": counts[Status.INFO], "pass": counts[Status.PASS], "cannot_tell": counts[Status.CANNOT_TELL]}
 
 
 def node_names(findings: list[Finding]) -> list[str]:
@@ -106,7 +112,24 @@ def summary_line(findings: list[Finding], verbose: bool = False) -> str:
     s = summary_json(findings)
     high = sum(1 for f in findings if f.status is Status.FAIL and f.severity is Severity.HIGH)
     passes = f"{s['pass']} PASS" + ("" if verbose or not s["pass"] else " (shown with --verbose)")
-    return (f"{s['fail']} FAIL ({high} HIGH), {s['warn']} WARN (could not run), {s['info']} INFO, {passes}")
+    return (f"{s['fail']} FAIL ({high} HIGH), {s['warn']} WARN, {s['info']} INFO, {s['cannot_tell']} CANNOT TELL, "
+            f"{passes}")
+
+
+def cannot_tell_line(findings: list[Finding]) -> str | None:
+    """"12 checks cannot tell: give ip-route.txt (KPT401, KPT402), sysctl.txt (KPT101, KPT103) …"."""
+    unknown = [f for f in findings if f.status is Status.CANNOT_TELL]
+    if not unknown:
+        return None
+    by_input: dict[str, list[str]] = {}
+    for f in unknown:
+        for file in f.settle or ("(see -v)",):
+            ids = by_input.setdefault(file.split(" (", 1)[0], [])
+            if f.id not in ids:
+                ids.append(f.id)
+    checks = len({(f.id, f.node) for f in unknown})
+    parts = [f"{file} ({', '.join(sorted(ids))})" for file, ids in sorted(by_input.items(), key=lambda kv: -len(kv[1]))]
+    return f"{checks} check{'s' if checks != 1 else ''} cannot tell: give {', '.join(parts)}"
 
 
 def render_findings(findings: list[Finding], console: Console, verbose: bool = False) -> None:
@@ -116,7 +139,11 @@ def render_findings(findings: list[Finding], console: Console, verbose: bool = F
     from rich.text import Text
 
     """FAIL, WARN and INFO rows worst first (PASS too with verbose), then each failing check's fix."""
-    shown = sorted((f for f in findings if verbose or f.status is not Status.PASS), key=sort_key)
+    # Without -v, the checks that cannot tell (and KPT002's list of what would settle them) are one line.
+    grouped = (Status.PASS, Status.CANNOT_TELL)
+    shown = sorted((f for f in findings if verbose or (f.status not in grouped and not (f.id == "KPT002" and
+                                                                                        f.status is Status.INFO))),
+                   key=sort_key)
     nodes = any(f.node for f in findings)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("status", no_wrap=True)
@@ -126,15 +153,15 @@ def render_findings(findings: list[Finding], console: Console, verbose: bool = F
         table.add_column("node", no_wrap=True)
     table.add_column("where: what", ratio=1, overflow="fold")
     for f in shown:
-        where = [str(loc) for loc in f.locations[:MAX_LOCATIONS]]
+        where = [printable(str(loc), one_line=True) for loc in f.locations[:MAX_LOCATIONS]]
         if len(f.locations) > MAX_LOCATIONS:
             where.append(f"+{len(f.locations) - MAX_LOCATIONS} more")
         # Text, not markup: rule text is full of brackets ([0:0], [unsupported revision]).
         what = Text("\n".join(where) + "\n", style="bold") if where else Text()
         row = [Text(f.status.value, style=STYLE[f.status]), Text(f.severity.value), Text(f.id)]
         if nodes:
-            row.append(Text(f.node or ""))
-        table.add_row(*row, what + Text(f.message))
+            row.append(Text(printable(f.node or "")))
+        table.add_row(*row, what + Text(printable(f.message)))
     if shown:
         console.print(table)
     fixes: dict[str, Finding] = {}
@@ -144,11 +171,15 @@ def render_findings(findings: list[Finding], console: Console, verbose: bool = F
     if fixes:
         console.print(Text("how to fix:", style="bold"))
         for f in fixes.values():
-            console.print(Text(f"  {f.id} {f.name}: ", style="bold") + Text(f.remediation)
+            console.print(Text(f"  {f.id} {f.name}: ", style="bold") + Text(printable(f.remediation))
                           + Text(f"  (kptrace explain {f.id})", style="dim"))
     if len(node_names(findings)) > 1:
         render_nodes(findings, console)
-    console.print(Text(summary_line(findings, verbose)))
+    line = cannot_tell_line(findings)
+    if line is not None and not verbose:
+        # One line even on a narrow terminal or a pipe: it is what gets pasted into a ticket.
+        console.print(Text(printable(line) + " (-v lists them)", style=STYLE[Status.CANNOT_TELL]), soft_wrap=True)
+    console.print(Text(summary_line(findings, verbose)), soft_wrap=True)
 
 
 def render_nodes(findings: list[Finding], console: Console) -> None:
@@ -165,6 +196,6 @@ def render_nodes(findings: list[Finding], console: Console) -> None:
     table.add_column("failing checks", ratio=1, overflow="fold")
     for rec in nodes_json(findings):
         counts = ((rec["fail"], Status.FAIL), (rec["warn"], Status.WARN), (rec["info"], Status.INFO))
-        table.add_row(Text(rec["node"]), *(Text(str(n), style=STYLE[st] if n else "") for n, st in counts),
+        table.add_row(Text(printable(rec["node"])), *(Text(str(n), style=STYLE[st] if n else "") for n, st in counts),
                       Text(" ".join(rec["failing"]) or "-"))
     console.print(table)

@@ -21,6 +21,7 @@ from kptrace import __version__
 from kptrace.errors import KptraceError
 from kptrace.model.netfilter import Ruleset
 from kptrace.model.trace import Step, Trace
+from kptrace.render.safe import printable
 
 GNode = tuple[str, ...]  # ("hook", HOOK) or ("chain", table, name)
 GEdge = tuple[GNode, GNode, int]  # (from, to, key) of the multigraph
@@ -169,11 +170,14 @@ def _tables(view: View) -> list[str]:
 
 
 def _dq(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    # Control characters escaped first (raw ESC would reach a terminal, and makes SVG invalid XML);
+    # then the backslashes that escaping wrote are quoted like any other.
+    s = printable(s)
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", " ") + '"'
 
 
 def to_dot(g: Any, view: View) -> str:
-    lines = [f"// kptrace {__version__}: {view.title}", "digraph kptrace {", "  rankdir=LR;",
+    lines = [f"// kptrace {__version__}: {printable(view.title, one_line=True)}", "digraph kptrace {", "  rankdir=LR;",
              '  node [shape=box, fontname="monospace", fontsize=10];', '  edge [fontname="monospace", fontsize=9];',
              f"  label={_dq(view.title)}; labelloc=t;"]
     hooks = [n for n in _sorted_nodes(view) if n[0] == "hook"]
@@ -223,15 +227,17 @@ def to_dot(g: Any, view: View) -> str:
 
 
 def _mq(s: str) -> str:
-    """A Mermaid label: quoted, with # and quotes as entity codes and newlines as <br/>."""
-    s = s.replace("#", "#35;").replace('"', "#quot;").replace("\n", "<br/>")
-    return f'"{s}"'
+    """A Mermaid label: quoted, control characters escaped, # " < > & ` as entity codes (so a name
+    from the input is never HTML or Markdown to the renderer), newlines as <br/>."""
+    s = printable(s).replace("\t", " ").replace("#", "#35;").replace('"', "#quot;")
+    s = s.replace("<", "#60;").replace(">", "#62;").replace("&", "#38;").replace("`", "#96;")
+    return '"' + s.replace("\n", "<br/>") + '"'
 
 
 def to_mermaid(g: Any, view: View) -> str:
     """A `flowchart LR`: a subgraph per table, `-->` jumps, `-.->` gotos, `==>` the trace's path."""
     ids = {n: f"n{i}" for i, n in enumerate(_sorted_nodes(view))}
-    lines = [f"%% kptrace {__version__}: {view.title}", "flowchart LR"]
+    lines = [f"%% kptrace {__version__}: {printable(view.title, one_line=True)}", "flowchart LR"]
     for n in _sorted_nodes(view):
         if n[0] == "hook":
             lines.append(f"  {ids[n]}[[{_mq(n[1])}]]")

@@ -37,22 +37,25 @@ from rich.tree import Tree
 
 from kptrace.model.trace import Branch, Disposition, Reply, Step, Trace
 from kptrace.render.detail import Detail
+from kptrace.render.safe import printable, safe_console
 
 _STYLE = {
     Disposition.DELIVERED: "bold green", Disposition.FORWARDED: "bold green", Disposition.ACCEPTED: "bold green",
     Disposition.DROPPED: "bold red", Disposition.REJECTED: "bold red", Disposition.NO_ROUTE: "bold red",
+    Disposition.NO_SERVICE: "bold red",
     Disposition.UNDETERMINED: "bold yellow", Disposition.MIXED: "bold yellow",
 }
 # Steps that change the packet or end it are events: a marker in plain text, reverse video in colour.
 _EVENTS = {"DNAT", "REDIRECT", "SNAT", "MASQUERADE", "UN-DNAT", "UN-SNAT"}
-_FATAL = {"DROP", "REJECT", "POLICY DROP", "POLICY REJECT", "BLACKHOLE", "PROHIBIT", "UNREACHABLE", "NONE"}
+_FATAL = {"DROP", "REJECT", "POLICY DROP", "POLICY REJECT", "BLACKHOLE", "PROHIBIT", "UNREACHABLE", "NONE", "NO_SERVICE"}
 _ACTION_STYLE = {
     "DNAT": "bold reverse magenta", "REDIRECT": "bold reverse magenta", "UN-DNAT": "bold reverse magenta",
     "MASQUERADE": "bold reverse cyan", "SNAT": "bold reverse cyan", "UN-SNAT": "bold reverse cyan",
     "ACCEPT": "bold green", "POLICY ACCEPT": "green", "DROP": "bold reverse red", "REJECT": "bold reverse red",
     "POLICY DROP": "bold reverse red", "POLICY REJECT": "bold reverse red", "UNDETERMINED": "bold reverse yellow",
     "MARK": "cyan", "CONNMARK": "cyan", "RETURN": "dim", "JUMP": "blue", "GOTO": "blue", "ROUTE": "bold",
-    "ARRIVE": "bold reverse blue", "REPLY": "bold", "LINK": "", "BRIDGE": "",
+    "ARRIVE": "bold reverse blue", "REPLY": "bold", "LINK": "", "BRIDGE": "", "NO_SERVICE": "bold reverse red",
+    "CONNTRACK": "bold", "ENCAP": "blue", "DECAP": "blue", "OVERLAY": "bold reverse red",
 }
 _MATCHED = "bold yellow"  # the values of the conditions a deciding rule matched
 _COMMENT = "dim italic"
@@ -69,7 +72,12 @@ def make_console(width: int | None = None, file: IO[str] | None = None) -> Conso
     out = file if file is not None else sys.stdout
     if width is None and not os.environ.get("COLUMNS", "").isdigit() and not out.isatty():
         width = 100
-    return Console(file=out, width=width, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    return safe_console(file=out, width=width, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+
+
+def _text(text: str, style: str = "") -> Text:
+    """Input text (a rule, a name, a message) as rich Text, control characters escaped."""
+    return Text(printable(text), style=style)
 
 
 # --- the one-line answer -----------------------------------------------------------------------------
@@ -91,7 +99,9 @@ def _flow_text(t: Trace) -> str:
     f = t.flow
     dst = f"[{f.dst}]" if f.dst.version == 6 and f.dport is not None else str(f.dst)
     port = f":{f.dport}" if f.dport is not None else ""
-    return f"{f.src} → {dst}{port}/{f.proto}"
+    extra = [f.state] if f.state != "new" else []
+    extra += [f"mark {f.mark:#x}"] if f.mark else []
+    return f"{f.src} → {dst}{port}/{f.proto}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 _ARRIVE = re.compile(r"arrives on (\S+) via (\S+)")
@@ -113,7 +123,11 @@ def _crossings(steps: tuple[Step, ...]) -> list[tuple[str, str | None]]:
 
 def _outcome(b: Branch) -> str:
     """What became of one branch, in a few words: `forwarded via flannel.1 to node-b`."""
-    word = b.disposition.value.lower()
+    if b.disposition == Disposition.NO_SERVICE:
+        # The reason is the answer: which Service address, which ports it has, where the packet goes.
+        reason: str = next((s.text for s in reversed(b.steps) if s.action == "NO_SERVICE"), "no Service port matches")
+        return reason
+    word: str = b.disposition.value.lower()
     hops = _crossings(b.steps)
     if b.disposition == Disposition.FORWARDED:
         if hops:
@@ -131,6 +145,11 @@ def _outcome(b: Branch) -> str:
         why = _deciding(b.steps)
         if why:
             word += f" by {why}"
+        overlay = next((s for s in b.steps if s.action == "OVERLAY"), None)
+        if overlay is not None:
+            m = re.search(r"packet of (VXLAN \(.*?\) from \S+ to \S+)", overlay.text)
+            what = str(m.group(1)) if m else "the overlay"
+            word += f": the encapsulated packet of {what}"
     if b.masquerade:
         word = "masqueraded, " + word
     elif b.snat:
@@ -196,6 +215,7 @@ def _tokens(text: str) -> list[tuple[int, int]]:
 
 def highlight_rule(text: str, action: str, matched: bool = True) -> Text:
     """The rule as written, with the parts that matched, the comment and the target styled apart."""
+    text = printable(text)
     out = Text(text)
     spans = _tokens(text)
     words = [text[a:b] for a, b in spans]
@@ -295,7 +315,7 @@ def _row(level: int, prefix: str, action: str, body: list[Text], cite: str | Non
     avail = ctx.width - _GUIDE * level - (len(prefix) + 2 if prefix else 0) - badge.cell_len - 2
     lines = [t.copy() for t in body]
     if cite:
-        c = Text(cite, style=_CITE)
+        c = _text(cite, _CITE)
         if len(lines) == 1 and lines[0].cell_len + 2 + c.cell_len <= avail:
             lines[0].append("  ")
             lines[0].append_text(c)
@@ -306,7 +326,7 @@ def _row(level: int, prefix: str, action: str, body: list[Text], cite: str | Non
         grid.add_column(no_wrap=True)
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")
-    cells: list[RenderableType] = [Text(prefix, style="bold")] if prefix else []
+    cells: list[RenderableType] = [_text(prefix, "bold")] if prefix else []
     cells += [badge, Text("\n").join(lines)]
     grid.add_row(*cells)
     return _Dim(grid) if dim else grid
@@ -328,10 +348,10 @@ def _step_body(s: Step, ctx: _Ctx) -> tuple[str, list[Text]]:
     if s.rule is not None or s.text.startswith(":") or s.text.startswith("-A "):
         rule = highlight_rule(s.text, action, matched=action != "UNDETERMINED")
     else:
-        rule = Text(s.text)
+        rule = _text(s.text)
     if action in ("DNAT", "REDIRECT"):
         new = _to_destination(s.text) or "a local address"
-        event = Text(f"{ctx.dst} → {new}", style="bold magenta")
+        event = _text(f"{ctx.dst} → {new}", "bold magenta")
         ctx.dst = new
         return action, [event, rule]
     if action == "MASQUERADE":
@@ -339,9 +359,9 @@ def _step_body(s: Step, ctx: _Ctx) -> tuple[str, list[Text]]:
         return action, [Text(f"source {ctx.src} → {via}", style="bold cyan"), rule]
     if action == "SNAT":
         m = re.search(r"--to-source\s+(\S+)", s.text)
-        return action, [Text(f"source {ctx.src} → {m.group(1) if m else '?'}", style="bold cyan"), rule]
+        return action, [_text(f"source {ctx.src} → {m.group(1) if m else '?'}", "bold cyan"), rule]
     if action in ("UN-DNAT", "UN-SNAT"):
-        return action, [Text(s.text, style="bold")]
+        return action, [_text(s.text, "bold")]
     if action == "ROUTE":
         m = _DEV.search(s.text)
         if m:
@@ -353,7 +373,11 @@ def _keep(steps: list[Step], i: int, detail: Detail) -> bool:
     if detail == Detail.full:
         return True
     s = steps[i]
-    # A built-in chain whose rules all missed adds nothing to the story at this level,
+    # The overlay's own packet passing the underlay's chains is one line (ENCAP … DECAP) unless it
+    # is stopped there; --detail full shows its walk.
+    if s.encapsulated:
+        return s.action in ("ENCAP", "DECAP", "OVERLAY", "UNDETERMINED") or s.action in _FATAL or \
+            s.action.startswith("POLICY D")
     if s.action == "POLICY ACCEPT" and s.rule is None and s.depth == 0:
         return False
     # nor does a jump into a chain that matched nothing and came straight back.
@@ -364,7 +388,8 @@ def _keep(steps: list[Step], i: int, detail: Detail) -> bool:
 
 
 def _section(s: Step, ctx: _Ctx) -> str:
-    return f"{s.hook} · {s.node}" if ctx.multi_node and s.node else s.hook
+    hook = f"{s.hook} (encapsulated)" if s.encapsulated else s.hook
+    return f"{hook} · {s.node}" if ctx.multi_node and s.node else hook
 
 
 def _add_steps(parent: Tree, steps: list[Step], ctx: _Ctx, level: int) -> None:
@@ -377,21 +402,21 @@ def _add_steps(parent: Tree, steps: list[Step], ctx: _Ctx, level: int) -> None:
             continue
         dim = i in ctx.dimmed
         if s.action == "ARRIVE":
-            label = Text.assemble(("⇢ ", "bold"), (s.node or "another node", "bold reverse blue"), "  ")
-            label.append_text(Text(s.text))
+            label = Text.assemble(("⇢ ", "bold"), (printable(s.node or "another node"), "bold reverse blue"), "  ")
+            label.append_text(_text(s.text))
             parent.add(_Dim(label) if dim else label)
             hook_node, hook_key, stack = None, None, []
             ctx.out_iface = None
             continue
         if s.hook == "routing":
             action, body = _step_body(s, ctx)
-            prefix = f"routing · {s.node}" if ctx.multi_node and s.node else "routing"
+            prefix = _section(s, ctx)
             parent.add(_row(level, prefix, action, body, s.source, ctx, dim))
             hook_node, hook_key, stack = None, None, []
             continue
         key = _section(s, ctx)
         if hook_node is None or key != hook_key:
-            head = Text(key, style="bold underline")
+            head = _text(key, "bold underline")
             hook_node = parent.add(_Dim(head) if dim else head)
             hook_key, stack = key, []
         action, body = _step_body(s, ctx)
@@ -408,16 +433,16 @@ def _branch_head(b: Branch, n: int, total: int) -> Text:
     head.append(b.disposition.value, style=_STYLE[b.disposition])
     if b.dnat:
         head.append(" · DNAT → ")
-        head.append(b.dnat, style="bold magenta")
+        head.append(printable(b.dnat), style="bold magenta")
     if b.masquerade:
         head.append(" · masquerade", style="cyan")
     elif b.snat:
-        head.append(f" · SNAT → {b.snat}", style="cyan")
+        head.append(printable(f" · SNAT → {b.snat}"), style="cyan")
     hops = _crossings(b.steps)
     if hops:
-        head.append(" · via " + " → ".join(n for n, _ in hops), style="blue")
+        head.append(printable(" · via " + " → ".join(n for n, _ in hops)), style="blue")
     if b.egress and b.egress.iface:
-        head.append(f" · out {b.egress.iface}")
+        head.append(printable(f" · out {b.egress.iface}"))
     if b.reply is not None:
         head.append(" · reply ")
         head.append("fails" if b.reply.problem else b.reply.disposition.value,
@@ -431,10 +456,10 @@ def _reply(tree: Tree, r: Reply, ctx: _Ctx) -> None:
     head.append(r.disposition.value, style=_STYLE[r.disposition])
     first = next((s for s in r.steps if s.action == "REPLY"), None)
     if first is not None:
-        head.append("  " + first.text.removeprefix("reply "))
+        head.append(printable("  " + first.text.removeprefix("reply ")))
     if r.problem:
         head.append("\n")
-        head.append(f"✖ {r.problem}", style="bold red")
+        head.append(printable(f"✖ {r.problem}"), style="bold red")
     rt = tree.add(head)
     steps = [s for s in r.steps if s.action != "REPLY"]
     if ctx.detail == Detail.full:
@@ -445,9 +470,10 @@ def _reply(tree: Tree, r: Reply, ctx: _Ctx) -> None:
     brief = [s for s in steps if s.action in _EVENTS or s.action in _FATAL or s.action in ("ARRIVE", "UNDETERMINED")]
     for s in brief:
         if s.action == "ARRIVE":
-            rt.add(Text.assemble(("⇢ ", "bold"), (s.node or "another node", "bold reverse blue"), "  ", s.text))
+            rt.add(Text.assemble(("⇢ ", "bold"), (printable(s.node or "another node"), "bold reverse blue"), "  ",
+                                 printable(s.text)))
             continue
-        body = [Text(s.text, style="bold")] if s.rule is None else [highlight_rule(s.text, s.action)]
+        body = [_text(s.text, "bold")] if s.rule is None else [highlight_rule(s.text, s.action)]
         prefix = f"{s.hook} · {s.node}" if ctx.multi_node and s.node else s.hook
         rt.add(_row(2, prefix, s.action, body, s.source, ctx))
 
@@ -474,15 +500,15 @@ def branch_tree(t: Trace, b: Branch, n: int, width: int, detail: Detail,
         ctx.dimmed = set(range(shared))
         last = next((s for s in reversed(steps[:shared]) if s.source), None)
         upto = f" up to {last.source}" if last else f" for {shared} steps"
-        tree.add(Text(f"= same path as branch {other}{upto} (dimmed)", style="dim italic"))
+        tree.add(_text(f"= same path as branch {other}{upto} (dimmed)", "dim italic"))
     _add_steps(tree, steps, ctx, 1)
     if b.reply is not None:
         _reply(tree, b.reply, ctx)
     if detail == Detail.full:
         for a in b.assumptions:
-            tree.add(Text(f"assumed: {a}", style="italic"))
+            tree.add(_text(f"assumed: {a}", "italic"))
     for u in b.unknowns:
-        tree.add(Text(f"? undetermined: {u}", style="yellow"))
+        tree.add(_text(f"? undetermined: {u}", "yellow"))
     return tree
 
 
@@ -491,18 +517,18 @@ def _minimal(t: Trace, console: Console) -> None:
         line = Text(f"  branch {n}: {_pct(b.probability)} ")
         line.append(b.disposition.value, style=_STYLE[b.disposition])
         if b.dnat:
-            line.append(f"  DNAT → {b.dnat}")
+            line.append(printable(f"  DNAT → {b.dnat}"))
         hops = _crossings(b.steps)
         if hops:
-            line.append("  via " + " → ".join(h for h, _ in hops))
+            line.append(printable("  via " + " → ".join(h for h, _ in hops)))
         if b.egress and b.egress.iface:
-            line.append(f"  out {b.egress.iface}")
+            line.append(printable(f"  out {b.egress.iface}"))
         if b.disposition.failed or b.disposition == Disposition.UNDETERMINED:
             why = _deciding(b.steps)
             if why:
-                line.append(f"  at {why}")
+                line.append(printable(f"  at {why}"))
         if b.reply is not None and b.reply.problem:
-            line.append(f"  reply fails: {b.reply.problem}", style="red")
+            line.append(printable(f"  reply fails: {b.reply.problem}"), style="red")
         console.print(line)
 
 
@@ -515,12 +541,12 @@ def _bullets(console: Console, title: str, items: list[str], title_style: str, s
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")
     for item in items:
-        grid.add_row(Text("  -"), Text(item, style=style))
+        grid.add_row(Text("  -"), _text(item, style))
     console.print(grid)
 
 
 def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) -> None:
-    console.print(Text(summary_line(t), style=_STYLE[t.disposition]))
+    console.print(_text(summary_line(t), _STYLE[t.disposition]))
     if detail == Detail.minimal:
         _minimal(t, console)
         return
@@ -544,5 +570,5 @@ def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) ->
     _bullets(console, "reply problems:", problems, "bold red", "red")
     if t.inputs:
         dirs = sorted({i.file.rsplit("/", 1)[0] + "/" if "/" in i.file else i.file for i in t.inputs})
-        console.print(Text(f"inputs: {len(t.inputs)} files from {', '.join(dirs)} (-o json lists them with sha256)",
-                           style="dim"))
+        console.print(_text(f"inputs: {len(t.inputs)} files from {', '.join(dirs)} (-o json lists them with sha256)",
+                            "dim"))

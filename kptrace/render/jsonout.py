@@ -31,6 +31,8 @@ def step_json(s: Step) -> StepRecord:
                        "action": s.action, "text": s.text}
     if s.node is not None:
         rec["node"] = s.node  # type: ignore[typeddict-unknown-key]
+    if s.encapsulated:
+        rec["encapsulated"] = True  # type: ignore[typeddict-unknown-key]
     return rec
 
 
@@ -69,7 +71,7 @@ def trace_json(t: Trace) -> dict[str, Any]:
         "kptrace_version": __version__,
         "inputs": inputs_json(t.inputs),
         "flow": {"src": str(f.src), "sport": f.sport, "dst": str(f.dst), "dport": f.dport, "proto": f.proto,
-                 "origin": t.origin, "in_iface": t.in_iface},
+                 "origin": t.origin, "in_iface": t.in_iface, "state": f.state, "mark": f.mark},
         "disposition": t.disposition.value,
         "endpoints": t.endpoints,
         "assumptions": list(t.assumptions),

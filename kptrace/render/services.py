@@ -10,6 +10,7 @@ from rich.text import Text
 from kptrace import __version__
 from kptrace.model.trace import InputFile
 from kptrace.render.jsonout import SCHEMA_ID, inputs_json
+from kptrace.render.safe import printable
 from kptrace.services.model import Endpoint, Service
 
 NONE = "<none>"
@@ -72,13 +73,13 @@ def render_services(services: list[Service], console: Console, wide: bool = Fals
         cols += ["POLICY", "CHAINS", "NODES"]
     rows: list[list[Text]] = [[Text(c, style="bold") for c in cols]]
     for s in services:
-        row: list[Text] = [Text(s.namespace), Text(s.name)]
+        cells = [s.namespace, s.name, *([s.port_name or NONE] if wide else []), s.type, ",".join(s.cluster_ips) or NONE,
+                 external_text(s), ports_text(s), endpoints_text(s, wide), s.status]
         if wide:
-            row.append(Text(s.port_name or NONE))
-        row += [Text(s.type), Text(",".join(s.cluster_ips) or NONE), Text(external_text(s)), Text(ports_text(s)),
-                Text(endpoints_text(s, wide)), Text(s.status, style=_status_style(s.status))]
-        if wide:
-            row += [Text(policy_text(s)), Text(",".join(s.chains) or NONE), Text(",".join(s.nodes))]
+            cells += [policy_text(s), ",".join(s.chains) or NONE, ",".join(s.nodes)]
+        # Names come from rule comments: control characters escaped, before the columns are measured.
+        row = [Text(printable(c, one_line=True)) for c in cells]
+        row[len(cells) - (4 if wide else 1)].stylize(_status_style(s.status))
         rows.append(row)
     widths = [max(r[i].cell_len for r in rows) for i in range(len(cols))]
     for r in rows:
@@ -94,7 +95,7 @@ def render_services(services: list[Service], console: Console, wide: bool = Fals
         for h in problems:
             where = f" ({h.source})" if h.source else ""
             node = f"{h.node}: " if h.node else ""
-            console.print(Text(f"  - {node}{h.message}{where}", style="red"), soft_wrap=True)
+            console.print(Text(printable(f"  - {node}{h.message}{where}"), style="red"), soft_wrap=True)
 
 
 def _endpoint_json(e: Endpoint) -> dict[str, Any]:

@@ -92,6 +92,15 @@ class ChainWalker:
                 verdict = chain.policy
             return True, path, [(path.step(self._step(rule, "RETURN", depth)), verdict)]
         if t.name in NAT_TARGETS:
+            if path.packet.ct_confirmed:
+                # nf_nat_setup_info() sets up nothing for a connection conntrack already confirmed
+                # (an entry made before these rules): the target accepts, the packet keeps its addresses.
+                why = (f"conntrack: this packet's connection was confirmed before, so {t.name} sets up no "
+                       f"translation; the packet keeps {path.packet.dst}" +
+                       (f":{path.packet.dport}" if path.packet.dport is not None else ""))
+                done = path.step(self._step(rule, ACCEPT, depth))
+                return True, done, [(done.step(Step(self.hook, rule.table, rule.chain, None, None, "CONNTRACK", why,
+                                                    depth, self.node)), ACCEPT)]
             path = apply_nat(t, path, self.ctx)
             return True, path, [(path.step(self._step(rule, t.name, depth)), ACCEPT)]
         if t.name in CONTINUING_TARGETS:

@@ -26,6 +26,8 @@ class LinkOutcome:
     remote_node: Node | None = None
     remote_iface: str | None = None
     remote_label: str | None = None  # the underlay address when no bundle of that node was given
+    # The encapsulated packet a VXLAN device sends: (underlay destination, UDP port, underlay device, local address).
+    underlay: tuple[IPAddress, int, str | None, IPAddress | None] | None = None
 
 
 def _cite(obj: object) -> str | None:
@@ -123,6 +125,7 @@ def _vxlan(node: Node, cluster: list[Node], pkt: Packet, out: LinkOutcome, lk: L
     dst = entries[0].dst
     assert dst is not None
     remote, _ = node_owning(cluster, dst, node)
+    out.underlay = (dst, vx.dstport if vx else 8472, vx.dev if vx else None, vx.local if vx else None)
     if remote is None:
         out.remote_label = str(dst)
         out.steps.append((f"encapsulated to {dst} (UDP {vx.dstport if vx else 8472}); no bundle of that node in the input", _cite(entries[0])))
@@ -164,20 +167,6 @@ def _bridge(node: Node, pkt: Packet, out: LinkOutcome, lk: Link) -> LinkOutcome:
         return out
     port = ports[0].dev
     out.steps.append((f"{lk.name} is a bridge; {hop} is {n.lladdr} → port {port}", _cite(ports[0])))
-    if pkt.in_iface == lk.name and node.neighbors:
-        # A pod reaching itself through a Service: the frame must go back out the port it came in on.
-        # The pod that sent it: before masquerade for a request; a reply is sent by its own source.
-        sender = pkt.src if pkt.reply else (pkt.orig_src or pkt.src)
-        src_n = _neigh(node, sender, lk.name) if sender != hop else n
-        src_ports = [f.dev for f in _fdb(node, src_n.lladdr, lk.name)] if src_n and src_n.lladdr else []
-        if port in src_ports:
-            bp = next((b for b in node.bridge_ports if b.name == port), None)
-            if bp is not None and bp.hairpin is False:
-                out.failure = (f"hairpin: the frame must leave {lk.name} by {port}, the port it came in on, "
-                               f"and hairpin mode is off on {port}: the bridge drops it")
-                out.steps.append((out.failure, _cite(bp)))
-            elif bp is None or bp.hairpin is None:
-                out.assumptions.append(f"hairpin mode on {port} is on (the kubelet/CNI sets it; not in the dump)")
     return out
 
 
@@ -192,6 +181,34 @@ def _plain(node: Node, cluster: list[Node], pkt: Packet, out: LinkOutcome, dev: 
         out.steps.append((f"next hop {hop} is node {remote.name}" + (f" ({rif})" if rif else ""), None))
         out.remote_node, out.remote_iface = remote, rif
     return out
+
+
+def sender_hairpin(node: Node, bridge: str, sender: IPAddress) -> tuple[str | None, bool | None, str | None, str | None]:
+    """Hairpin mode of the bridge port a sender's frames come in by: (port, hairpin, citation, why not known).
+
+    The port comes from the sender's neighbour and fdb entries; without them, when every port of the
+    bridge has the same hairpin mode, that mode is the port's whatever it is. hairpin None with no
+    reason: the input shows no hairpin modes at all (the caller assumes the kubelet's default, on)."""
+    ports = [b for b in node.bridge_ports if b.master == bridge]
+    n = _neigh(node, sender, bridge) if node.neighbors else None
+    if n is not None and n.lladdr:
+        fdb = [f for f in _fdb(node, n.lladdr, bridge) if f.dev != bridge]
+        if fdb:
+            port = fdb[0].dev
+            bp = next((b for b in ports if b.name == port), None)
+            if bp is not None and bp.hairpin is not None:
+                return port, bp.hairpin, _cite(bp), None
+            known = {b.hairpin for b in ports if b.hairpin is not None}
+            if not known:
+                return port, None, _cite(fdb[0]), None
+            return port, None, _cite(fdb[0]), f"hairpin mode of {port} is not in the bridge-link dump"
+    modes = {b.hairpin for b in ports}
+    if not ports or modes == {None}:
+        return None, None, None, None
+    if len(modes) == 1:
+        return (ports[0].name if len(ports) == 1 else None), next(iter(modes)), _cite(ports[0]), None
+    return None, None, None, (f"the ports of {bridge} differ in hairpin mode and no neighbour/fdb entry says which "
+                              f"one {sender} is behind")
 
 
 def is_bridge(node: Node, iface: str | None) -> bool:
@@ -212,15 +229,11 @@ def bridged(node: Node, in_iface: str | None, src: IPAddress, dst: IPAddress) ->
 
 
 def br_netfilter(node: Node, version: int) -> tuple[bool | None, str | None, str]:
-    """Whether bridged frames pass iptables: (on?, citation, how kptrace knows)."""
-    key = "net.bridge.bridge-nf-call-iptables" if version == 4 else "net.bridge.bridge-nf-call-ip6tables"
-    s = node.sysctls.get(key)
-    if s is not None:
-        return s.value.strip() == "1", str(s.source), f"{key} = {s.value.strip()}"
-    if node.sysctls:
-        # The key only exists once br_netfilter is loaded.
-        return False, None, f"{key} is absent from the sysctl dump: br_netfilter is not loaded"
-    if node.modules is not None:
-        loaded = any(m.name == "br_netfilter" for m in node.modules)
-        return loaded, None, "br_netfilter is " + ("loaded" if loaded else "not in the module list")
-    return None, None, f"no sysctl dump: {key} assumed 1 (kubeadm requires it)"
+    """Whether bridged frames pass iptables: (on?, citation, how kptrace knows); None: the walk assumes
+    it does (kubeadm requires it) and says so. The same fact KPT101/KPT102 report (model/kernel_facts.py)."""
+    from kptrace.model.kernel_facts import br_netfilter as fact
+
+    on, cite, how = fact(node, version)
+    if on is None:
+        how += ": bridge-nf-call assumed 1 (kubeadm requires it)"
+    return on, cite, how

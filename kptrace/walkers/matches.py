@@ -127,14 +127,23 @@ def _ports(m: Match, pkt: Packet) -> Result:
         elif o.name == "--ports":
             r = neg(_either(_port_in(pkt.sport, o.value(), "source"), _port_in(pkt.dport, o.value(), "destination")), o.negated)
         elif o.name == "--syn":
-            r = neg(True, o.negated)
+            r = neg(_tcp_flags(pkt) == _FIRST_PACKET_FLAGS, o.negated)
         elif o.name == "--tcp-flags":
             mask, comp = (_flags(v) for v in o.values)
-            r = neg((_FIRST_PACKET_FLAGS & mask) == comp, o.negated)
+            r = neg((_tcp_flags(pkt) & mask) == comp, o.negated)
         else:
             r = Unknown(f"{m.module} option {o.name} is not modelled")
         result = _and(result, r)
     return result
+
+
+def _tcp_flags(pkt: Packet) -> int:
+    """SYN alone on a connection's first packet, SYN-ACK on the answer to it, ACK on a later packet."""
+    if pkt.reply and pkt.ctstate is None:
+        return _TCP_FLAGS["SYN"] | _TCP_FLAGS["ACK"]
+    if pkt.ctstate in ("ESTABLISHED", "RELATED") or pkt.reply:
+        return _TCP_FLAGS["ACK"]
+    return _FIRST_PACKET_FLAGS
 
 
 def _flags(text: str) -> int:
@@ -186,7 +195,7 @@ def _mark(m: Match, pkt: Packet) -> Result:
 def ct_states(pkt: Packet) -> set[str]:
     if pkt.untracked:
         return {"UNTRACKED"}
-    states = {"ESTABLISHED"} if pkt.reply else {"NEW"}
+    states = {pkt.ctstate} if pkt.ctstate else ({"ESTABLISHED"} if pkt.reply else {"NEW"})
     if pkt.dnat is not None:
         states.add("DNAT")
     if pkt.snat is not None or pkt.masquerade:
@@ -209,7 +218,7 @@ def _conntrack(m: Match, pkt: Packet) -> Result:
         elif o.name == "--ctorigsrc":
             r = neg(_addr_in(pkt.src, o.value()), o.negated)
         elif o.name == "--ctdir":
-            r = neg(o.value().upper() == "ORIGINAL", o.negated)
+            r = neg(o.value().upper() == ("REPLY" if pkt.reply else "ORIGINAL"), o.negated)
         else:
             r = Unknown(f"conntrack option {o.name} depends on conntrack state not in the dump")
         result = _and(result, r)

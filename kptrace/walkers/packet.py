@@ -34,6 +34,13 @@ class Packet:
     orig_src: IPAddress | None = None  # the source before SNAT/MASQUERADE
     orig_sport: int | None = None
     reply: bool = False  # the reply direction: conntrack ESTABLISHED, nat tables not consulted
+    # The conntrack state of a packet that is not its connection's first (--state, or an entry of the
+    # input's conntrack table): ESTABLISHED, RELATED or NEW (an entry that has seen no reply yet).
+    ctstate: str | None = None
+    ct_dnat: tuple[IPAddress, int | None, str | None] | None = None  # an entry's DNAT, applied at nat PREROUTING/OUTPUT
+    group: bool = False
+    inner: Packet | None = None  # set on an encapsulated (VXLAN) packet: the packet it carries  # sent as a link-layer broadcast (a broadcast or multicast destination)
+    ct_confirmed: bool = False  # the connection's entry already exists: a NAT target sets up nothing now
 
 
 @dataclass(frozen=True, slots=True)

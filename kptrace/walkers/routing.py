@@ -93,7 +93,9 @@ def lookup(node: Node, dst: IPAddress, src: IPAddress | None = None, iif: str | 
         if table == "local" and not has_local_table:
             local = _fallback_local(node, dst)
             if local:
-                return RouteResult("local", None, rule, (), ("no local routing table in the input: node addresses are local",))
+                how = ("node addresses are local" if dst in node.local_addresses() or not isinstance(dst, IPv4Address)
+                       or dst in _LOOPBACK4 else f"{dst} is the `src` of a route, so a node address, and local")
+                return RouteResult("local", None, rule, (), (f"no local routing table in the input: {how}",))
             continue
         rt = _best_in_table(family_routes, table, dst)
         if rt is None or rt.type == "throw":
@@ -121,10 +123,17 @@ def _resolve(routes: list[Route], rt: Route) -> tuple[Nexthop, ...]:
     return tuple(out)
 
 
+def route_sources(node: Node) -> set[IPAddress]:
+    """The `src` of the node's routes: the kernel only accepts a preferred source that is one of the
+    node's addresses (`192.168.0.0/24 dev eth0 proto kernel scope link src 192.168.0.2`), so these are
+    node addresses even when the input has no address list."""
+    return {r.src for r in node.routes if r.src is not None}
+
+
 def _fallback_local(node: Node, dst: IPAddress) -> bool:
     if isinstance(dst, IPv4Address) and dst in _LOOPBACK4:
         return True
-    return str(dst) == "::1" or dst in node.local_addresses()
+    return str(dst) == "::1" or dst in node.local_addresses() or dst in route_sources(node)
 
 
 def _fallback(node: Node, dst: IPAddress) -> RouteResult:

@@ -20,7 +20,10 @@ from typing import Any
 
 import yaml
 
-from kptrace.checks.inputs import CheckContext, load_for_checks
+from kptrace.checks.facts import CheckContext
+from kptrace.checks.facts import contexts as contexts_of
+from kptrace.load import load_cluster
+from kptrace.model.node import COMPLETE
 from kptrace.model.finding import Finding
 from kptrace.model.node import Node
 from kptrace.model.routing import BridgePort, FdbEntry, FlannelSubnet, KernelModule, Link, Neighbor, Nexthop, Route, Vxlan
@@ -105,6 +108,7 @@ def apply_model(node: Node, label: str, model: dict[str, Any]) -> None:
                                          f.get("ipmasq"), _src(label, "flannel", 1, f))
         else:
             setattr(node, kind, [BUILDERS[kind](label, i, spec) for i, spec in enumerate(items, start=1)])
+        node.saw(kind, COMPLETE, f"{label}/{MODEL_FILES[kind]}")
 
 
 def contexts(tmp: Path, case: dict[str, Any]) -> list[CheckContext]:
@@ -114,10 +118,9 @@ def contexts(tmp: Path, case: dict[str, Any]) -> list[CheckContext]:
     for peer in case.get("peers", []):
         dirs.append(write_bundle(tmp / peer["name"], peer.get("bundle") or {}))
         models.append(peer.get("model") or {})
-    ctxs = load_for_checks(dirs, case.get("node_ips"), case.get("pod_cidrs"))
+    ctxs = contexts_of(load_cluster(dirs, case.get("node_ips"), case.get("pod_cidrs"), keep_unusable=True))
     for ctx, d, model in zip(ctxs, dirs, models, strict=False):
-        if ctx.node is not None:
-            apply_model(ctx.node, d.name, model)
+        apply_model(ctx.node, d.name, model)
     return ctxs
 
 

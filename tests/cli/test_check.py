@@ -15,8 +15,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from kptrace.checks import inputs, registry
+from kptrace.checks import facts, registry
 from kptrace.cli.app import _register, app
+from kptrace import load as load_module
 from kptrace.load import load_cluster
 from kptrace.render.jsonout import schema
 from tests.checks.cases import FIXTURES, apply_model, write_bundle
@@ -47,7 +48,7 @@ def healthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict
             apply_model(n, "node-a", models.get(n.name, {}))
         return nodes
 
-    monkeypatch.setattr(inputs, "load_cluster", load_with_routing)
+    monkeypatch.setattr(load_module, "load_cluster", load_with_routing)
     return tmp_path / "node-a", case
 
 
@@ -72,7 +73,8 @@ def test_exit_0_on_a_healthy_node(healthy: tuple[Path, dict[str, Any]]) -> None:
     write_bundle(bundle, case["bundle"])
     code, doc = check_json("--dump", str(bundle))
     assert code == 0, [r for r in doc["results"] if r["status"] != "PASS"]
-    assert doc["summary"] == {"total": len(doc["results"]), "fail": 0, "warn": 0, "info": 0, "pass": len(doc["results"])}
+    assert doc["summary"] == {"total": len(doc["results"]), "fail": 0, "warn": 0, "info": 0, "pass": len(doc["results"]),
+                              "cannot_tell": 0}
     assert {r["id"] for r in doc["results"]} == {s.id for s in registry.all_checks()}
     kinds = {i["file"]: i["kind"] for i in doc["inputs"]}
     assert kinds["node-a/services.txt"] == "services" and kinds["node-a/conntrack.txt"] == "conntrack"
@@ -120,22 +122,37 @@ def test_demo_cluster_has_no_high_fail() -> None:
     assert check("--demo", "--fail-on", "medium")[0] == 1
 
 
-def test_exit_4_when_checks_could_only_warn(tmp_path: Path) -> None:
+def test_exit_4_when_checks_cannot_tell(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "node", {"sysctl.txt": "net.bridge.bridge-nf-call-iptables = 1\n"})
     code, doc = check_json("--dump", str(bundle))
     assert code == 4
     assert not [r for r in doc["results"] if r["status"] == "FAIL"]
-    warn = {r["id"]: r["message"] for r in doc["results"] if r["status"] == "WARN"}
-    assert "input missing: ip-route.txt" in warn["KPT401"]
-    assert "input missing: services.txt" in warn["KPT501"]
+    unknown = {r["id"]: r for r in doc["results"] if r["status"] == "CANNOT_TELL"}
+    assert "cannot tell: give ip-route.txt" in unknown["KPT401"]["message"]
+    assert unknown["KPT401"]["settle"] == ["ip-route.txt"]
+    assert "cannot tell: give services.txt" in unknown["KPT501"]["message"]
+    # The human view says it in one line, not a row per check.
+    code, out = check("--dump", str(bundle))
+    assert code == 4 and "checks cannot tell: give " in out and "ip-route.txt (KPT" in out
+    assert not [line for line in out.splitlines() if line.startswith("CANNOT_TELL")]
 
 
-def test_unparsable_input_is_kpt001_and_exit_2(tmp_path: Path) -> None:
+def test_an_unreadable_line_is_kpt001_and_the_rest_is_checked(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "node", {"sysctl.txt": "net.ipv4.ip_forward = 1\nnet.ipv4.conf.all.rp_filter\n"})
     code, doc = check_json("--dump", str(bundle))
-    assert code == 2
+    assert code == 4  # not 2: the rest of the input was read and checked
     kpt001 = [r for r in doc["results"] if r["id"] == "KPT001"]
-    assert kpt001[0]["status"] == "FAIL" and kpt001[0]["locations"] == [{"file": "node/sysctl.txt", "line": 2, "col": 1}]
+    assert kpt001[0]["status"] == "WARN" and kpt001[0]["locations"] == [{"file": "node/sysctl.txt", "line": 2, "col": 1}]
+    assert ("KPT103", "PASS") in statuses(doc), "line 1 of the same file was read"
+
+
+def test_nothing_readable_is_exit_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("the service does not answer, please help\n")
+    p = subprocess.run([sys.executable, "-m", "kptrace", "check", "--dump", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert f"{bad}:1:1: cannot tell what command produced this file" in p.stderr
 
 
 def test_a_crashing_check_is_kpt003_and_exit_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,7 +199,7 @@ def test_bundle_with_both_backends_and_service_list(tmp_path: Path) -> None:
     kinds = {i["file"]: i["kind"] for i in doc["inputs"]}
     assert kinds["node/iptables-save.txt"] == "iptables-save"
     assert kinds["node/iptables-legacy-save.txt"] == "iptables-legacy-save"
-    assert kinds["node/iptables-nft-save.txt"] == "iptables-nft-save"
+    assert kinds["node/iptables-nft-save.txt"] == "iptables-save"  # identical to iptables-save.txt: read once
 
 
 def test_no_input_is_a_usage_error() -> None:
@@ -271,7 +288,7 @@ def test_parallel_load_equals_sequential() -> None:
     from kptrace.cli.check import load_contexts
     from kptrace.load import demo_path
 
-    seq = run_all(inputs.load_for_checks([demo_path()]))
+    seq = run_all(facts.contexts(load_cluster([demo_path()])))
     named = load_contexts([demo_path()], [], [], workers=2)
     assert [name for name, _ in named] == ["node-a", "node-b"]
     assert [p.name for p in named[0][1].peers] == ["node-b"]
@@ -292,10 +309,13 @@ def test_a_directory_of_bundles_with_a_tarball_and_a_broken_one(tmp_path: Path) 
     write_bundle(d / "bad", {"iptables-save.txt": (BROKEN / "iptables-save.txt").read_text(),
                              "sysctl.txt": "net.ipv4.ip_forward = 1\nnet.ipv4.conf.all.rp_filter\n"})
     code, doc = check_json("--dump", str(d))
-    assert code == 2  # KPT001
+    # The bad bundle is read around its bad line (KPT001 WARN) and checked like the others: the broken
+    # node's own FAILs (HIGH) decide the exit code.
+    assert code == 1
     assert [n["node"] for n in doc["nodes"]] == ["bad", "node-a", "node-b"]
     failing = {n["node"]: n["failing"] for n in doc["nodes"]}
-    assert failing == {"bad": ["KPT001"], "node-a": ["KPT204"], "node-b": ["KPT204"]}
-    kpt001 = [r for r in doc["results"] if r["id"] == "KPT001" and r["status"] == "FAIL"]
+    assert failing["node-a"] == ["KPT204"] and failing["node-b"] == ["KPT204"]
+    assert "KPT201" in failing["bad"]
+    kpt001 = [r for r in doc["results"] if r["id"] == "KPT001" and r["status"] == "WARN"]
     assert kpt001 == [r for r in kpt001 if r["node"] == "bad"] and kpt001[0]["locations"] == [
         {"file": "bad/sysctl.txt", "line": 2, "col": 1}]

@@ -40,7 +40,7 @@ def test_json_validates() -> None:
     r = runner.invoke(app, ["services", "--demo", "-o", "json"])
     doc = json.loads(r.stdout)
     jsonschema.validate(doc, schema())
-    assert doc["kind"] == "services" and len(doc["services"]) == 9 and len(doc["inputs"]) == 34
+    assert doc["kind"] == "services" and len(doc["services"]) == 9 and len(doc["inputs"]) == 36  # hostname.txt of both nodes too
 
 
 def test_no_input_is_a_usage_error() -> None:

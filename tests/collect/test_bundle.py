@@ -38,9 +38,9 @@ def test_dump_reads_the_tarball_in_memory(fake_node: FakeNode, tmp_path: Path) -
     assert node.name == HOSTNAME and node.rulesets and node.addresses and node.routes and node.sysctls
     kinds = {i.file.rsplit("/", 1)[-1]: i.kind for i in node.inputs}
     assert kinds["iptables-save.txt"] == "iptables-save" and kinds["ip-6-rule.json"] == "ip-rule"
-    # Files the loader does not read yet are skipped, not errors.
-    assert not any("manifest" in f or "services" in f for f in kinds)
-    assert not any("not recognised" in a for a in node.assumptions)
+    # Every file of the bundle is read, the manifest too (what was not collected, and by whom).
+    assert kinds["manifest.json"] == "manifest" and node.not_collected.get("<collector>") == "kptrace"
+    assert not node.errors and not any("not read" in a for a in node.assumptions)
 
 
 def test_directory_bundle_loads_like_the_tarball(fake_node: FakeNode, tmp_path: Path) -> None:

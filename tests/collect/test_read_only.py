@@ -44,8 +44,10 @@ MUTATING_METHODS = {"commit", "flush_entries", "zero_entries", "set_policy", "ap
                     "destroy", "swap", "set_counters", "create", "delete", "add", "write_text", "write_bytes",
                     "unlink", "rmdir", "mkdir", "chmod", "chown", "symlink_to", "rename", "setns",
                     "sendto", "put", "send", "system", "popen", "Popen", "call", "check_call", "execv", "execvp"}
-ALLOWED_IN_WRITER = {"write_text", "write_bytes", "unlink", "mkdir", "replace"}
-OS_WRITES = {"replace", "rename", "remove", "unlink", "rmdir", "mkdir", "makedirs", "chmod", "chown", "write",
+# The writer builds the bundle in a staging directory it made and moves it into place (never replacing
+# anything): it creates, links, renames and removes only its own files. os.replace is not among them.
+ALLOWED_IN_WRITER = {"unlink", "rmdir", "link", "rename", "fchmod"}
+OS_WRITES = {"replace", "rename", "remove", "unlink", "rmdir", "mkdir", "makedirs", "chmod", "fchmod", "chown", "write",
              "truncate", "symlink", "link"}  # os.<name>: str.replace and friends are not writes
 TEXT_PATTERNS = [r"RTM_NEW", r"RTM_DEL", r"RTM_SET", r"IPVS_CMD_(NEW|SET|DEL|ZERO|FLUSH)",
                  r"IPSET_CMD_(CREATE|DESTROY|FLUSH|RENAME|SWAP|ADD|DEL)", r"NFT_MSG_(NEW|DEL)", r"\.set\(", r"shell\s*=\s*True",

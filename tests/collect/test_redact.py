@@ -63,7 +63,10 @@ def test_text_replaces_only_addresses() -> None:
 def test_generic_host_names_are_not_replaced() -> None:
     r = Redactor(["filter", "nat.example.com", "main"])
     assert r.text("*filter\n*nat\nmain table\n") == "*filter\n*nat\nmain table\n"
-    assert r.text("nat.example.com") == "redacted-host-1"
+    assert r.text("nat.example.com") == r.host("nat.example.com") == "redacted-host-2"
+    # As a whole value (a file name, node.yaml's name) even a generic name is replaced.
+    assert r.host("filter") == "redacted-host-1" and r.host("main") == "redacted-host-3"
+    assert r.unreplaceable
 
 
 def test_redacted_bundle_holds_no_secret_and_still_traces(tmp_path: Path) -> None:

@@ -76,10 +76,10 @@ class Oracle:
             skip_or_fail(self._problem)
 
     def check(self, dump: Path, kernel: netns.KernelResult, *, exact_endpoint: bool = False,
-              modes: tuple[str, ...] = netns.MODES) -> None:
+              modes: tuple[str, ...] = netns.MODES, extra: tuple[str, ...] = ()) -> None:
         """Assert kptrace agrees with the kernel, from the dump alone and from the bundle."""
         self.require()
-        reports = netns.compare(kernel, dump, exact_endpoint=exact_endpoint, modes=modes)
+        reports = netns.compare(kernel, dump, exact_endpoint=exact_endpoint, modes=modes, extra=extra)
         if reports:
             raise AssertionError("\n\n".join(reports))
 

@@ -251,3 +251,73 @@ def test_rp_filter_asymmetric_route(lab: ClusterLab, kptrace: Oracle, mode: int)
         assert_path(kernel, ("nodeA", BRIDGE, None))
         assert kernel.reply_ok is True, kernel.describe()
     check(kptrace, kernel, scen)
+
+
+# 8. The overlay's own packet dropped on the underlay (issue 16) ---------------------------------
+
+VXLAN_DROP = "-p udp -m udp --dport 8472 -j DROP"
+
+
+def _with_first_rule(ruleset: str, chain: str, rule: str) -> str:
+    """The ruleset with `-A chain rule` as the first rule of that filter chain (an admin's -I)."""
+    head, _, filt = ruleset.partition("*filter\n")
+    lines = filt.split("\n")
+    at = next(i for i, ln in enumerate(lines) if ln.startswith(f"-A {chain} ") or ln == "COMMIT")
+    lines.insert(at, f"-A {chain} {rule}")
+    return head + "*filter\n" + "\n".join(lines)
+
+
+def _drop_count(lab: ClusterLab, role: str, chain: str) -> int:
+    """Packets the DROP rule counted (iptables-save -c), the kernel's own account of the drop."""
+    out = netns.sh(["iptables-save", "-c", "-t", "filter"], ns=lab.ns[role]).stdout
+    for line in out.splitlines():
+        if line.endswith(f"-A {chain} {VXLAN_DROP}"):
+            return int(line.split("]")[0].strip("[").split(":")[0])
+    raise AssertionError(f"no VXLAN DROP rule in {role}'s {chain}:\n{out}")
+
+
+@pytest.mark.parametrize(("role", "chain"), [("nodeB", "INPUT"), ("nodeA", "OUTPUT")],
+                         ids=["node-b-input", "node-a-output"])
+def test_vxlan_dropped_on_the_request_path(lab: ClusterLab, kptrace: Oracle, role: str, chain: str) -> None:
+    """A firewall drops UDP 8472 where the request's VXLAN packet passes (the sender's OUTPUT, the
+    receiver's INPUT): pod → pod across nodes is lost, although the pod packet itself passed every
+    chain of node A. kptrace names the rule, its node, and the overlay it breaks."""
+    rulesets = {r: cl.node_ruleset(r) for r in NODES}
+    rulesets[role] = _with_first_rule(rulesets[role], chain, VXLAN_DROP)
+    scen = lab.load(f"vxlan-drop-{role}-{chain}", rulesets)
+    kernel = lab.probe(from_pod("pod-a1", POD_B1, 5353, "udp"))
+    assert kernel.delivery is None and kernel.client_result == "timeout", kernel.describe()
+    assert _drop_count(lab, role, chain) >= 1, kernel.describe()
+    first = kernel.first
+    assert first is not None and first.role == "nodeA" and first.egress == VXLAN_DEV, kernel.describe()
+    assert [o.role for o in kernel.nodes] == ["nodeA"], kernel.describe()  # the pod packet never reached node B
+    kptrace.require()
+    answer = cl.run_kptrace([scen / r for r in NODES], kernel.flow)
+    report = cl.format_report(kernel, answer, ["(the VXLAN drop case)"])
+    assert answer.disposition == "DROPPED" and answer.exit_code == 1, report
+    (branch,) = answer.branches
+    drop = next(s for s in branch["steps"] if s["action"] == "DROP")
+    assert (drop["node"], drop["chain"], drop.get("encapsulated")) == (NODES[role].name, chain, True), report
+    assert netns.normalize_rule(drop["text"]) == f"-A {chain} {VXLAN_DROP}", report
+    assert branch["steps"][-1]["action"] == "OVERLAY" and "UDP 8472" in branch["steps"][-1]["text"], report
+    # Node A's part agrees rule for rule with what TRACE saw of the pod packet there.
+    texts = [netns.normalize_rule(s["text"]) for s in branch["steps"] if s.get("node") == "node-a"]
+    tables = cl.dump_tables(scen)
+    missing = [netns.normalize_rule(e.text) for e in first.rules if e.table in tables
+               and netns.normalize_rule(e.text) not in texts]
+    assert not missing, report + f"\nmissing: {missing}"
+
+
+@pytest.mark.parametrize(("role", "chain"), [("nodeB", "OUTPUT"), ("nodeA", "INPUT")],
+                         ids=["node-b-output", "node-a-input"])
+def test_vxlan_dropped_on_the_reply_path(lab: ClusterLab, kptrace: Oracle, role: str, chain: str) -> None:
+    """UDP 8472 dropped where the answer's VXLAN packet passes: the datagram reaches pod-b1, its echo
+    is lost; kptrace's branch is FORWARDED with a failed reply (exit 1)."""
+    rulesets = {r: cl.node_ruleset(r) for r in NODES}
+    rulesets[role] = _with_first_rule(rulesets[role], chain, VXLAN_DROP)
+    scen = lab.load(f"vxlan-drop-reply-{role}-{chain}", rulesets)
+    kernel = lab.probe(from_pod("pod-a1", POD_B1, 5353, "udp"))
+    assert_delivered(kernel, "pod-b1", src=POD_A1, dport=5353)
+    assert kernel.reply_ok is False, kernel.describe()
+    assert _drop_count(lab, role, chain) >= 1, kernel.describe()
+    check(kptrace, kernel, scen)

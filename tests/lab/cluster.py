@@ -827,8 +827,9 @@ def run_kptrace(bundles: list[Path], flow: ClusterFlow) -> ClusterAnswer:
         argv += ["--dump", str(b)]
     if flow.in_iface:
         argv += ["--in-iface", flow.in_iface]
-    if flow.client == "world":
-        argv += ["--node", NODES[flow.start].name]  # where the external client's packet enters
+    # An outside client's packet: kptrace picks the node it enters (the one owning the destination,
+    # else the one on the client's subnet, else the first, said) itself; the kernel's first node is
+    # held to its choice (disagreements: "nodes").
     argv += ["-o", "json"]
     return netns.answer_of(argv)
 
@@ -842,7 +843,8 @@ def kptrace_routes(branch: dict[str, Any]) -> dict[str, tuple[str | None, str]]:
     """Per node label, the last route kptrace's branch took there: (next hop, egress device)."""
     out: dict[str, tuple[str | None, str]] = {}
     for s in branch.get("steps") or []:
-        if s.get("hook") != "routing" or s.get("action") != "ROUTE":
+        # The overlay's own (encapsulated) packet has routes of its own; the traced packet's are compared.
+        if s.get("hook") != "routing" or s.get("action") != "ROUTE" or s.get("encapsulated"):
             continue
         m = _ROUTE_TEXT.search(s.get("text") or "")
         if m:

@@ -562,7 +562,9 @@ class KernelResult:
 
     @property
     def dnat(self) -> str | None:
-        if self.conntrack is not None and self.conntrack.dnat:
+        # A confirmed entry is the truth: a DNAT rule that matched a connection conntrack had already
+        # confirmed (an entry made before the rules) translated nothing, whatever TRACE shows.
+        if self.conntrack is not None:
             return self.conntrack.dnat
         return self.trace_dnat
 
@@ -801,20 +803,31 @@ class Lab:
 
     # -- rulesets -------------------------------------------------------------------------------
 
-    def load(self, ruleset: str, *, name: str = "ruleset") -> Path:
+    def load(self, ruleset: str, *, name: str = "ruleset",
+             conntrack_before: Iterable[list[str]] = ()) -> Path:
         """Replace the node's whole netfilter state, dump it for kptrace, then arm TRACE.
 
         The dump is taken before the TRACE rules go in, so kptrace sees the ruleset as the
-        node would have it.
+        node would have it. `conntrack_before`: `conntrack -I` argument lists run on an empty
+        conntrack table before the rules are loaded (entries made before kube-proxy's rules); the
+        bundle then holds `conntrack -L` as conntrack.txt.
         """
         assert self.monitor is not None and self.dump_dir is not None
         sh(["nft", "flush", "ruleset"], ns=self.node)
-        sh(["iptables-restore"], ns=self.node, stdin=ruleset)
         sh(["conntrack", "-F"], ns=self.node, check=False)
+        entries = [list(args) for args in conntrack_before]
+        for args in entries:
+            sh(["conntrack", "-I", *args], ns=self.node)
+        sh(["iptables-restore"], ns=self.node, stdin=ruleset)
+        if not entries:
+            sh(["conntrack", "-F"], ns=self.node, check=False)
         self._dumps += 1
         dump = self.dump_dir / f"{self._dumps:03d}-{name}.iptables-save"
         dump.write_text(sh(["iptables-save"], ns=self.node).stdout)
         self.collect_bundle(dump)
+        if entries:
+            table = sh(["conntrack", "-L"], ns=self.node, check=False).stdout
+            (bundle_of(dump) / "conntrack.txt").write_text(table)
         self.monitor.install_trace_rules()
         self.monitor.wait_ready()
         return dump
@@ -868,24 +881,27 @@ class Lab:
                 return entry
         return None
 
-    def probe(self, flow: Flow, *, timeout: float = 0.9) -> KernelResult:
-        """Send one packet (a TCP SYN or a UDP datagram) and report what the kernel did."""
-        result = self._attempt(flow, timeout)
-        if result.verdict == "ACCEPT" and result.delivery is None and result.client_result in (
+    def probe(self, flow: Flow, *, timeout: float = 0.9, sport: int | None = None,
+              retry: bool = True) -> KernelResult:
+        """Send one packet (a TCP SYN or a UDP datagram) and report what the kernel did.
+
+        `sport`: this source port (a conntrack entry made for it), not a fresh one."""
+        result = self._attempt(flow, timeout, sport)
+        if retry and result.verdict == "ACCEPT" and result.delivery is None and result.client_result in (
                 "refused", "timeout") and self._expects_listener(result):
             # A listener that was not ready yet looks like a lost packet: try once more.
-            again = self._attempt(flow, timeout)
+            again = self._attempt(flow, timeout, sport)
             again.attempts = 2
             return again
         return result
 
-    def _attempt(self, flow: Flow, timeout: float) -> KernelResult:
+    def _attempt(self, flow: Flow, timeout: float, sport: int | None = None) -> KernelResult:
         assert self.monitor is not None
         try:
-            return self._probe_once(flow, timeout)
+            return self._probe_once(flow, timeout, sport)
         except MonitorLost:
             self.monitor.ensure_running()
-            return self._probe_once(flow, timeout)
+            return self._probe_once(flow, timeout, sport)
 
     def _expects_listener(self, result: KernelResult) -> bool:
         target = result.dnat or f"{result.flow.dst}:{result.flow.dport}"
@@ -893,10 +909,10 @@ class Lab:
         ports = {p for _, p in POD_PORTS} | {p for _, p in NODE_PORTS_LISTENING}
         return int(port) in ports
 
-    def _probe_once(self, flow: Flow, timeout: float) -> KernelResult:
+    def _probe_once(self, flow: Flow, timeout: float, sport: int | None = None) -> KernelResult:
         assert self.monitor is not None
         self.monitor.ensure_running()
-        sport = self._next_sport()
+        sport = sport if sport is not None else self._next_sport()
         start = self.monitor.mark()
         if start is None:
             raise MonitorLost(f"trace monitor lost its canary before the probe {flow}: "
@@ -1000,10 +1016,11 @@ class KptraceAnswer:
 
 
 def run_kptrace(source: Path, flow: Flow, *, node_ips: Iterable[str] = NODE_LOCAL_IPS,
-                env: dict[str, str] | None = None) -> KptraceAnswer:
-    """kptrace's answer for `flow`; `source` is an iptables-save file or a bundle directory."""
+                env: dict[str, str] | None = None, extra: Iterable[str] = ()) -> KptraceAnswer:
+    """kptrace's answer for `flow`; `source` is an iptables-save file or a bundle directory;
+    `extra`: more `why` options (--sport, --service-cidr)."""
     argv = [sys.executable, "-m", "kptrace", "why", f"{flow.dst}:{flow.dport}", "--from", flow.src,
-            "--proto", flow.proto, "--dump", str(source)]
+            "--proto", flow.proto, "--dump", str(source), *extra]
     for ip in node_ips:
         argv += ["--node-ip", ip]
     if flow.in_iface:
@@ -1063,6 +1080,8 @@ def disagreements(kernel: KernelResult, answer: KptraceAnswer, dump: Path, *,
         return [f"kernel outcome {kernel.verdict} is not comparable (lab problem)"]
 
     top = answer.disposition
+    if top == "NO_SERVICE" or (top == "MIXED" and all(b.get("disposition") == "NO_SERVICE" for b in answer.branches)):
+        return _no_service_disagreements(kernel, answer)
     if top != "MIXED" and disposition_class(top) not in kclasses:
         problems.append(f"disposition: kptrace {top}, kernel {kernel.verdict}")
     expected_rc = 0 if kclasses == {"pass"} else 1
@@ -1109,6 +1128,30 @@ def disagreements(kernel: KernelResult, answer: KptraceAnswer, dump: Path, *,
         if e.kind == "policy" and e.table in tables and not _has_policy_step(branch, e):
             problems.append(f"kernel applied the {e.table} {e.chain} policy ({e.verdict}); "
                             "kptrace has no step for it")
+    return problems
+
+
+def _no_service_disagreements(kernel: KernelResult, answer: KptraceAnswer) -> list[str]:
+    """NO_SERVICE: the node sends the packet on untranslated (the kernel: accepted through
+    POSTROUTING, no DNAT, out of the interface kptrace names) and it reaches no listener."""
+    problems = []
+    if kernel.verdict != "ACCEPT":
+        problems.append(f"NO_SERVICE: kptrace says the node forwards it untranslated, kernel {kernel.verdict}")
+    if kernel.dnat is not None:
+        problems.append(f"NO_SERVICE: the kernel translated it to {kernel.dnat}")
+    if kernel.delivery is not None or kernel.client_result in ("connected", "reply"):
+        problems.append(f"NO_SERVICE: the kernel delivered it ({kernel.delivery}, client {kernel.client_result})")
+    if answer.exit_code != 1:
+        problems.append(f"exit code: kptrace {answer.exit_code}, expected 1 for NO_SERVICE")
+    kernel_rules = [normalize_rule(e.text) for e in kernel.rules]
+    for b in answer.branches:
+        missing = [r for r in kernel_rules if r not in _branch_texts(b)]
+        problems += [f"rule the kernel matched is not among kptrace's steps: {r}" for r in missing]
+        egress = (b.get("egress") or {}).get("iface")
+        if egress and kernel.egress and egress != kernel.egress:
+            problems.append(f"egress: kptrace {egress}, kernel {kernel.egress}")
+        if b.get("dnat") or b.get("reply"):
+            problems.append(f"NO_SERVICE branch with dnat={b.get('dnat')} reply={b.get('reply')}")
     return problems
 
 
@@ -1171,20 +1214,21 @@ def _without_lazy_note(report: dict[str, Any]) -> str:
 
 
 def compare(kernel: KernelResult, dump: Path, *, exact_endpoint: bool = False,
-            modes: Iterable[str] = MODES) -> list[str]:
+            modes: Iterable[str] = MODES, extra: Iterable[str] = ()) -> list[str]:
     """Ask kptrace in each input mode; one report per mode that disagrees with the kernel."""
     reports = []
     answers: dict[str, KptraceAnswer] = {}
+    extra = tuple(extra)
     for mode in modes:
         if mode == "dump":
-            answer = run_kptrace(dump, kernel.flow)
+            answer = run_kptrace(dump, kernel.flow, extra=extra)
         elif mode == "lazy":
-            answer = run_kptrace(dump, kernel.flow, env={"KPTRACE_LAZY_MIN_LINES": "0"})
-            full = answers.get("dump") or run_kptrace(dump, kernel.flow)
+            answer = run_kptrace(dump, kernel.flow, env={"KPTRACE_LAZY_MIN_LINES": "0"}, extra=extra)
+            full = answers.get("dump") or run_kptrace(dump, kernel.flow, extra=extra)
             if _without_lazy_note(answer.report) != _without_lazy_note(full.report):
                 reports.append(f"[lazy mode] the lazy scan answers differently from the full parse: {' '.join(answer.argv)}")
         else:
-            answer = run_kptrace(bundle_of(dump), kernel.flow, node_ips=())
+            answer = run_kptrace(bundle_of(dump), kernel.flow, node_ips=(), extra=extra)
         answers[mode] = answer
         problems = disagreements(kernel, answer, dump, exact_endpoint=exact_endpoint)
         if problems:

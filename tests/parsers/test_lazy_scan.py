@@ -149,7 +149,7 @@ def _with_bad_byte(text: str, row: int, col: int) -> bytes:
 
 
 def test_lazy_reports_bad_utf8_where_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kptrace.errors import ParseError
+    from kptrace.errors import KptraceError, ParseError
 
     monkeypatch.setattr(iptables_save, "LAZY_MIN_LINES", 0)
     monkeypatch.setattr(load, "MAP_MIN_BYTES", 0)
@@ -173,7 +173,9 @@ def test_lazy_reports_bad_utf8_where_it_is_read(tmp_path: Path, monkeypatch: pyt
     dump.write_bytes(_with_bad_byte(gen.text, row, 5))
     trace_flow(load.load_node([dump], ["192.168.0.2"]), flow)
     monkeypatch.setattr(load, "STRICT", [True])
-    with pytest.raises(ParseError, match=rf"iptables-save.txt:{row + 1}:5: invalid UTF-8 byte 0xff"):
+    # Strict: the whole file is decoded first; a file that does not decode is not read, and with nothing
+    # else in the input that is the one-line error (exit 2).
+    with pytest.raises(KptraceError, match=rf"iptables-save.txt:{row + 1}:5: invalid UTF-8 byte 0xff"):
         load.load_node([dump], ["192.168.0.2"])
 
 

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace import __version__
-from kptrace.checks.inputs import CheckContext
+from kptrace.checks.facts import CheckContext
 from kptrace.checks.registry import Outcome, check, passed
 from kptrace.model.finding import Severity, Status
 
@@ -28,18 +27,15 @@ COLLECT = {
 }
 
 
-@check(id="KPT002", name="input-missing", severity=Severity.MEDIUM, needs_node=False, late=True,
-       remediation="Collect the missing file on the node with the command shown (docs/bundle.md, \"Collecting\") "
+@check(id="KPT002", name="input-missing", severity=Severity.MEDIUM, late=True,
+       remediation="Collect the missing output on the node with the command shown (docs/bundle.md, \"Collecting\") "
                    "and add it to the bundle.")
 def input_missing(ctx: CheckContext) -> Iterator[Outcome]:
-    """A file some checks need is not in the bundle, so those checks could only WARN."""
+    """Some checks cannot tell without an output the input lacks: how to collect each one."""
     for file, ids in sorted(ctx.missing_inputs.items()):
-        if ctx.unread(file):
-            why = f"{file} is in the bundle, but kptrace {__version__} does not read it yet"
-        elif file in ctx.extra.present:
-            why = f"{file} is in the bundle but lacks what they need (see their messages)"
-        else:
-            why = f"{file} is not in the bundle; collect it with `{COLLECT.get(file, file)}`"
-        yield Outcome(Status.WARN, f"{why}: {', '.join(sorted(set(ids)))} could not run")
+        base = file.split(" (", 1)[0]
+        why = ctx.node.not_collected.get(base)
+        how = f"it was not collected ({why})" if why else f"collect it with `{COLLECT.get(base, base)}`"
+        yield Outcome(Status.INFO, f"{base}: {how}; {', '.join(sorted(set(ids)))} cannot tell without it")
     if not ctx.missing_inputs:
-        yield passed("every file the checks read is in the bundle")
+        yield passed("every output the checks read is in the input")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext
+from kptrace.checks.facts import CheckContext
 from kptrace.checks.registry import Outcome, check, passed
 from kptrace.model.finding import Severity
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
 
-from kptrace.checks.inputs import CheckContext
+from kptrace.checks.facts import CheckContext, rule_texts
 from kptrace.checks.registry import Outcome, fail, missing, passed
 from kptrace.model.finding import Location
 from kptrace.model.flow import IPAddress
@@ -48,13 +48,13 @@ def ipvs_evidence(ctx: CheckContext) -> tuple[str, Source | None] | None:
     link = next((lk for lk in node.links if lk.name == KUBE_IPVS0), None)
     if link is not None:
         return "kube-ipvs0 exists", link.source
-    for label, text in sorted(ctx.extra.iptables_text.items()):
+    for t in rule_texts(ctx):
         for needle, at_start in ((f"--match-set {CLUSTER_IP} ", False),
                                  (f"--match-set {set_name(CLUSTER_IP, 6)} ", False), (":KUBE-IPVS-", True)):
-            found = _find_line(text, needle, at_start)
+            found = _find_line(t.text, needle, at_start)
             if found is not None:
                 n, line = found
-                return "kube-proxy's IPVS-mode iptables rules", Source(label, n, 1, line)
+                return "kube-proxy's IPVS-mode iptables rules", t.source(n, line)
     for base in (CLUSTER_IP, IPVS_IPS):
         for fam in (4, 6):
             s = (node.ipsets or {}).get(set_name(base, fam))
@@ -78,10 +78,12 @@ def ipvs_gate(ctx: CheckContext, inputs: dict[str, bool]) -> tuple[tuple[str, So
 
 def not_ipvs(ctx: CheckContext) -> Outcome:
     """The PASS of a node that shows no sign of IPVS mode, saying what was looked for."""
-    iptables_mode = any(":KUBE-SVC-" in text for text in ctx.extra.iptables_text.values())
+    iptables_mode = any(":KUBE-SVC-" in t.text for t in rule_texts(ctx))
+    # Only the whole rules prove the absence of KUBE-IPVS-* chains and set matches.
     return passed("not in IPVS mode: no IPVS virtual service, no kube-ipvs0, no KUBE-IPVS-* chain and no "
                   "KUBE-CLUSTER-IP set or rule matching it"
-                  + ("; kube-proxy's iptables-mode KUBE-SVC-* chains are there" if iptables_mode else ""))
+                  + ("; kube-proxy's iptables-mode KUBE-SVC-* chains are there" if iptables_mode else ""),
+                  needs=("rules",))
 
 
 def capped(fails: list[Outcome], more: str) -> list[Outcome]:
@@ -96,13 +98,13 @@ def capped(fails: list[Outcome], more: str) -> list[Outcome]:
 def ipvs_filter_reject(ctx: CheckContext) -> Source | None:
     """kube-proxy's (v1.26+) KUBE-IPVS-FILTER REJECT of new connections to a Service address on a port no Service has."""
     sets = (f"--match-set {IPVS_IPS} ", f"--match-set {set_name(IPVS_IPS, 6)} ")
-    for label, text in sorted(ctx.extra.iptables_text.items()):
-        if "-A KUBE-IPVS-FILTER " not in text:
+    for t in rule_texts(ctx):
+        if "-A KUBE-IPVS-FILTER " not in t.text:
             continue
-        for n, line in enumerate(text.split("\n"), start=1):
+        for n, line in enumerate(t.text.split("\n"), start=1):
             rule = line[line.find("] ") + 2:] if line.startswith("[") else line  # `iptables-save -c` counters
             if rule.startswith("-A KUBE-IPVS-FILTER ") and " -j REJECT" in rule and any(m in rule for m in sets):
-                return Source(label, n, 1, line.rstrip("\r"))
+                return t.source(n, line.rstrip("\r"))
     return None
 
 

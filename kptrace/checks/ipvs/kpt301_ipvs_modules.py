@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext
+from kptrace.checks.facts import CheckContext
 from kptrace.checks.ipvs.facts import ipvs_gate
 from kptrace.checks.registry import Outcome, check, fail, info, passed
+from kptrace.checks.registry import missing as missing_input
 from kptrace.model.finding import Severity
 
 # kube-proxy's list before v1.27 (GetRequiredIPVSModules; nf_conntrack_ipv4 on kernels before 4.19).
@@ -51,7 +52,7 @@ def ipvs_modules(ctx: CheckContext) -> Iterator[Outcome]:
     ct_keys = sorted(k for k in node.sysctls if k.startswith("net.netfilter.nf_conntrack_"))
     if ct_keys:
         builtin["nf_conntrack"] = f"{ct_keys[0]} exists"
-    elif node.conntrack or ctx.extra.conntrack:
+    elif node.conntrack:
         builtin["nf_conntrack"] = "the conntrack table has entries"
     absent = [m for m in wanted if m not in loaded]
     needed = {"ip_vs", "nf_conntrack", *used} | (set() if used else {f"ip_vs_{DEFAULT_SCHEDULER}"})
@@ -59,6 +60,11 @@ def ipvs_modules(ctx: CheckContext) -> Iterator[Outcome]:
     unused = [m for m in absent if m not in needed and m not in builtin]
     older = (f"kube-proxy before v1.27 refuses IPVS mode at start without all of {', '.join(SCHEDULERS)} and falls "
              f"back to iptables mode")
+    if (missing_needed or unused) and node.level("modules") != "complete":
+        # `lsmod | grep ip_vs` shows what is loaded, not what is not.
+        yield missing_input("modules.txt", why=f"the module list is an excerpt: {', '.join(missing_needed or unused)} "
+                                         f"may be loaded but not shown")
+        return
     if missing_needed:
         # A scheduler in use is never missing (its services prove it is there): only the default one can be.
         why = "; ".join(f"{m}: " + WHY.get(m, f"the {DEFAULT_SCHEDULER} scheduler kube-proxy uses by default (no virtual "

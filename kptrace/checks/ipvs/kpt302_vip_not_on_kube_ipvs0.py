@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext
+from kptrace.checks.facts import CheckContext
 from kptrace.checks.ipvs.facts import (
     KUBE_IPVS0,
     MAX_LISTED,
@@ -17,7 +17,7 @@ from kptrace.model.flow import IPAddress
 from kptrace.model.ipvs import IpvsService
 
 
-@check(id="KPT302", name="ipvs-vip-not-on-kube-ipvs0", severity=Severity.HIGH,
+@check(id="KPT302", name="ipvs-vip-not-on-kube-ipvs0", severity=Severity.HIGH, needs=("addresses", "ipvs"),
        remediation="Restart kube-proxy on this node (kubectl -n kube-system delete pod -l k8s-app=kube-proxy "
                    "--field-selector spec.nodeName=<node>) and read its log for \"Failed to bind service address\"; "
                    "kube-proxy binds every Service VIP to kube-ipvs0 and removes stale ones on each sync. Nothing "

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext
+from kptrace.checks.facts import CheckContext
 from kptrace.checks.ipvs.facts import (
     CLUSTER_IP,
     EXTERNAL_SETS,
@@ -25,7 +25,7 @@ from kptrace.model.flow import IPAddress
 from kptrace.model.ipvs import IpvsService
 
 
-@check(id="KPT303", name="ipset-cluster-ip-mismatch", severity=Severity.MEDIUM,
+@check(id="KPT303", name="ipset-cluster-ip-mismatch", severity=Severity.MEDIUM, needs=("ipsets", "ipvs"),
        remediation="Restart kube-proxy on this node (kubectl -n kube-system delete pod -l k8s-app=kube-proxy "
                    "--field-selector spec.nodeName=<node>) and read its log for ipset errors (\"Failed to add entry\"); "
                    "compare `ipset list KUBE-CLUSTER-IP` with `ipvsadm -Ln` again. "

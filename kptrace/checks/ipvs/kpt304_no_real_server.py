@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, local_pod_subnets
+from kptrace.checks.facts import CheckContext, local_pod_subnets
 from kptrace.checks.ipvs.facts import MAX_LISTED, capped, ipvs_gate
 from kptrace.checks.registry import Outcome, check, fail, info, passed
 from kptrace.model.finding import Severity
@@ -10,7 +10,7 @@ from kptrace.model.ipvs import IpvsDest, IpvsService
 from kptrace.model.node import Node
 
 
-@check(id="KPT304", name="ipvs-no-real-server", severity=Severity.HIGH,
+@check(id="KPT304", name="ipvs-no-real-server", severity=Severity.HIGH, needs=("ipvs",),
        remediation="kubectl get endpointslices -A -o wide | grep <VIP or service>: if the Service has ready endpoints, "
                    "restart kube-proxy on this node (kubectl -n kube-system delete pod -l k8s-app=kube-proxy "
                    "--field-selector spec.nodeName=<node>) and read its log; real servers left at weight 0 with no "

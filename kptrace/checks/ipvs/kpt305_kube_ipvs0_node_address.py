@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext
+from kptrace.checks.facts import CheckContext
 from kptrace.checks.ipvs.facts import (
     IPVS_IPS,
     KUBE_IPVS0,
@@ -17,7 +17,7 @@ from kptrace.checks.registry import Outcome, check, fail, passed
 from kptrace.model.finding import Severity
 
 
-@check(id="KPT305", name="kube-ipvs0-node-address", severity=Severity.HIGH,
+@check(id="KPT305", name="kube-ipvs0-node-address", severity=Severity.HIGH, needs=("addresses",),
        remediation="Find the Service that names the address (kubectl get svc -A -o wide | grep <address>: "
                    "spec.externalIPs or a load-balancer IP) and give it an address no node has; kube-proxy then removes "
                    "it from kube-ipvs0 on every node (by hand: ip addr del <address>/32 dev kube-ipvs0). Make it "

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import (
+from kptrace.checks.facts import (
     CheckContext,
     conf_key,
     local_pod_subnets,
@@ -12,9 +12,9 @@ from kptrace.checks.inputs import (
     pod_bridges,
     pod_networks,
 )
-from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.checks.registry import Outcome, check, fail, missing, passed, warn
 from kptrace.model.finding import Severity
-from kptrace.model.node import Node
+from kptrace.model.node import Node, Setting
 from kptrace.model.routing import Route
 from kptrace.model.source import Source
 
@@ -54,6 +54,29 @@ def _asymmetry(node: Node, iface: str) -> tuple[str, Source | None] | None:
     return None
 
 
+CILIUM_IFACES = ("lxc", "cilium_")
+
+
+def _cilium_rp_filter(node: Node, all_v: int, all_s: Setting) -> Outcome | None:
+    """Cilium routes its pods' traffic so that any reverse-path filter drops some of it: it needs 0, and
+    systemd >= 245 (50-default.conf: net.ipv4.conf.*.rp_filter = 2) sets 2 on every new interface."""
+    prefix, suffix = "net.ipv4.conf.", ".rp_filter"
+    found: list[tuple[str, int, Source]] = []
+    for key, s in node.sysctls.items():
+        if key.startswith(prefix) and key.endswith(suffix):
+            iface = key[len(prefix):-len(suffix)].replace("/", ".")
+            v = _int(s.value)
+            if iface.startswith(CILIUM_IFACES) and v is not None and max(all_v, v) != 0:
+                found.append((iface, max(all_v, v), s.source))
+    if not found:
+        return None
+    shown = ", ".join(f"{i} = {v}" for i, v, _ in found[:6]) + (", …" if len(found) > 6 else "")
+    return warn(f"Cilium's interfaces filter by reverse path (effective rp_filter, the larger of conf.all = {all_v} "
+                f"and the interface's: {shown}): Cilium needs 0 on them, or pod traffic leaving the node and "
+                f"pod → Service traffic (kube-proxy IPVS) is dropped (cilium#10645: systemd >= 245 sets 2 on new "
+                f"interfaces; cilium#19761)", all_s.source, *(s for _, _, s in found[:6]))
+
+
 @check(id="KPT104", name="rp-filter-strict", severity=Severity.MEDIUM,
        remediation="sysctl -w net.ipv4.conf.all.rp_filter=2 and net.ipv4.conf.<if>.rp_filter=2 (loose) for the "
                    "interfaces shown; make it permanent in /etc/sysctl.d/99-kubernetes.conf.")
@@ -72,6 +95,9 @@ def rp_filter(ctx: CheckContext) -> Iterator[Outcome]:
         ifaces = sorted(k[len(prefix):-len(suffix)].replace("/", ".") for k in node.sysctls
                         if k.startswith(prefix) and k.endswith(suffix)
                         and k[len(prefix):-len(suffix)] not in ("all", "default", "lo"))
+    cilium = _cilium_rp_filter(node, all_v, all_s)
+    if cilium is not None:
+        yield cilium
     strict: list[tuple[str, Source]] = []
     unknown: list[str] = []
     for i in ifaces:
@@ -85,7 +111,7 @@ def rp_filter(ctx: CheckContext) -> Iterator[Outcome]:
     if not strict:
         if unknown:
             yield missing("sysctl.txt", why=f"net.ipv4.conf.<if>.rp_filter of {', '.join(unknown)} is not in it")
-        else:
+        elif cilium is None:
             yield passed(f"rp_filter is not strict on {', '.join(ifaces) or 'any interface'} "
                          f"(conf.all.rp_filter = {all_v})", all_s.source)
         return

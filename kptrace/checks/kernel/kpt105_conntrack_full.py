@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, service_vips
+from kptrace.checks.facts import CheckContext, service_vips
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 
@@ -10,7 +10,7 @@ FULL = 0.9  # past this share new connections start to be dropped under bursts (
 MAX_CITED = 5
 
 
-@check(id="KPT105", name="conntrack-table-full", severity=Severity.HIGH,
+@check(id="KPT105", name="conntrack-table-full", severity=Severity.HIGH, needs=("conntrack",),
        remediation="sysctl -w net.netfilter.nf_conntrack_max=<2-4x the current count> (kube-proxy sets it from "
                    "--conntrack-max-per-core); make it permanent in /etc/sysctl.d/99-kubernetes.conf. Delete stale UDP "
                    "entries of a Service with `conntrack -D -p udp --orig-dst <VIP>`.")
@@ -20,14 +20,14 @@ def conntrack_full(ctx: CheckContext) -> Iterator[Outcome]:
     assert node is not None
     count, limit = node.sysctls.get("net.netfilter.nf_conntrack_count"), node.sysctls.get("net.netfilter.nf_conntrack_max")
     stale = []
-    if ctx.extra.conntrack is not None:
+    if node.conntrack is not None:
         vips = {vip for rs in node.rulesets.values() for vip, _, _ in service_vips(ctx, rs)}
         # An entry made before the Service had endpoints was never DNATed: its reply comes from the VIP
         # itself. Until it times out, every packet of that flow (DNS retries from one source port) goes nowhere.
-        stale = [e for e in ctx.extra.conntrack if e.proto == "udp" and "UNREPLIED" in e.flags
-                 and e.orig_dst in vips and e.reply_src == e.orig_dst]
+        stale = [e for e in node.conntrack if e.proto == "udp" and "UNREPLIED" in e.flags and e.reply is not None
+                 and e.original.dst in vips and e.reply.src == e.original.dst]
     if stale:
-        shown = ", ".join(f"{e.orig_src} → {e.orig_dst}:{e.orig_dport}" for e in stale[:MAX_CITED])
+        shown = ", ".join(f"{e.original.src} → {e.original.dst}:{e.original.dport}" for e in stale[:MAX_CITED])
         one = len(stale) == 1
         yield fail(f"{len(stale)} UNREPLIED UDP conntrack entr{'y' if one else 'ies'} to a Service VIP "
                    f"that {'was' if one else 'were'} never DNATed ({shown}{', …' if len(stale) > MAX_CITED else ''}): those flows keep "
@@ -41,5 +41,5 @@ def conntrack_full(ctx: CheckContext) -> Iterator[Outcome]:
         yield fail(f"{text}: new connections (Service traffic included) are dropped when it is full "
                    f"(kernel log \"nf_conntrack: table full, dropping packet\")", count.source, limit.source)
     elif not stale:
-        note = "" if ctx.extra.conntrack is not None else "; stale UDP entries not checked (no conntrack.txt)"
+        note = "" if node.conntrack is not None else "; stale UDP entries not checked (no conntrack.txt)"
         yield passed(f"{text}{note}", count.source, limit.source)

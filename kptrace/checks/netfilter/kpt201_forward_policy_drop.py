@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import (
+from kptrace.checks.facts import (
     CheckContext,
     ctstates,
     dual_stack,
@@ -16,7 +16,7 @@ from kptrace.checks.inputs import (
 )
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
-from kptrace.model.netfilter import IPNetwork, Rule
+from kptrace.model.netfilter import IPNetwork, Rule, Ruleset
 
 # Matches that do not narrow what an accept lets through (for this check's purpose).
 NEUTRAL = {"comment", "conntrack", "state"}
@@ -40,7 +40,7 @@ def _accepts_pods(rule: Rule, via: tuple[Rule, ...], pods: list[IPNetwork], brid
     return overlaps(nets, pods) or any(iface_matches(p, b) for p in ifaces for b in bridges)
 
 
-@check(id="KPT201", name="forward-policy-drop", severity=Severity.HIGH,
+@check(id="KPT201", name="forward-policy-drop", severity=Severity.HIGH, needs=("rules",),
        remediation="Accept the pod network in FORWARD: iptables -I FORWARD 1 -s <cluster CIDR> -j ACCEPT && "
                    "iptables -I FORWARD 1 -d <cluster CIDR> -j ACCEPT (with Docker, put them in DOCKER-USER, which "
                    "Docker keeps first), or let the CNI add them (flannel: do not run flanneld with "
@@ -67,14 +67,24 @@ def forward_policy_drop(ctx: CheckContext) -> Iterator[Outcome]:
             r, via = hit
             yield passed(f"filter FORWARD policy DROP, but {r.source} accepts pod traffic", chain.source,
                          *(v.source for v in via), r.source)
-        elif not pods and not bridges:
+        elif not pods and not bridges and _names_networks(rs):
             yield missing("node.yaml", why="the pod CIDR is not known (node.yaml cluster_cidr or --pod-cidr), so "
-                                           "accepts for it cannot be recognised")
+                                           "which of FORWARD's accepts is for it cannot be told")
         else:
             kube = next((r for r, _ in walk(rs, "filter", "FORWARD", lambda _: False)
                          if r.target and r.target.name == "KUBE-FORWARD"), None)
-            yield fail(f"filter FORWARD policy DROP and no rule accepts the pod network "
-                       f"({', '.join(str(n) for n in pods) or ', '.join(bridges)}); KUBE-FORWARD accepts only "
-                       f"Service traffic kube-proxy marked for masquerade (0x4000) and established connections, so "
-                       f"new pod-to-pod connections across nodes and pod → ClusterIP connections to endpoints "
-                       f"elsewhere are dropped", chain.source, kube.source if kube else None)
+            what = ", ".join(str(n) for n in pods) or ", ".join(bridges) or "whatever its CIDR: no rule accepts any network"
+            also = (" KUBE-FORWARD accepts only Service traffic kube-proxy marked for masquerade (0x4000) and established "
+                    "connections, so" if kube else "")
+            yield fail(f"filter FORWARD policy DROP and no rule accepts the pod network ({what});{also} new pod-to-pod "
+                       f"connections across nodes and pod → ClusterIP connections to endpoints on other nodes are "
+                       f"dropped", chain.source, kube.source if kube else None)
+
+
+def _names_networks(rs: Ruleset) -> bool:
+    """Does some FORWARD accept name addresses or interfaces (one of which may be the pod network)?"""
+    for r, via in walk(rs, "filter", "FORWARD", lambda _: True):
+        if r.target is not None and r.target.name == "ACCEPT" and \
+                any(c is not None for x in (*via, r) for c in (x.src, x.dst, x.in_iface, x.out_iface)):
+            return True
+    return False

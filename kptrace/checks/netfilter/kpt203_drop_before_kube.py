@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from ipaddress import ip_network
 
-from kptrace.checks.inputs import (
+from kptrace.checks.facts import (
     CheckContext,
     ctstates,
     dumped,
@@ -12,16 +12,20 @@ from kptrace.checks.inputs import (
     is_kube_chain,
     nets_of,
     node_ifaces,
+    overlaps,
     overlays,
     pod_bridges,
+    pod_networks,
     walk,
 )
-from kptrace.checks.registry import Outcome, check, fail, passed
+from kptrace.checks.host.kpt501_host_firewall import FIREWALL_CHAINS
+from kptrace.checks.registry import Outcome, check, fail, passed, warn
 from kptrace.model.finding import Severity
-from kptrace.model.netfilter import Rule, Ruleset
+from kptrace.model.netfilter import IPNetwork, Rule, Ruleset
 
 LOOPBACK = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 VERDICTS = ("DROP", "REJECT")
+FIREWALL_JUMPS = {name for names in FIREWALL_CHAINS.values() for name in names}
 
 
 def _ours(name: str) -> bool:
@@ -55,7 +59,47 @@ def _may_hit(chain: tuple[Rule, ...], relevant: set[str] | None) -> bool:
     return True
 
 
-@check(id="KPT203", name="drop-before-kube-rules", severity=Severity.HIGH,
+def _accepts_pods(rule: Rule, pods: list[IPNetwork], relevant: set[str] | None) -> bool:
+    """The CNI's own accept for the pod network: a jump to its chain (FLANNEL-FWD, cali-FORWARD …), or an
+    ACCEPT that only names pod addresses or pod interfaces (old flannel's `-s 10.244.0.0/16 -j ACCEPT`)."""
+    target = rule.target.name if rule.target else ""
+    if is_cni_chain(target):
+        return True
+    if target != "ACCEPT" or any(m.module not in ("comment",) for m in rule.matches):
+        return False
+    nets = nets_of(rule.src) + nets_of(rule.dst)
+    if nets:
+        # Without a known pod CIDR (node.yaml, --pod-cidr, kube-proxy's rules) a private network stands for it.
+        return overlaps(nets, pods) if pods else all(n.is_private and n.prefixlen <= 24 for n in nets)
+    ifaces = [c.value for c in (rule.in_iface, rule.out_iface) if c is not None and not c.negated]
+    return bool(ifaces) and relevant is not None and any(iface_matches(i, r) for i in ifaces for r in relevant)
+
+
+def _shadowing(rs: Ruleset, name: str, rules: list[Rule], first: int, pods: list[IPNetwork],
+               relevant: set[str] | None) -> Iterator[Outcome]:
+    """A FAIL for each DROP/REJECT pod or Service traffic meets before the rule that accepts it."""
+    # kube-proxy's jumps accept only some packets (KUBE-FORWARD: marked or established ones): a new pod
+    # packet goes on to the CNI's accept, and a REJECT between the two still stops it.
+    accept = next((i for i, r in enumerate(rules) if i >= first and _accepts_pods(r, pods, relevant)), None)
+    last = accept if accept is not None and accept > first else first
+    anchor = rules[last]
+    for rule in rules[:last]:
+        if rule.target is not None and _ours(rule.target.name):
+            continue
+        for verdict, via in _drops(rs, rule):
+            if not _may_hit((*via, verdict), relevant):
+                continue
+            assert verdict.target is not None and anchor.target is not None
+            what = (f"the CNI's accept for the pod network `{anchor.text.strip()}`" if last != first
+                    else f"kube-proxy's or the CNI's jump to {anchor.target.name}")
+            yield fail(f"filter {name}: `{verdict.text}` ({verdict.source}"
+                       + (f", reached from {via[0].source}" if via else "") + f") {verdict.target.name}s "
+                       f"before {what} ({anchor.source}): Service and pod traffic it matches never reaches "
+                       f"their accepts",
+                       *(v.source for v in via), verdict.source, anchor.source)
+
+
+@check(id="KPT203", name="drop-before-kube-rules", severity=Severity.HIGH, needs=("rules",),
        remediation="Move the rule after kube-proxy's and the CNI's jumps, or narrow it so it cannot match pod and "
                    "Service traffic; with firewalld add the pod and Service CIDRs to a trusted zone "
                    "(firewall-cmd --permanent --zone=trusted --add-source=<pod CIDR>) instead of editing its chains. "
@@ -65,27 +109,30 @@ def drop_before_kube(ctx: CheckContext) -> Iterator[Outcome]:
     node = ctx.node
     assert node is not None
     relevant = set(pod_bridges(node) + overlays(node) + node_ifaces(node)) if node.addresses else None
+    pods = pod_networks(node)
     found = False
     checked = []
     for _, rs in sorted(node.rulesets.items()):
         for name in ("INPUT", "FORWARD"):
             rules = dumped(rs.chain("filter", name))
             first = next((i for i, r in enumerate(rules) if r.target and _ours(r.target.name)), None)
-            if first is None:
-                continue  # nothing of kube-proxy's or the CNI's here to shadow (KPT206 and KPT201 look at that)
-            anchor = rules[first]
-            checked.append(f"{name} of {rs.file}")
-            for rule in rules[:first]:
-                for verdict, via in _drops(rs, rule):
-                    if not _may_hit((*via, verdict), relevant):
-                        continue
-                    found = True
-                    assert verdict.target is not None and anchor.target is not None
-                    yield fail(f"filter {name}: `{verdict.text}` ({verdict.source}"
-                               + (f", reached from {via[0].source}" if via else "") + f") {verdict.target.name}s "
-                               f"before kube-proxy's or the CNI's jump to {anchor.target.name} ({anchor.source}): "
-                               f"Service and pod traffic it matches never reaches their accepts",
-                               *(v.source for v in via), verdict.source, anchor.source)
+            fails = list(_shadowing(rs, name, rules, first, pods, relevant)) if first is not None else []
+            if first is not None:
+                checked.append(f"{name} of {rs.file}")
+            yield from fails
+            found = found or bool(fails)
+            fw = next((r for r in rules[:first] if r.target and r.target.name in FIREWALL_JUMPS), None)
+            if fw is not None and not fails:
+                # firewalld's zone chains reject what no zone allows (they end in REJECT icmp-host-prohibited):
+                # rules after them are reached only by what a zone accepts.
+                found = True
+                anchor = rules[first] if first is not None else None
+                after = (f"before kube-proxy's or the CNI's jump to {anchor.target.name} ({anchor.source})"
+                         if anchor is not None and anchor.target is not None else
+                         "and the input shows no rule of kube-proxy's or the CNI's in it")
+                yield warn(f"filter {name}: the host firewall's chains (`{fw.text.strip()}`, {fw.source}) filter "
+                           f"{name} {after}; firewalld ends them with a catch-all REJECT (icmp-host-prohibited), so "
+                           f"pod and Service traffic no zone allows never reaches their accepts", fw.source)
     if not found:
         yield passed("no DROP or REJECT before kube-proxy's and the CNI's rules in filter " + (", ".join(checked) or
                      "INPUT or FORWARD (neither jumps to them in the dump)"))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import (
+from kptrace.checks.facts import (
     CheckContext,
     comment_service,
     kube_rules,
@@ -14,7 +14,7 @@ from kptrace.model.source import Source
 NO_ENDPOINTS = " has no endpoints"
 
 
-@check(id="KPT204", name="service-no-endpoints", severity=Severity.MEDIUM,
+@check(id="KPT204", name="service-no-endpoints", severity=Severity.MEDIUM, needs=("rules",),
        remediation="kubectl get endpointslices -n <ns> -l kubernetes.io/service-name=<name>: fix the Service's "
                    "selector or targetPort, or the pods' readiness, so the Service has ready endpoints.")
 def no_endpoints(ctx: CheckContext) -> Iterator[Outcome]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import (
+from kptrace.checks.facts import (
     CheckContext,
     comment_service,
     kube_rules,
@@ -18,7 +18,7 @@ NO_LOCAL = " has no local endpoints"
 MAX_LISTED = 10
 
 
-@check(id="KPT205", name="no-local-endpoints", severity=Severity.MEDIUM,
+@check(id="KPT205", name="no-local-endpoints", severity=Severity.MEDIUM, needs=("rules",),
        remediation="If the Service's pods run on this node, make kube-proxy use the Node's name: --hostname-override "
                    "(or hostnameOverride in the KubeProxyConfiguration, usually from spec.nodeName) must equal "
                    "`kubectl get node` NAME. Otherwise schedule an endpoint here, or use Cluster traffic policy.")
@@ -29,9 +29,10 @@ def no_local_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
     drops: dict[str, list[Source]] = {}
     endpoints: dict[str, list[IPAddress]] = {}
     for _, rs in sorted(node.rulesets.items()):
-        for r in kube_rules(ctx, rs).filter_services:
+        kube = kube_rules(ctx, rs)
+        for r in [*kube.filter_services, *kube.nat_no_local]:
             svc = comment_service(r, NO_LOCAL)
-            if svc and r.target in ("DROP", "REJECT"):
+            if svc and r.target in ("DROP", "REJECT", "KUBE-MARK-DROP"):
                 drops.setdefault(svc, []).append(r.source)
                 if svc not in endpoints:
                     endpoints[svc] = [ip for ip, _ in service_endpoints(ctx, rs, svc)]

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, dumped, has_assumed, kube_rules
+from kptrace.checks.facts import CheckContext, dumped, has_assumed, kube_rules
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 
 BASE_JUMPS = (("PREROUTING", "KUBE-SERVICES"), ("OUTPUT", "KUBE-SERVICES"), ("POSTROUTING", "KUBE-POSTROUTING"))
 
 
-@check(id="KPT206", name="kube-jumps-missing", severity=Severity.HIGH,
+@check(id="KPT206", name="kube-jumps-missing", severity=Severity.HIGH, needs=("rules",),
        remediation="Restart kube-proxy (it re-adds its jumps at every sync); if they vanish again, find what flushes "
                    "the built-in chains (firewalld reload, iptables-restore of a saved ruleset at boot such as "
                    "/etc/iptables/rules.v4 or /etc/sysconfig/iptables, a CNI) and stop it.")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from kptrace.checks.inputs import CheckContext, dnat_targets, has_dnat
+from kptrace.checks.facts import CheckContext, dnat_targets, has_dnat
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 from kptrace.model.flow import IPAddress
@@ -34,7 +34,7 @@ def _lookups(node: Node) -> Callable[[IPAddress], RouteResult]:
     return get
 
 
-@check(id="KPT207", name="dnat-target-unreachable", severity=Severity.HIGH,
+@check(id="KPT207", name="dnat-target-unreachable", severity=Severity.HIGH, needs=("rules", "routes"),
        remediation="Restore the route to the endpoint (for pods on other nodes: the CNI's route for that node's pod "
                    "subnet, e.g. restart flanneld), bring the interface up (ip link set <if> up), or remove the "
                    "blackhole/unreachable route (ip route del <prefix>); persist routes in the network configuration "

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, RawRule, dnat_targets, pod_networks
+from kptrace.checks.facts import CheckContext, RawRule, dnat_targets, pod_networks
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 from kptrace.model.flow import IPAddress
 
 
-@check(id="KPT208", name="dnat-to-unknown-node", severity=Severity.MEDIUM,
+@check(id="KPT208", name="dnat-to-unknown-node", severity=Severity.MEDIUM, needs=("rules",),
        remediation="Find the endpoint (kubectl get endpointslices -A -o wide | grep <address>): remove a stale "
                    "manual Endpoints/EndpointSlice or a deleted node's address, or add the node's bundle to the check.")
 def dnat_unknown_node(ctx: CheckContext) -> Iterator[Outcome]:

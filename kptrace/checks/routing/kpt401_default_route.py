@@ -2,15 +2,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, dual_stack, service_vips
-from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.checks.facts import CheckContext, dual_stack, service_vips
+from kptrace.checks.registry import Outcome, check, fail, missing, passed, warn
 from kptrace.model.finding import Severity
 from kptrace.walkers.routing import lookup
 
 MAX_LISTED = 5
 
 
-@check(id="KPT401", name="no-default-route", severity=Severity.HIGH,
+@check(id="KPT401", name="no-default-route", severity=Severity.HIGH, needs=("routes",),
        remediation="ip route add default via <gateway> dev <if> (or a route for the Service CIDR, e.g. "
                    "ip route add 10.96.0.0/12 dev <node if>); persist it in the network configuration "
                    "(/etc/netplan/*.yaml, /etc/network/interfaces, NetworkManager).")
@@ -28,6 +28,9 @@ def default_route(ctx: CheckContext) -> Iterator[Outcome]:
             yield passed(f"IPv{family} default route {defaults[0].source.text.strip() if defaults[0].source else ''}",
                          defaults[0].source)
             continue
+        if node.level("routes") != "complete":
+            yield missing("ip-route.txt", why="the routes shown are an excerpt: a default route may be left out")
+            continue
         rs = node.rulesets.get(family)
         vips = service_vips(ctx, rs) if rs else []
         # A local process's packet is routed before nat OUTPUT can DNAT it (then rerouted): with no route
@@ -39,6 +42,12 @@ def default_route(ctx: CheckContext) -> Iterator[Outcome]:
                        f"{', …' if len(unrouted) > MAX_LISTED else ''}): connections from the node itself (kubelet, "
                        f"hostNetwork pods) fail with \"network unreachable\" before kube-proxy's DNAT",
                        *(r.source for _, _, r in unrouted[:MAX_LISTED]))
+        elif vips:
+            yield passed(f"no IPv{family} default route, but every Service address is routed", needs=("rules", "routes"))
         else:
-            yield passed(f"no IPv{family} default route, but " + ("every Service address is routed" if vips else
-                         "no Service address in the dump needs one"))
+            # Which Service addresses need a route is not in the input; the missing default route is a fault
+            # of its own for whatever takes the node's address from it.
+            yield warn(f"no IPv{family} default route in the main table: kubelet, kube-proxy and k3s take the node's "
+                       f"address from it when --node-ip is not set (\"no default routes found\"), and connections "
+                       f"from the node to a ClusterIP fail unless a route covers the Service CIDR (kube-proxy's rules "
+                       f"would show which: give iptables-save.txt)", *(r.source for r in node.routes[:1]))

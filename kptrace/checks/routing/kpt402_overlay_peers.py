@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, local_pod_subnets, overlays
+from kptrace.checks.facts import CheckContext, local_pod_subnets, overlays
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 from kptrace.model.node import Node
@@ -13,7 +13,7 @@ def _main(node: Node) -> list[Route]:
     return [r for r in node.routes if r.table in ("main", "254") and r.type == "unicast"]
 
 
-@check(id="KPT402", name="overlay-peer-missing", severity=Severity.HIGH,
+@check(id="KPT402", name="overlay-peer-missing", severity=Severity.HIGH, needs=("routes", "neighbors", "fdb"),
        remediation="Restart flanneld (or the CNI agent) on this node so it re-programs the routes and the flannel.1 "
                    "neighbour and fdb entries from the nodes' annotations (flannel.alpha.coreos.com/backend-data holds "
                    "each node's VTEP MAC); if a node's flannel.1 was recreated, restart flanneld there too.")

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import CheckContext, overlays, pod_bridges
+from kptrace.checks.facts import CheckContext, overlays, pod_bridges
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
 
 
-@check(id="KPT403", name="pod-mtu-too-large", severity=Severity.MEDIUM,
+@check(id="KPT403", name="pod-mtu-too-large", severity=Severity.MEDIUM, needs=("links",),
        remediation="Give pods the overlay's MTU (flannel: FLANNEL_MTU in /run/flannel/subnet.env comes from the "
                    "uplink MTU minus 50 for VXLAN; set \"mtu\" in the CNI config /etc/cni/net.d/10-flannel.conflist or "
                    "net-conf.json), then recreate the pods (their veth keeps the old MTU).")

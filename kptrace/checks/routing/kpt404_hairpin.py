@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.inputs import (
+from kptrace.checks.facts import (
     CheckContext,
     dnat_targets,
     local_pod_subnets,
@@ -13,7 +13,7 @@ from kptrace.model.finding import Severity
 from kptrace.model.flow import IPAddress
 
 
-@check(id="KPT404", name="hairpin-off", severity=Severity.MEDIUM,
+@check(id="KPT404", name="hairpin-off", severity=Severity.MEDIUM, needs=("bridge_ports|links",),
        remediation="Turn hairpin on for the port (bridge link set dev <veth> hairpin on, or "
                    "echo 1 > /sys/class/net/<veth>/brport/hairpin_mode); for new pods set the kubelet's "
                    "--hairpin-mode=hairpin-veth (hairpinMode in /var/lib/kubelet/config.yaml) or \"hairpinMode\": "

@@ -322,14 +322,30 @@ def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs
     for i, group in enumerate(groups):
         ips = node_ips if i == 0 else None
         nodes.append(load_node(group, ips, pod_cidrs, must_be_usable=False))
-    names = [n.name for n in nodes]
+    same_node(nodes, groups)
     for i, n in enumerate(nodes):
-        if names.count(n.name) > 1 or n.name == "node":
+        if n.name == "node":
             n.name = _name_from(groups[i], i)
     usable = [n for n in nodes if n.usable]
     if not usable:
         raise _nothing_usable(nodes[0], ", ".join(str(p) for p in paths))
     return nodes if keep_unusable else usable
+
+
+def same_node(nodes: list[Node], groups: list[list[Path]]) -> None:
+    """Two inputs that claim one node (its name, or one of its addresses) are refused: a before/after pair
+    traced as one cluster would answer from whichever came first. `kptrace diff` compares them."""
+    seen: dict[object, int] = {}
+    for i, n in enumerate(nodes):
+        keys: list[object] = [("name", n.name)] if n.name != "node" else []
+        keys += [("address", ip) for ip in n.node_ips]
+        for key in keys:
+            j = seen.setdefault(key, i)
+            if j != i:
+                what = f"node {n.name}" if key[0] == "name" else f"address {key[1]}"
+                a, b = (", ".join(str(p) for p in groups[k]) for k in (j, i))
+                raise InputError(f"{a} and {b} both claim {what}: give one of them (two snapshots of one node are "
+                                 f"compared with kptrace diff, not traced together)")
 
 
 def _nothing_usable(node: Node, where: str) -> InputError:

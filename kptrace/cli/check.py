@@ -111,6 +111,7 @@ def _load_parallel(bundles: list[Path], node_ips: list[str], pod_cidrs: list[str
                    progress: bool) -> list[tuple[str, CheckContext]]:
     from kptrace.checks.facts import contexts
     from kptrace.collect.cluster import _bar
+    from kptrace.load import same_node
 
     # --node-ip names the first node, as load_cluster has it.
     jobs = [(b, node_ips if i == 0 else [], pod_cidrs) for i, b in enumerate(bundles)]
@@ -140,10 +141,10 @@ def _load_parallel(bundles: list[Path], node_ips: list[str], pod_cidrs: list[str
         loaded.extend((node, b) for node in res)
     if not any(node.usable for node, _ in loaded):
         raise failed[0] if failed else KptraceError(f"nothing kptrace can read in {', '.join(map(str, bundles))}")
-    # A name two bundles share (or none) becomes the bundle's, as load_cluster does for directories.
-    names = [node.name for node, _ in loaded]
+    # Two bundles of one node are refused, and a bundle without a name takes its own, as load_cluster does.
+    same_node([node for node, _ in loaded], [[b] for _, b in loaded])
     for node, b in loaded:
-        if names.count(node.name) > 1 or node.name == "node":
+        if node.name == "node":
             node.name = _bundle_name(b)
     return [(ctx.name, ctx) for ctx in contexts([node for node, _ in loaded])]
 

@@ -102,9 +102,11 @@ def load_bundles_parallel(
             continue
         nodes.extend(res)
         origin.extend([b] * len(res))
-    names = [nd.name for nd in nodes]
+    from kptrace.load import same_node
+
+    same_node(nodes, [[b] for b in origin])
     for nd, b in zip(nodes, origin):
-        if names.count(nd.name) > 1 or nd.name == "node":
+        if nd.name == "node":
             nd.name = _name_of(b)
     return nodes
 

@@ -149,6 +149,7 @@ _PASSIVE_OPTIONS = {
 }
 _NUM = re.compile(r"^(?:0x[0-9a-fA-F]+|\d+)$")
 _ADDR4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+_OLD_NAT_ADDR = re.compile(r"^(?:\d{1,3}(?:\.\d{1,3}){3}(?:-\d{1,3}(?:\.\d{1,3}){3})?(?::\d+(?:-\d+)?)?|\[[0-9a-fA-F:.]+\](?::\d+)?|:\d+)$")
 
 
 class Tok(NamedTuple):
@@ -962,6 +963,9 @@ class _Parser:
                 addr = MapLookup(key, self.map_ref())
             else:
                 addr, port = _hostport(self.next().text)
+        elif self.peek().kind == "word" and _OLD_NAT_ADDR.match(self.peek().text):
+            # nft before 0.9 printed `dnat 10.0.0.1:80` without `to`
+            addr, port = _hostport(self.next().text)
         flags: list[str] = []
         while self.peek().kind == "word" and self.peek().text in ("random", "fully-random", "persistent", "netmap"):
             flags.append(self.next().text)

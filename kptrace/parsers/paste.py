@@ -515,26 +515,54 @@ def sniff_paste(text: str) -> str | None:
     None for anything the single-format parsers read as it is: a complete `iptables-save` (parsed
     strictly, so a real error in it is reported), `ip route` alone, and so on.
     """
+    kind = sniff_content(text)
+    return "paste" if kind == "paste" else None
+
+
+# Section kinds a file of that kind alone is loaded as (load.py's kinds); the others are read as a paste.
+WHOLE_FILE_KINDS = frozenset({
+    "ip-route", "ip-neigh", "ip-addr", "ip-link", "ip-rule", "sysctl", "ipvsadm", "ipset", "modules", "bridge-fdb",
+    "bridge-link", "brctl-show", "flannel-subnet", "nft-ruleset",
+})
+_SNIFF_LINES = 2000  # lines of a large file the sniffer reads (a dump's kind shows in its head)
+_NODE_META_RE = re.compile(r"^(node_ips|pod_cidr|cluster_cidr|service_cidr|proxy_mode|node_name):", re.M)
+
+
+def sniff_content(text: str) -> str | None:
+    """What produced this text, from its lines alone: a load kind for one command's whole output
+    (`ip-route`, `sysctl`, `iptables-save`, …), 'paste' for anything kptrace reads as a paste (prompts,
+    several commands, listings, excerpts, logs, single values), None when nothing in it is recognised.
+
+    Every line is classified on its own (tests/test_any_evidence.py checks that no line of one kind's
+    output is taken for another's), so a cut, indented or re-wrapped output is still its kind or nothing.
+    """
     head = text[:262144]
-    lines = head.split("\n")
-    if text.count("\n") > 5000:
-        lines = lines[:2000]
-    classes: list[str] = []
-    for raw in lines:
-        line = clean(raw)
-        if not line.strip():
-            continue
-        if prompt(line) is not None:
-            return "paste"
-        c = classify(line)
-        classes.append(c or "?")
-    mine = {"list-chain", "list-header", "rule", "s-policy", "s-new", "save-table", "save-decl", "route-title",
-            "route-header", "arp-header", "arp-bsd", "conntrack", "elision"}
-    if not mine & set(classes):
-        groups = {group_of(c) for c in classes} - {None}
-        return "paste" if len(groups) > 1 else None
-    if _is_save_dump(text, classes):
-        return None
+    if text.count("\n", 0, 262144) > _SNIFF_LINES:
+        head = "\n".join(head.split("\n", _SNIFF_LINES)[:_SNIFF_LINES])
+    stripped = head.lstrip()
+    if stripped.startswith(("[", "{")) and not re.match(r"^\[\s*\d", stripped) and not re.match(r"^\[[A-Z][a-z]{2} ", stripped):
+        return None  # JSON: load.py reads its keys
+    if _NODE_META_RE.search(head) and not re.search(r"^(apiVersion|kind):", head, re.M) and \
+            not re.search(r"^\S+.*\s=\s", head, re.M):
+        return "node-meta"
+    res = split_sections(head, "sniff")
+    kinds = [sec.kind for sec in res.sections if sec.kind != "other"]
+    if not kinds:
+        return "paste" if res.commands and res.sections else None
+    if res.commands or res.hosts or res.legacy_hidden or len(set(kinds)) > 1 or res.unrecognised:
+        return "paste"
+    kind = kinds[0]
+    if kind == "iptables-rules":
+        classes = [classify(clean(ln)) or "?" for ln in head.split("\n") if ln.strip()]
+        if _is_save_dump(text, classes) and "elision" not in classes:
+            return "ip6tables-save" if "ip6tables-save" in head[:4096] else "iptables-save"
+        return "paste"
+    if kind == "ip-addr" and len(res.sections) == 1 and not any(re.match(r"^\s+inet6? ", ln) for ln in res.sections[0].lines):
+        return "ip-link"
+    if kind == "nft-ruleset" and not re.search(r"^\s*(table|add|insert|flush|delete)\s", head, re.M):
+        return "paste"  # chains without their table
+    if kind in WHOLE_FILE_KINDS and not any(sec.kind == "empty" for sec in res.sections):
+        return kind
     return "paste"
 
 
@@ -578,17 +606,62 @@ def split_sections(text: str, file: str) -> PasteResult:
     res = PasteResult(file)
     cur: Section | None = None
     pending: Command | None = None
+    host_cmd: Command | None = None  # an ansible run's command: every host's block is its output
+    other_host: str | None = None  # set from the second host block on: not this node's output
+    warn_next = False  # a legacy warning before any listing: the next listing is the nft backend's
     for n, raw in enumerate(text.split("\n")):
         lineno = n + 1
         line = clean(raw)
+        src = Source(file, lineno, 1, line)
         cmd = prompt(line)
+        if cmd is None and BARE_PROMPT_RE.match(line):
+            _close(res, cur, pending)
+            cur, pending = None, None
+            res.notes.append(f"{src}: a shell prompt without a command (the end of the copied output)")
+            continue
+        hm = HOST_HEADER_RE.match(line) if cmd is None else None
+        if hm is not None:
+            _close(res, cur, pending)
+            cur = None
+            res.hosts.append(hm.group(1))
+            if len(res.hosts) > 1 and other_host is None:
+                other_host = hm.group(1)
+            elif other_host is not None:
+                other_host = hm.group(1)
+            pending = host_cmd
+            continue
+        c = classify(line) if cmd is None else None
+        if cmd is None and c is None and (cur is None or cur.kind not in _GREEDY):
+            cmd = bare_command(line)
         if cmd is not None:
-            _close(res, cur)
+            _close(res, cur, pending)
             cur = None
             pending = cmd
-            res.commands.append(Source(file, lineno, 1, line))
+            if cmd.text.split()[:1] == ["ansible"] or "ansible " in cmd.text[:40]:
+                host_cmd = cmd
+            res.commands.append(src)
             continue
-        c = classify(line)
+        if c == "legacy-warning":
+            target = cur if cur is not None and cur.kind in _IPT_KINDS else \
+                next((x for x in reversed(res.sections) if x.kind in _IPT_KINDS), None)
+            if target is not None:
+                target.backend = target.backend or "nft"
+            else:
+                warn_next = True
+            res.legacy_hidden.append(src)
+            if cur is not None and cur.kind == "iptables-rules" and line.lstrip().startswith("#"):
+                _add(cur, line, lineno, "save-comment")  # iptables-nft-save prints it as a comment
+            continue
+        if c == "empty":
+            if pending is not None and pending.kind is not None and cur is None:
+                cur = Section(pending.kind, lineno, lineno - 1, command=pending)
+                cur.notes.append(f"{src}: `{pending.text[:60]}` printed nothing")
+                pending = None
+                _close(res, cur, None)
+                cur = None
+            else:
+                res.notes.append(f"{src}: '(empty)': a note that the output above was empty")
+            continue
         if c in ("blank", "elision"):
             if cur is not None:
                 _add(cur, line, lineno, c)
@@ -597,32 +670,61 @@ def split_sections(text: str, file: str) -> PasteResult:
             continue
         group = group_of(c)
         if cur is not None:
-            weak_here = cur.kind in _ROW_KINDS and c in _WEAK
-            if group is None or weak_here or (group == cur.kind and not _restarts(cur, c, line)):
+            if _stays(cur, c, group, line):
                 _add(cur, line, lineno, c)
                 continue
-            _close(res, cur)
+            _close(res, cur, None)
             cur = None
         kind = group
         command = pending if pending is not None and (pending.kind == group or group is None) else None
-        if kind is None and pending is not None and pending.kind is not None:
-            kind = pending.kind
+        if kind is None and pending is not None:
+            kind = pending.kind or "other"
         if kind is None:
-            res.unrecognised.append(Unparsed(Source(file, lineno, 1, line), "not recognised as any command's output"))
+            if line.lstrip().startswith("#"):
+                res.notes.append(f"{src}: a comment: {line.strip()[:80]}")
+            else:
+                res.unrecognised.append(Unparsed(src, "not recognised as any command's output"))
             continue
         cur = Section(kind, lineno, lineno, command=command)
+        if kind in _IPT_KINDS:
+            cur.backend = command.backend if command is not None else None
+            if warn_next:
+                cur.backend, warn_next = cur.backend or "nft", False
         if pending is not None and command is None and pending.kind is not None:
             cur.notes.append(f"{file}:{lineno}: the output of `{pending.text[:60]}` reads as {kind}")
+        if kind == "other":
+            cur.used = False
+            cur.notes.append(f"{src}: output of `{pending.text[:60] if pending else '?'}`, which kptrace does not read")
+        if other_host is not None:
+            cur.used = False
+            cur.notes.append(f"{src}: output of another host ({other_host}) than the first one in this paste "
+                             f"({res.hosts[0]}): not merged into this node; give each host's output as its own file")
         pending = None
         _add(cur, line, lineno, c)
-    _close(res, cur)
+    _close(res, cur, None)
     return res
 
 
+_IPT_KINDS = frozenset({"iptables-rules", "iptables-list"})
 # Lines of these kinds' own rows are not classified; a row that happens to look like an `ip route`
 # line (a comment saying "dev") must not end the section.
-_ROW_KINDS = frozenset({"iptables-list", "route-n", "arp", "ipvsadm", "ipset"})
-_WEAK = frozenset({"ip-route", "ip-neigh", "ip-rule", "sysctl", "arp-bsd", "ipset", "conntrack"})
+_ROW_KINDS = frozenset({"iptables-list", "route-n", "arp", "ipvsadm", "ipset", "brctl-show", "bridge-link"})
+_WEAK = frozenset({"ip-route", "ip-neigh", "ip-rule", "sysctl", "arp-bsd", "ipset", "conntrack", "module-row",
+                   "resolv", "fdb", "kernel-log", "proc-value"})
+# Block formats: what is inside the block belongs to it, whatever it looks like.
+_GREEDY = frozenset({"nft-ruleset", "kube-node"})
+
+
+def _stays(cur: Section, c: str | None, group: str | None, line: str) -> bool:
+    """Whether a line continues the current section (else it starts another)."""
+    if cur.kind == "other":
+        return group is None
+    if cur.kind == "nft-ruleset":
+        return group in (None, "nft-ruleset") or line[:1] in (" ", "\t", "}", "#")
+    if cur.kind == "kube-node":
+        return group in (None, "kube-node") or line[:1] in (" ", "\t", "-") or re.match(r"^[\w./-]+:(\s|$)", line) is not None
+    weak_here = cur.kind in _ROW_KINDS and c in _WEAK
+    return group is None or weak_here or (group == cur.kind and not _restarts(cur, c, line))
 
 
 def _add(sec: Section, line: str, lineno: int, cls: str | None) -> None:
@@ -642,7 +744,7 @@ def _add(sec: Section, line: str, lineno: int, cls: str | None) -> None:
         sec.marks.add(f"prog:{line.split()[3]}")
 
 
-def _close(res: PasteResult, sec: Section | None) -> None:
+def _close(res: PasteResult, sec: Section | None, pending: Command | None = None) -> None:
     if sec is not None:
         while sec.lines and not sec.lines[-1].strip():
             sec.lines.pop()
@@ -712,6 +814,8 @@ def _parse_section(sec: Section, file: str) -> None:
         if not excerpt and _is_save_dump(body, classes) and "elision" not in classes:
             sec.kind = "iptables-save"
             rs = _shifted_save(body, file, family, sec.first)
+            rs.comments = [Source(file, sec.first + k, 1, ln) for k, ln in enumerate(sec.lines)
+                           if ln.lstrip().startswith("#")][:50]
             sec.model = ListingResult(rs)
             sec.counts = _ruleset_counts(rs)
             return
@@ -726,10 +830,20 @@ def _parse_section(sec: Section, file: str) -> None:
         sec.model, sec.unparsed = lr, list(lr.unparsed)
         sec.counts = _ruleset_counts(lr.ruleset)
         return
+    if sec.kind == "other":
+        sec.counts = {"lines": len([ln for ln in sec.lines if ln.strip()])}
+        return
+    if sec.kind == "nft-ruleset":
+        _parse_nft(sec, body, file)
+        return
+    if sec.kind == "conntrack":
+        body = "\n".join(_uncut_conntrack(ln) for ln in sec.lines)
     parsers: dict[str, Callable[..., list[Any]]] = {"route-n": parse_route_n, "arp": parse_arp, "conntrack": parse_conntrack}
     if sec.kind in parsers:
         errors: list[ParseError] = []
         items = parsers[sec.kind](body, file, errors, sec.first)
+        if sec.kind == "conntrack":
+            items = [_cited_as_printed(e, sec) for e in items]
         sec.model = items
         sec.unparsed = [Unparsed(Source(file, e.line, e.col, e.text), e.message) for e in errors]
         sec.counts = {"entries": len(items)}
@@ -738,6 +852,73 @@ def _parse_section(sec: Section, file: str) -> None:
                              "rules, src or proto")
         return
     _parse_other(sec, body, file)
+
+
+FRAGMENT_TABLE = "table-not-shown"  # the table nft chains pasted without their `table` line are read into
+
+
+def _parse_nft(sec: Section, body: str, file: str) -> None:
+    """`nft list ruleset` (or part of it). Chains pasted without their `table` line are read, each block on
+    its own (two blocks of one name are two listings, never merged), and kept apart: which table and hook
+    they belong to is not in the input."""
+    from kptrace.model.nft import NftRuleset
+    from kptrace.parsers.nft_text import parse_nft_text
+
+    if any(re.match(r"^\s*(table|add|insert|flush|delete)\s", ln) for ln in sec.lines):
+        try:
+            rs = parse_nft_text(body, file, first_line=sec.first, lazy=False)
+        except ParseError as e:
+            sec.unparsed.append(Unparsed(Source(e.file, e.line, e.col, e.text), e.message))
+            return
+        sec.model = rs
+        sec.counts = {"tables": len(rs.tables), "rules": len(rs.all_rules())}
+        return
+    frags: list[NftRuleset] = []
+    seen: dict[str, int] = {}
+    for start, end in _top_blocks(sec.lines):
+        head = sec.lines[start].strip()
+        text = "\n".join([f"table ip {FRAGMENT_TABLE} {{", *sec.lines[start:end + 1], "}"])
+        try:
+            rs = parse_nft_text(text, file, first_line=sec.first + start - 1, lazy=False)
+        except ParseError as e:
+            sec.unparsed.append(Unparsed(Source(e.file, e.line, e.col, e.text), e.message))
+            continue
+        rs.skipped[("ip", FRAGMENT_TABLE)] = (f"{file}:{sec.first + start}: `{head[:60]}` is pasted without its `table` "
+                                              "line: which table (and hook) it belongs to is not in the input")
+        name = head.split()[1] if len(head.split()) > 1 else head
+        if name in seen:
+            sec.notes.append(f"{file}:{sec.first + start}: chain {name} again (first at line {seen[name]}): another "
+                             "node's or another time's listing; not merged with it")
+        seen.setdefault(name, sec.first + start)
+        frags.append(rs)
+    for n, line in enumerate(sec.lines):
+        s = line.strip()
+        if s and not s.startswith("#") and not any(a <= n <= b for a, b in _top_blocks(sec.lines)):
+            sec.unparsed.append(Unparsed(Source(file, sec.first + n, 1, line), "not inside an nft block"))
+    sec.model = frags
+    sec.counts = {"chains": len(frags), "rules": sum(len(r.all_rules()) for r in frags)}
+    sec.notes.append(f"{file}:{sec.first}: nft chains without their `table` line: read, not walked (their table and "
+                     "hook are not in the input)")
+
+
+def _top_blocks(lines: list[str]) -> list[tuple[int, int]]:
+    """(first, last) line index of each top-level `{ … }` block (braces in quotes and comments ignored)."""
+    out: list[tuple[int, int]] = []
+    depth, start = 0, -1
+    for n, line in enumerate(lines):
+        code = re.sub(r'"[^"]*"', '""', line).split("#", 1)[0]
+        for ch in code:
+            if ch == "{":
+                if depth == 0:
+                    start = n
+                depth += 1
+            elif ch == "}" and depth > 0:
+                depth -= 1
+                if depth == 0:
+                    out.append((start, n))
+    if depth > 0 and start >= 0:
+        out.append((start, len(lines) - 1))
+    return out
 
 
 def _shifted_save(body: str, file: str, family: int | None, first: int) -> Ruleset:
@@ -801,16 +982,31 @@ def _chain_before(rs: Ruleset, lineno: int) -> list[tuple[str, str]]:
 
 def _parse_other(sec: Section, body: str, file: str) -> None:
     """Sections of kinds the single-format parsers read: drop the lines they refuse, say so."""
+    from functools import partial
+
+    from kptrace.parsers.bridge import parse_brctl_show, parse_bridge_fdb, parse_bridge_link
+    from kptrace.parsers.flannel import parse_flannel_subnet
     from kptrace.parsers.ip_addr import parse_ip_addr
     from kptrace.parsers.ip_link import parse_ip_link
     from kptrace.parsers.ip_neigh import parse_ip_neigh
     from kptrace.parsers.ip_route import parse_ip_route
     from kptrace.parsers.ip_rule import parse_ip_rule
+    from kptrace.parsers.kernel_log import parse_kernel_log
+    from kptrace.parsers.kube_node import parse_kube_nodes
+    from kptrace.parsers.modules import parse_modules
+    from kptrace.parsers.proc_values import parse_proc_values
+    from kptrace.parsers.resolv_conf import parse_resolv_conf
     from kptrace.parsers.sysctl import parse_sysctl
 
+    cmd = sec.command
     parsers: dict[str, Callable[[str, str], Any]] = {
         "ip-route": parse_ip_route, "ip-neigh": parse_ip_neigh, "ip-addr": parse_ip_addr, "ip-link": parse_ip_link,
-        "ip-rule": parse_ip_rule, "sysctl": parse_sysctl,
+        "ip-rule": parse_ip_rule, "sysctl": parse_sysctl, "modules": parse_modules, "bridge-fdb": parse_bridge_fdb,
+        "bridge-link": parse_bridge_link, "brctl-show": parse_brctl_show, "flannel-subnet": parse_flannel_subnet,
+        "kernel-log": parse_kernel_log, "trace-log": parse_kernel_log, "xtables-monitor": parse_kernel_log,
+        "kube-node": parse_kube_nodes,
+        "proc-value": partial(parse_proc_values, path=cmd.path if cmd else None),
+        "resolv-conf": partial(parse_resolv_conf, whose=cmd.whose if cmd else None),
     }
     try:
         from kptrace.parsers.ipset import parse_ipset
@@ -826,7 +1022,12 @@ def _parse_other(sec: Section, body: str, file: str) -> None:
         sec.notes.append(f"{file}:{sec.first}: {sec.kind} output is recognised but not read from a paste")
         sec.counts = {"lines": len([ln for ln in sec.lines if ln.strip()])}
         return
+    if cmd is not None and cmd.dev is not None and sec.kind in ("ip-neigh", "bridge-fdb"):
+        # `ip neigh show dev X` / `bridge fdb show dev X` leave `dev X` out of every line: the command says it.
+        sec.notes.append(f"{file}:{sec.first}: `dev {cmd.dev}` is read from the command line `{cmd.text[:60]}`")
     lines = list(sec.lines)
+    if cmd is not None and cmd.dev is not None and sec.kind in ("ip-neigh", "bridge-fdb"):
+        lines = [_with_dev(ln, cmd.dev, sec.kind) for ln in lines]
     delta = sec.first - 1
     for _ in range(min(len(lines), 200) + 1):
         try:
@@ -847,13 +1048,48 @@ def _parse_other(sec: Section, body: str, file: str) -> None:
             return
         sec.model = _shift_model(model, delta)
         sec.counts = {"entries": len(model) if hasattr(model, "__len__") else len(getattr(model, "services", []))}
+        if cmd is not None and cmd.dev is not None and sec.kind in ("ip-neigh", "bridge-fdb"):
+            sec.model = [_cited_as_printed(x, sec) for x in sec.model]
         return
     sec.model = None
+
+
+def _with_dev(line: str, dev: str, kind: str) -> str:
+    """`10.0.0.1 lladdr … REACHABLE` -> `10.0.0.1 dev X lladdr …`; `MAC dst … self` -> `MAC dev X dst … self`."""
+    words = line.split()
+    if not words or "dev" in words:
+        return line
+    head = line[: len(line) - len(line.lstrip())] + words[0]
+    return f"{head} dev {dev}{line[len(head):]}"
+
+
+def _uncut_conntrack(line: str) -> str:
+    """A record a web copy cut at its start (`6 46 TIME_WAIT src=…`): its protocol's name from its number."""
+    m = re.match(r"^(\s*)([0-9]{1,3})(\s+[0-9]{1,20}\s+([A-Z_]{1,30}\s+)?src=)", line)
+    if m is None or CT_HEAD_RE.match(line):
+        return line
+    name = {"6": "tcp", "17": "udp", "1": "icmp", "132": "sctp", "58": "icmpv6", "33": "dccp", "136": "udplite"}.get(m.group(2))
+    return line if name is None else f"{m.group(1)}{name} {line[len(m.group(1)):]}"
+
+
+def _cited_as_printed(obj: Any, sec: Section) -> Any:
+    """An entry read from a line kptrace completed (a cut record, `dev` from the command): cite the line as pasted."""
+    src = getattr(obj, "source", None)
+    if not isinstance(src, Source):
+        return obj
+    k = src.line - sec.first
+    if 0 <= k < len(sec.lines) and sec.lines[k] != src.text:
+        original = sec.lines[k]
+        if original.split() != src.text.split():
+            return replace(obj, source=replace(src, text=original))
+    return obj
 
 
 def _shift_model(model: Any, delta: int) -> Any:
     if not delta:
         return model
+    if isinstance(getattr(model, "source", None), Source):
+        return _shift_obj(model, delta)
     if isinstance(model, list):
         return [_shift_obj(x, delta) for x in model]
     if isinstance(model, dict):
@@ -888,13 +1124,16 @@ PARTIAL_NOTE = "partial input:"  # prefix of the ruleset assumptions finish_part
 
 def apply_to_node(node: Node, res: PasteResult) -> None:
     """Merge what a paste held into the node; rulesets built from listings are marked as partial."""
+    _sysctl_snapshots(node, res)
     for sec in res.sections:
         if sec.model is None or not sec.used:
             continue
         _saw(node, sec, res.file)
         if sec.kind == "iptables-save":
-            _whole_ruleset(node, sec.model.ruleset)
+            _whole_ruleset(node, sec.model.ruleset, sec.backend)
         elif sec.kind in ("iptables-rules", "iptables-list"):
+            if sec.backend is not None:
+                sec.model.ruleset.backend = sec.backend
             merge_partial(node, sec.model)
         elif sec.kind == "route-n" or sec.kind == "ip-route":
             seen = {(r.table, r.type, r.dst, r.nexthops, r.metric) for r in node.routes}
@@ -917,17 +1156,156 @@ def apply_to_node(node: Node, res: PasteResult) -> None:
             node.merge_sysctls(sec.model)
         elif sec.kind == "ipvsadm":
             known = {str(s) for s in node.ipvs or []}
-            node.ipvs = (node.ipvs or []) + [s for s in sec.model.services if str(s) not in known]
+            if sec.model.services or not sec.model.connections:  # a connection list alone says nothing of services
+                node.ipvs = (node.ipvs or []) + [s for s in sec.model.services if str(s) not in known]
+            if sec.model.connections:
+                node.ipvs_connections = (node.ipvs_connections or []) + list(sec.model.connections)
             node.assumptions.extend(getattr(sec.model, "notes", []))
         elif sec.kind == "ipset":
             node.ipsets = {**sec.model, **(node.ipsets or {})}
+        elif sec.kind == "nft-ruleset":
+            if isinstance(sec.model, list):
+                node.nft_fragments.extend(sec.model)
+            elif node.nft is None:
+                node.nft = sec.model
+                node.assumptions.extend(sec.model.assumptions)
+            else:
+                node.assumptions.append(f"{res.file}:{sec.first}: an nft ruleset was not read: the nft ruleset is "
+                                        f"read from {getattr(node.nft, 'file', '?')}")
+        else:
+            apply_observed(node, sec.kind, sec.model, sec.command, sec.notes)
+    if res.legacy_hidden:
+        _legacy_hidden(node, res)
+
+
+def apply_observed(node: Node, kind: str, model: Any, cmd: Command | None = None, notes: list[str] | None = None) -> None:
+    """The kinds read the same way from a paste section and from a whole file of their own."""
+    from kptrace.model.observed import KernelMessage, TraceEvent
+
+    if kind == "modules":
+        node.modules = (node.modules or []) + [m for m in model if m.name not in {x.name for x in node.modules or []}]
+        if not model and cmd is not None and cmd.excerpt and cmd.pattern and re.fullmatch(r"[\w-]{2,60}", cmd.pattern):
+            # `lsmod | grep br_netfilter` printed nothing: that module is not loaded (it may be built in).
+            src = Source(cmd.text, 1, 1, cmd.text)
+            for n in notes or []:
+                m = re.match(r"^(.+?):(\d+): ", n)
+                if m:
+                    src = Source(m.group(1), int(m.group(2)), 1, n.split(": ", 1)[1])
+                    break
+            node.modules_not_loaded.setdefault(cmd.pattern.replace("-", "_"), src)
+    elif kind == "bridge-fdb":
+        seen = {(f.mac, f.dev, f.master, f.dst, f.vlan) for f in node.fdb}
+        node.fdb.extend(f for f in model if (f.mac, f.dev, f.master, f.dst, f.vlan) not in seen)
+    elif kind in ("bridge-link", "brctl-show"):
+        names = {b.name for b in node.bridge_ports}
+        node.bridge_ports.extend(b for b in model if b.name not in names)
+    elif kind == "flannel-subnet":
+        node.flannel = node.flannel or model
+    elif kind in ("kernel-log", "trace-log", "xtables-monitor"):
+        events = [x for x in model if isinstance(x, TraceEvent)]
+        msgs = [x for x in model if isinstance(x, KernelMessage)]
+        if events:
+            node.trace_events = (node.trace_events or []) + events
+        if msgs:
+            node.kernel_log = (node.kernel_log or []) + msgs
+        full = [m for m in msgs if m.kind == "conntrack-full"]
+        if full:
+            node.assumptions.append(f"the kernel log says the conntrack table was full ({len(full)} line(s), first at "
+                                    f"{full[0].source}: \"{full[0].text[:60]}\"): while it is, new connections are "
+                                    f"dropped before any rule sees them")
+    elif kind == "proc-value":
+        _proc_values(node, model)
+    elif kind == "resolv-conf":
+        node.resolv_conf.extend(model)
+    elif kind == "kube-node":
+        _kube_nodes(node, model)
+
+
+def _proc_values(node: Node, values: list[Any]) -> None:
+    from kptrace.model.node import Setting
+    from kptrace.model.routing import BridgePort
+    from kptrace.parsers.proc_values import BRIF_RE, BRPORT_RE
+
+    node.sys_values = (node.sys_values or []) + list(values)
+    settings: dict[str, Setting] = {}
+    for v in values:
+        key = v.sysctl_key
+        if key is not None:
+            settings[key] = Setting(v.value, v.source)
+            continue
+        m = BRIF_RE.match(v.path)
+        bridge, port = (m.group(1), m.group(2)) if m else (None, None)
+        m2 = BRPORT_RE.match(v.path) if m is None else None
+        if m2 is not None:
+            bridge, port = "", m2.group(1)  # the port's bridge is not in the path: not known
+        what = (m or m2).group(3) if (m or m2) else None
+        if port is None or bridge is None:
+            continue
+        if what == "hairpin_mode" and v.value in ("0", "1") and port not in {b.name for b in node.bridge_ports}:
+            node.bridge_ports.append(BridgePort(port, bridge, None, v.value == "1", v.source))
+    if settings:
+        node.merge_sysctls(settings)
+
+
+def _kube_nodes(node: Node, nodes: list[Any]) -> None:
+    """`kubectl get node X -o yaml`: the node it describes (when it is one) and what peers must know of it."""
+    from ipaddress import ip_address, ip_network
+
+    known = {n.name for n in node.kube_nodes}
+    node.kube_nodes.extend(n for n in nodes if n.name not in known)
+    if len(nodes) != 1:
+        return  # a list of nodes: peer facts only; which one is this node is not said
+    kn = nodes[0]
+    if node.name in ("node", kn.name):
+        node.name = kn.name
+    for typ, addr in kn.addresses:
+        if typ not in ("InternalIP", "ExternalIP"):
+            continue
+        try:
+            a = ip_address(addr)
+        except ValueError:
+            continue
+        if a not in node.node_ips:
+            node.node_ips.append(a)
+            node.assumptions.append(f"{a} is a node address: kubectl's Node object at {kn.source} lists it ({typ})")
+    if kn.pod_cidrs and node.pod_subnet is None:
+        try:
+            node.pod_subnet = ip_network(kn.pod_cidrs[0], strict=False)
+        except ValueError:
+            pass
+
+
+def _sysctl_snapshots(node: Node, res: PasteResult) -> None:
+    """Two sections of one paste that show a key with different values (before and after a fix, in one Slack
+    thread) are two states of the node: which one is now is not known, so the key is left unknown."""
+    first: dict[str, Any] = {}
+    clash: dict[str, list[Any]] = {}
+    for sec in res.sections:
+        if sec.kind != "sysctl" or not isinstance(sec.model, dict) or not sec.used:
+            continue
+        for key, st in sec.model.items():
+            old = first.setdefault(key, st)
+            if old is not st and old.value.strip() != st.value.strip():
+                clash.setdefault(key, [old]).append(st)
+    if not clash:
+        return
+    for sec in res.sections:
+        if sec.kind == "sysctl" and isinstance(sec.model, dict):
+            sec.model = {k: v for k, v in sec.model.items() if k not in clash}
+    for key, settings in sorted(clash.items()):
+        shown = ", ".join(f"{s.value.strip()} at {s.source}" for s in settings)
+        node.errors.append(ParseError(settings[-1].source.file, settings[-1].source.line, 1,
+                                      f"{key} is shown with different values in one paste ({shown}): two states of "
+                                      f"the node; the key is unknown"))
 
 
 # Section kind -> the kind of fact it shows (Node.evidence).
 _SECTION_FACTS = {
     "route-n": "routes", "ip-route": "routes", "arp": "neighbors", "ip-neigh": "neighbors", "conntrack": "conntrack",
     "ip-addr": "addresses", "ip-link": "links", "ip-rule": "policy_rules", "sysctl": "sysctls", "ipvsadm": "ipvs",
-    "ipset": "ipsets",
+    "ipset": "ipsets", "modules": "modules", "bridge-fdb": "fdb", "bridge-link": "bridge_ports",
+    "brctl-show": "bridge_ports", "flannel-subnet": "flannel", "kernel-log": "kernel_log", "trace-log": "trace",
+    "xtables-monitor": "trace", "resolv-conf": "resolv_conf", "kube-node": "kube_nodes", "nft-ruleset": "nft",
 }
 
 
@@ -935,10 +1313,22 @@ def _saw(node: Node, sec: Section, file: str) -> None:
     """What a pasted section shows, and how much: filtered (`| grep`) or a few keys is an excerpt."""
     if sec.kind in ("iptables-rules", "iptables-list"):
         fam = getattr(sec.model, "ruleset", None)
-        node.saw("ip6tables" if fam is not None and fam.family == 6 else "iptables", EXCERPT, file)
+        legacy = sec.backend == "legacy"
+        node.saw("iptables-legacy" if legacy else "ip6tables" if fam is not None and fam.family == 6 else "iptables",
+                 EXCERPT, file)
         return
     if sec.kind == "iptables-save":
         return  # _whole_ruleset records it
+    if sec.kind == "proc-value":
+        for fact in sorted({_value_fact(v) for v in sec.model} - {None}):
+            node.saw(fact, EXCERPT, file)  # single values: a key or port not shown is unknown
+        return
+    if sec.kind == "kube-node" and len(sec.model) == 1:
+        node.saw("node_meta", COMPLETE, file)
+    if sec.kind in ("kernel-log", "trace-log", "xtables-monitor"):
+        for fact in sorted({"trace" if type(x).__name__ == "TraceEvent" else "kernel_log" for x in sec.model}):
+            node.saw(fact, EXCERPT, file)  # a log shows what happened while it was kept, not the node's state
+        return
     fact = _SECTION_FACTS.get(sec.kind)
     if fact is None:
         return
@@ -947,45 +1337,135 @@ def _saw(node: Node, sec: Section, file: str) -> None:
         excerpt = True  # `ip route get`: the route one address takes, not the table
     if sec.kind == "sysctl" and (sec.command is None or " -a" not in f" {sec.command.text}"):
         excerpt = True  # some keys: one not shown is unknown, not absent
+    if sec.kind == "modules" and not excerpt and sec.command is None:
+        # Without the command: a list with lsmod's header, or a long one, is whole; a few lines may be a grep.
+        rows = [ln for ln in sec.lines if ln.strip()]
+        excerpt = not ((rows and rows[0].split()[:1] == ["Module"]) or len(rows) >= 15)
+    if sec.kind in ("ip-neigh", "bridge-fdb") and sec.command is not None and sec.command.dev is not None:
+        excerpt = True  # one device's entries
+    if sec.kind == "ipvsadm" and sec.model is not None and not sec.model.services and sec.model.connections:
+        node.saw("ipvs_connections", EXCERPT if excerpt else COMPLETE, file)
+        return
+    if sec.kind == "ipvsadm" and sec.model is not None and sec.model.connections:
+        node.saw("ipvs_connections", EXCERPT if excerpt else COMPLETE, file)
+    if sec.kind == "ipvsadm" and not any(ln.lstrip().startswith(("Prot LocalAddress", "-A ")) for ln in sec.lines):
+        excerpt = True  # `ipvsadm -Ln -t VIP:PORT`, a grep: some services only
+    if sec.kind == "nft-ruleset" and not any(ln.lstrip().startswith("table ") for ln in sec.lines):
+        excerpt = True  # chains without their table
     node.saw(fact, EXCERPT if excerpt else COMPLETE, file)
 
 
-def _whole_ruleset(node: Node, rs: Ruleset) -> None:
+def _value_fact(v: Any) -> str | None:
+    from kptrace.parsers.proc_values import BRIF_RE, BRPORT_RE
+
+    if v.sysctl_key is not None:
+        return "sysctls"
+    if BRIF_RE.match(v.path) or BRPORT_RE.match(v.path):
+        return "bridge_ports"
+    return None
+
+
+def _whole_ruleset(node: Node, rs: Ruleset, backend: str | None = None) -> None:
+    """A whole iptables-save inside a paste: a whole dump, in its backend's slot, as `--dump` reads one."""
+    from kptrace.errors import InputError
+
     fam = rs.family
-    if fam in node.coverage:
-        drop_partial(node, fam, rs.file)
-    if fam in node.rulesets and node.rulesets[fam].tables:
-        node.assumptions.append(f"{rs.file}: a second IPv{fam} iptables-save in the input was not read "
-                                f"(already read {node.rulesets[fam].file})")
-        return
-    node.rulesets[fam] = rs
-    node.saw("ip6tables" if fam == 6 else "iptables", COMPLETE, rs.file)
+    rs.backend = backend or rs.backend or _save_backend(rs)
+    main = node.rulesets.get(fam)
+    if rs.backend == "legacy" and (main is None or main.backend != "legacy"):
+        slot, cov = node.legacy_rulesets, node.legacy_coverage
+    else:
+        if main is not None and main.backend == "legacy" and fam not in node.legacy_rulesets and fam not in node.coverage:
+            node.legacy_rulesets[fam] = node.rulesets.pop(fam)  # the other one is the node's iptables
+        slot, cov = node.rulesets, node.coverage
+    if fam in cov:
+        drop_partial(node, fam, rs.file, legacy=slot is node.legacy_rulesets)
+    have = slot.get(fam)
+    if have is not None and have.tables and fam not in cov:
+        from kptrace.parsers.iptables_s import rendered
+
+        def rules(r: Ruleset) -> list[str | None]:
+            return [rendered(x) for x in r.all_rules()]
+
+        if rules(have) == rules(rs):
+            node.assumptions.append(f"{rs.file}: the IPv{fam} iptables-save in it is the same as {have.file}; read once")
+            return
+        raise InputError(f"{rs.file}: {have.file} and {rs.file} hold two different IPv{fam} iptables-save dumps of the "
+                         f"same backend, which claim the same node: give them as two nodes' inputs (or a before/after "
+                         f"pair as two runs)")
+    slot[fam] = rs
+    fact = "iptables-legacy" if slot is node.legacy_rulesets else ("ip6tables" if fam == 6 else "iptables")
+    node.saw(fact, COMPLETE, rs.file)
 
 
-def drop_partial(node: Node, fam: int, whole: str) -> None:
-    """A whole iptables-save supersedes the listings and excerpts read before it."""
-    cov = node.coverage.pop(fam, None)
+_GENERATED_RE = re.compile(r"^# Generated by (?:ip6?tables|xtables)(?:-(legacy|nft))?-save v(\d+)\.(\d+)\S* ?(?:\((\w+)\))?")
+
+
+def _save_backend(rs: Ruleset) -> str | None:
+    """nft or legacy, from `# Generated by iptables-save v1.8.9 (nf_tables)`; before 1.8 only legacy existed."""
+    for c in rs.comments:
+        m = _GENERATED_RE.match(c.text)
+        if m:
+            if m.group(1):
+                return m.group(1)
+            if m.group(4):
+                return "nft" if m.group(4) == "nf_tables" else "legacy"
+            return "legacy" if (int(m.group(2)), int(m.group(3))) < (1, 8) else None
+    return None
+
+
+def _legacy_hidden(node: Node, res: PasteResult) -> None:
+    """`Warning: iptables-legacy tables present`: the legacy backend holds rules the paste does not show.
+
+    They run on the kernel too, so each of its tables' built-in chains is in the input only as "not shown"
+    (a walk that reaches them is UNDETERMINED), unless a legacy listing or dump says what they hold.
+    """
+    src = res.legacy_hidden[0]
+    fams = {s.model.ruleset.family for s in res.sections if s.kind in _IPT_KINDS and s.model is not None} or {4}
+    for fam in sorted(fams):
+        lr = ListingResult(Ruleset(file=res.file, family=fam, backend="legacy"))
+        for tname in ("raw", "mangle", "nat", "filter"):
+            t = lr.ruleset.tables[tname] = Table(tname, src)
+            for b in BUILTIN_CHAINS[tname]:
+                t.chains[b] = Chain(tname, b, None, src, [])
+                lr.fragments.add((tname, b))
+        lr.ruleset.assumptions.append(f"{src}: iptables says legacy tables are present; the input does not show them")
+        merge_partial(node, lr)
+    node.saw("iptables-legacy", EXCERPT, res.file)
+
+
+def drop_partial(node: Node, fam: int, whole: str, legacy: bool = False) -> None:
+    """A whole iptables-save supersedes the listings and excerpts (of its backend) read before it."""
+    coverage, slot = (node.legacy_coverage, node.legacy_rulesets) if legacy else (node.coverage, node.rulesets)
+    cov = coverage.pop(fam, None)
     if cov is None:
         return
-    node.rulesets.pop(fam, None)
+    slot.pop(fam, None)
     node.assumptions.append(f"the IPv{fam} listings and excerpts ({', '.join(cov.files)}) were not used: {whole} is a "
                             "whole iptables-save of the same rules")
 
 
 def merge_partial(node: Node, lr: ListingResult) -> None:
-    """Add a listing's or excerpt's chains to the node's ruleset of its family."""
+    """Add a listing's or excerpt's chains to the node's ruleset of its family and backend.
+
+    The result does not depend on the order the inputs came in: fragments of one chain are kept in (file,
+    line) order, and a chain listed in full twice with different rules is not known (two states of it)."""
     new = lr.ruleset
     fam = new.family
     if not new.tables and not lr.unparsed:
         return
-    if fam in node.rulesets and fam not in node.coverage and node.rulesets[fam].tables:
-        node.assumptions.append(f"{new.file}: the iptables listing was not used: {node.rulesets[fam].file} is a whole "
+    legacy = new.backend == "legacy"
+    slot, coverage = (node.legacy_rulesets, node.legacy_coverage) if legacy else (node.rulesets, node.coverage)
+    if fam in slot and fam not in coverage and slot[fam].tables:
+        node.assumptions.append(f"{new.file}: the iptables listing was not used: {slot[fam].file} is a whole "
                                 "iptables-save of the same family")
         return
-    cov = node.coverage.setdefault(fam, Coverage())
-    rs = node.rulesets.get(fam)
+    cov = coverage.setdefault(fam, Coverage())
+    rs = slot.get(fam)
     if rs is None:
-        rs = node.rulesets[fam] = Ruleset(file=new.file, family=fam)
+        rs = slot[fam] = Ruleset(file=new.file, family=fam, backend=new.backend)
+    elif rs.backend is None and new.backend is not None:
+        rs.backend = new.backend
     if new.file not in cov.files:
         cov.files.append(new.file)
     _strip_placeholders(rs)
@@ -1002,15 +1482,20 @@ def merge_partial(node: Node, lr: ListingResult) -> None:
             elif complete and key not in cov.complete:
                 have.chains[cname] = c  # a full listing replaces a fragment
             elif complete and key in cov.complete:
-                node.assumptions.append(f"{c.source}: chain {tname}/{cname} is listed again; the first listing "
-                                        f"({old.source}) is used")
+                if _same_chain(old, c):
+                    continue
+                have.chains[cname] = _two_states(old, c)
+                node.assumptions.append(f"{c.source}: chain {tname}/{cname} is listed again with other rules than at "
+                                        f"{old.source}: two states of it; what it holds now is not known")
                 continue
             elif key in cov.complete:
                 continue  # a fragment of a chain already listed in full adds nothing
             else:
                 texts = {r.text.strip() for r in old.rules}
                 old.rules.extend(r for r in c.rules if r.text.strip() not in texts)
-                if c.policy is not None and old.policy is None:
+                old.rules.sort(key=lambda r: (r.source.file, r.source.line))
+                if c.policy is not None and (old.policy is None or (c.source.file, c.source.line) <
+                                             (old.source.file, old.source.line)):
                     old.policy = c.policy
             if complete:
                 cov.complete.add(key)
@@ -1021,6 +1506,22 @@ def merge_partial(node: Node, lr: ListingResult) -> None:
         if a not in rs.assumptions:
             rs.assumptions.append(a)
     finish_partial(rs, cov)
+
+
+def _same_chain(a: Chain, b: Chain) -> bool:
+    def texts(c: Chain) -> list[str]:
+        return [" ".join(r.tokens) if r.tokens else r.text.strip() for r in c.rules if not is_not_shown(r)]
+
+    return a.policy == b.policy and texts(a) == texts(b)
+
+
+def _two_states(a: Chain, b: Chain) -> Chain:
+    """A chain two listings show differently: one rule that is not known (a walk reaching it is UNDETERMINED)."""
+    first, second = sorted((a, b), key=lambda c: (c.source.file, c.source.line))
+    why = f"chain {a.table}/{a.name} is listed twice with different rules ({first.source} and {second.source})"
+    src = Source(first.source.file, first.source.line, 1, f"(two listings of {a.table}/{a.name} differ)")
+    return Chain(a.table, a.name, first.policy if first.policy == second.policy else None, first.source,
+                 [replace(not_shown_rule(a.table, a.name, src, why), index=1)])
 
 
 def _strip_placeholders(rs: Ruleset) -> None:

@@ -19,8 +19,10 @@ from .conftest import HOSTNAME, FakeNode
 def cluster_dir(fake_node: FakeNode, tmp_path: Path) -> Path:
     d = tmp_path / "bundles"
     d.mkdir()
+    # The fake live node is a snapshot of node-a: node-a's own bundle sits beside it as node-a-old, and
+    # tests that load them together (two claims on one node) leave one out.
     for name in ("node-a", "node-b"):
-        shutil.copytree(demo_path() / name, d / name)
+        shutil.copytree(demo_path() / name, d / (name if name != "node-a" else "node-a-old"))
     bundle.write_bundle(live.collect(fake_node.options()), d / "kptrace-live.tar.gz",
                         bundle.Meta(HOSTNAME, HOSTNAME, 0.0, 0.1))
     (d / ".hidden").mkdir()
@@ -28,22 +30,28 @@ def cluster_dir(fake_node: FakeNode, tmp_path: Path) -> Path:
 
 
 def test_bundle_paths_expands_a_directory_of_bundles(cluster_dir: Path) -> None:
-    assert [p.name for p in bundle_paths([cluster_dir])] == ["kptrace-live.tar.gz", "node-a", "node-b"]
+    assert [p.name for p in bundle_paths([cluster_dir])] == ["kptrace-live.tar.gz", "node-a-old", "node-b"]
     # A bundle directory (plain files inside) is one node, a file is itself.
-    assert bundle_paths([cluster_dir / "node-a"]) == [cluster_dir / "node-a"]
+    assert bundle_paths([cluster_dir / "node-b"]) == [cluster_dir / "node-b"]
     assert bundle_paths([cluster_dir / "kptrace-live.tar.gz"]) == [cluster_dir / "kptrace-live.tar.gz"]
 
 
+def test_two_snapshots_of_one_node_are_refused(cluster_dir: Path) -> None:
+    with pytest.raises(KptraceError, match="both claim node node-a"):
+        load_bundles_parallel([cluster_dir], workers=2, progress=False)
+
+
 def test_parallel_equals_sequential(cluster_dir: Path) -> None:
+    shutil.rmtree(cluster_dir / "node-a-old")
     par = load_bundles_parallel([cluster_dir], workers=3, progress=True)
     seq = load_bundles_parallel([cluster_dir], workers=1, progress=False)
-    # Two bundles both called node-a: the live one is named after its file.
-    assert [n.name for n in par] == [n.name for n in seq] == ["kptrace-live", "node-a", "node-b"]
+    assert [n.name for n in par] == [n.name for n in seq] == ["node-a", "node-b"]
     assert [[i.sha256 for i in n.inputs] for n in par] == [[i.sha256 for i in n.inputs] for n in seq]
     assert all(n.rulesets for n in par)
 
 
 def test_a_broken_bundle(cluster_dir: Path) -> None:
+    shutil.rmtree(cluster_dir / "node-a-old")
     bad = cluster_dir / "node-c"
     bad.mkdir()
     (bad / "notes.txt").write_text("it broke after the upgrade\n")  # nothing kptrace can read
@@ -51,7 +59,7 @@ def test_a_broken_bundle(cluster_dir: Path) -> None:
         load_bundles_parallel([cluster_dir], workers=2, progress=False)
     errors: list[tuple[Path, KptraceError]] = []
     nodes = load_bundles_parallel([cluster_dir], workers=2, progress=False, errors=errors)
-    assert [n.name for n in nodes] == ["kptrace-live", "node-a", "node-b"]
+    assert [n.name for n in nodes] == ["node-a", "node-b"]
     assert [p.name for p, _ in errors] == ["node-c"]
 
 

@@ -156,53 +156,47 @@ def _large_dump_kind(name: str, label: str, f: MappedFile) -> str | None:
 
 
 def sniff(name: str, text: str) -> str | None:
+    """The kind of an input: what its content shows, whatever the file is called.
+
+    A bundle's own file name (BUNDLE_NAMES) decides only what its content cannot: an empty file, a
+    format the content sniffer does not know (`systemctl list-units`), or which of two kinds that print
+    alike it is (iptables-legacy-save vs iptables-save, `ip addr` vs `ip link`). Content that is another
+    command's output, a paste with prompts or several commands is read as what it is.
+    """
     base = name.rsplit("/", 1)[-1]
-    if base in BUNDLE_NAMES:
-        kind = BUNDLE_NAMES[base]
-        # iptables-save.txt holding `iptables -L`/`-S` output or a grep (no `*table` line): read it as a paste.
-        if "tables" in kind and "\n*" not in "\n" + text[:200000] and sniff_paste(text):
-            return "paste"
-        return kind
+    bundle = BUNDLE_NAMES.get(base)
     head = text.lstrip()[:4096]
     # A plain iptables-save dump (what most inputs are) is known by its first line; the paste
     # sniffer below reads line by line, which a 400k-line dump should not pay for.
     first = head.split("\n", 1)[0]
     if _is_dump_header(first):
-        return "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in first else "iptables-save"
-    # Listings, -S output, excerpts, route -n/arp/conntrack output, shell prompts, mixed pastes.
-    if sniff_paste(text):
-        return "paste"
+        content = "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in first else "iptables-save"
+        return bundle if bundle in DUMP_KINDS else content
     # `nft list ruleset` (or an `nft -f` file of `add …` commands) and `nft -j list ruleset`.
-    if is_nft_json(head) or re.search(r"^\s*(table|add table|add chain|add rule) (ip|ip6|inet|arp|bridge|netdev) \S+", head, re.M):
+    if is_nft_json(head) or re.match(r"^(#[^\n]*\n\s*)*(table|add table|add chain|add rule) (ip|ip6|inet|arp|bridge|netdev) \S+", head):
         return "nft-ruleset"
-    if head.startswith("["):
+    if re.match(r"^(\{|\[\s*(\{|\]|$))", head):
         for key, kind in (('"addr_info"', "ip-addr"), ('"linkinfo"', "ip-link"), ('"link_type"', "ip-link"),
                           ('"priority"', "ip-rule"), ('"lladdr"', "ip-neigh"), ('"mac"', "bridge-fdb"),
-                          ('"dst"', "ip-route")):
+                          ('"dst"', "ip-route"), ('"apiVersion"', "paste"), ('"ifname"', "bridge-link")):
             if key in head:
+                if kind == "bridge-link" and bundle is not None:
+                    return bundle
                 return kind
-    if re.search(r"^\*(filter|nat|mangle|raw|security)\s*$", text[:200000], re.M) or "iptables-save v" in head[:200]:
-        return "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in head[:200] else "iptables-save"
-    if re.search(r"^\d+: [^:]+: <", head, re.M) and re.search(r"^\s+inet6? ", head, re.M):
-        return "ip-addr"
-    if re.match(r"^(net|kernel|vm|fs)\.[\w.\-/]+\s*=", head):
-        return "sysctl"
-    if re.search(r"^\d+: [^:]+: <", head, re.M):
-        return "ip-link"
-    if re.search(r"^\d+:\s+(not )?from ", head, re.M):
-        return "ip-rule"
-    if re.search(r"^(default|[0-9a-f.:]+(/\d+)?) (via|dev) ", head, re.M):
-        return "ip-route"
-    if re.search(r"^\S+ dev \S+ lladdr ", head, re.M):
-        return "ip-neigh"
-    if re.search(r"^FLANNEL_(NETWORK|SUBNET)=", head, re.M):
-        return "flannel-subnet"
-    # Pasted `ipvsadm -Ln` / `ipvsadm -Sn` / `ipset save` / `ipset list` output.
-    if re.search(r"^(IP Virtual Server version |Prot LocalAddress:Port|-A (-t|-u|-f|--sctp-service) )", head, re.M):
-        return "ipvsadm"
-    if re.search(r"^create \S+ (hash|bitmap|list):", head, re.M) or re.search(r"^Name: \S+\nType: (hash|bitmap|list):", head, re.M):
-        return "ipset"
-    return None
+        return bundle
+    from kptrace.parsers.paste import sniff_content
+
+    content = sniff_content(text)
+    if content in DUMP_KINDS and content != "iptables-save":
+        content = content if content.startswith("ip6") or "ip6tables" not in base else "ip6tables-save"
+    elif content == "iptables-save" and "ip6tables" in base:
+        content = "ip6tables-save"
+    if bundle is None or content is None or content == bundle:
+        return content or bundle
+    if {bundle, content} <= set(DUMP_KINDS) or {bundle, content} <= {"ip-addr", "ip-link"} or \
+            {bundle, content} <= {"bridge-link", "brctl-show"}:
+        return bundle  # the same command's output; the name says which variant
+    return content
 
 
 class MappedFile:

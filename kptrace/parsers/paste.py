@@ -521,9 +521,10 @@ def sniff_paste(text: str) -> str | None:
 
 # Section kinds a file of that kind alone is loaded as (load.py's kinds); the others are read as a paste.
 WHOLE_FILE_KINDS = frozenset({
-    "ip-route", "ip-neigh", "ip-addr", "ip-link", "ip-rule", "sysctl", "ipvsadm", "ipset", "modules", "bridge-fdb",
+    "conntrack", "ip-route", "ip-neigh", "ip-addr", "ip-link", "ip-rule", "sysctl", "ipvsadm", "ipset", "modules", "bridge-fdb",
     "bridge-link", "brctl-show", "flannel-subnet", "nft-ruleset",
 })
+JSON_START_RE = re.compile(r"^\s*(\{|\[\s*(\{|\]|\"|$))")
 _SNIFF_LINES = 2000  # lines of a large file the sniffer reads (a dump's kind shows in its head)
 _NODE_META_RE = re.compile(r"^(node_ips|pod_cidr|cluster_cidr|service_cidr|proxy_mode|node_name):", re.M)
 
@@ -539,8 +540,7 @@ def sniff_content(text: str) -> str | None:
     head = text[:262144]
     if text.count("\n", 0, 262144) > _SNIFF_LINES:
         head = "\n".join(head.split("\n", _SNIFF_LINES)[:_SNIFF_LINES])
-    stripped = head.lstrip()
-    if stripped.startswith(("[", "{")) and not re.match(r"^\[\s*\d", stripped) and not re.match(r"^\[[A-Z][a-z]{2} ", stripped):
+    if JSON_START_RE.match(head):
         return None  # JSON: load.py reads its keys
     if _NODE_META_RE.search(head) and not re.search(r"^(apiVersion|kind):", head, re.M) and \
             not re.search(r"^\S+.*\s=\s", head, re.M):
@@ -648,6 +648,7 @@ def split_sections(text: str, file: str) -> PasteResult:
                 target.backend = target.backend or "nft"
             else:
                 warn_next = True
+            line = line.strip()
             res.legacy_hidden.append(src)
             if cur is not None and cur.kind == "iptables-rules" and line.lstrip().startswith("#"):
                 _add(cur, line, lineno, "save-comment")  # iptables-nft-save prints it as a comment
@@ -1415,23 +1416,20 @@ def _save_backend(rs: Ruleset) -> str | None:
 
 
 def _legacy_hidden(node: Node, res: PasteResult) -> None:
-    """`Warning: iptables-legacy tables present`: the legacy backend holds rules the paste does not show.
-
-    They run on the kernel too, so each of its tables' built-in chains is in the input only as "not shown"
-    (a walk that reaches them is UNDETERMINED), unless a legacy listing or dump says what they hold.
-    """
-    src = res.legacy_hidden[0]
-    fams = {s.model.ruleset.family for s in res.sections if s.kind in _IPT_KINDS and s.model is not None} or {4}
-    for fam in sorted(fams):
-        lr = ListingResult(Ruleset(file=res.file, family=fam, backend="legacy"))
-        for tname in ("raw", "mangle", "nat", "filter"):
-            t = lr.ruleset.tables[tname] = Table(tname, src)
-            for b in BUILTIN_CHAINS[tname]:
-                t.chains[b] = Chain(tname, b, None, src, [])
-                lr.fragments.add((tname, b))
-        lr.ruleset.assumptions.append(f"{src}: iptables says legacy tables are present; the input does not show them")
-        merge_partial(node, lr)
-    node.saw("iptables-legacy", EXCERPT, res.file)
+    """`Warning: iptables-legacy tables present`: the rules shown are the nf_tables backend's, and the legacy
+    backend holds rules the paste does not show. They run on the kernel too: like a legacy dump that was not
+    collected, they are unknown (load.py puts rules standing for them in the walk unless an input shows them)."""
+    for src in res.legacy_hidden:
+        v6 = "ip6tables-legacy" in src.text
+        name = "ip6tables-legacy-save.txt" if v6 else "iptables-legacy-save.txt"
+        node.not_collected.setdefault(name, f"iptables says legacy tables are present ({src}), and the input does "
+                                            "not show them")
+        rs = node.rulesets.get(6 if v6 else 4)
+        if rs is not None and rs.backend != "legacy" and not any(c.text.lstrip("# ").startswith("Warning: ip")
+                                                                 for c in rs.comments):
+            # Cited as iptables-save prints it, which is the form the checks look for.
+            text = src.text.strip() if src.text.lstrip().startswith("#") else "# " + src.text.strip()
+            rs.comments.append(Source(src.file, src.line, src.col, text))
 
 
 def drop_partial(node: Node, fam: int, whole: str, legacy: bool = False) -> None:

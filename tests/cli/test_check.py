@@ -219,10 +219,13 @@ IPVS_CHECKS = {"KPT301", "KPT302", "KPT303", "KPT304", "KPT305"}
 def test_ipvs_demo_fails_no_ipvs_check() -> None:
     code, doc = check_json("--dump", str(IPVS_DEMO))
     mine = {(r["id"], r["status"]) for r in doc["results"] if r["id"] in IPVS_CHECKS}
-    # default/broken (10.96.77.7:80, no endpoints) is a virtual service without real servers: INFO, not a fault.
+    # default/broken (10.96.77.7:80, no endpoints) is a ClusterIP virtual service without real servers: the
+    # same finding as in iptables mode (KPT204, MEDIUM), not an IPVS fault.
     assert mine == {("KPT301", "PASS"), ("KPT302", "PASS"), ("KPT303", "PASS"), ("KPT304", "INFO"),
                     ("KPT305", "PASS")}
-    assert not [r for r in doc["results"] if r["status"] == "FAIL"]
+    fails = [r for r in doc["results"] if r["status"] == "FAIL"]
+    assert [(r["id"], r["severity"]) for r in fails] == [("KPT204", "MEDIUM")]
+    assert "ipvs/TCP 10.96.77.7:80" in fails[0]["message"] or "10.96.77.7:80" in fails[0]["message"]
     assert code in (0, 4)
 
 

@@ -62,7 +62,7 @@ def no_real_server(ctx: CheckContext) -> Iterator[Outcome]:
                                                                    if len(empty) > MAX_LISTED else "")
         yield info(f"{len(empty)} virtual service(s) have no real server, so IPVS answers their connections with ICMP "
                    f"port unreachable: {shown}. kube-proxy keeps a virtual service without real servers for a Service "
-                   f"with no ready endpoints (iptables mode reports that as KPT204), and on nodes without a local "
+                   f"with no ready endpoints (KPT204 reports the ClusterIP ones, as in iptables mode), and on nodes without a local "
                    f"endpoint for a Local traffic policy; if `kubectl get endpointslices` lists ready endpoints for "
                    f"one, kube-proxy on this node is not syncing", *(vs.source for vs in empty[:MAX_LISTED]))
     if not quiesced and not stale and not empty:

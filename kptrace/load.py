@@ -178,8 +178,10 @@ def sniff(name: str, text: str) -> str | None:
     if re.match(r"^(\{|\[\s*(\{|\]|$))", head):
         for key, kind in (('"addr_info"', "ip-addr"), ('"linkinfo"', "ip-link"), ('"link_type"', "ip-link"),
                           ('"priority"', "ip-rule"), ('"lladdr"', "ip-neigh"), ('"mac"', "bridge-fdb"),
-                          ('"dst"', "ip-route"), ('"apiVersion"', "paste"), ('"ifname"', "bridge-link")):
+                          ('"dst"', "ip-route"), ('"apiVersion"', "kube-node"), ('"ifname"', "bridge-link")):
             if key in head:
+                if kind == "kube-node" and not re.search(r'"kind":\s*"(Node|List|NodeList)"', text[:1048576]):
+                    continue
                 if kind == "bridge-link" and bundle is not None:
                     return bundle
                 return kind
@@ -329,9 +331,9 @@ def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs
 def same_node(nodes: list[Node], groups: list[list[Path]]) -> None:
     """Two inputs that claim one node (its name, or one of its addresses) are refused: a before/after pair
     traced as one cluster would answer from whichever came first. `kptrace diff` compares them."""
-    seen: dict[object, int] = {}
+    seen: dict[tuple[str, object], int] = {}
     for i, n in enumerate(nodes):
-        keys: list[object] = [("name", n.name)] if n.name != "node" else []
+        keys: list[tuple[str, object]] = [("name", n.name)] if n.name != "node" else []
         keys += [("address", ip) for ip in n.node_ips]
         for key in keys:
             j = seen.setdefault(key, i)
@@ -545,7 +547,20 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
 
         pasted = parse_paste(text, label)
         apply_to_node(node, pasted)
-        kind = paste_kind(pasted)
+        # Lines of a paste nothing could read are said like any unreadable input (KPT001, "not read:").
+        node.errors.extend(ParseError(u.source.file, u.source.line, u.source.col, u.reason, u.source.text)
+                           for u in pasted.unrecognised[:MAX_BAD_LINES])
+        # The paste recorded what each of its parts shows, and how much (Node.evidence).
+        node.inputs.append(InputFile(label, paste_kind(pasted), digest))
+        return
+    elif kind == "kube-node":
+        from kptrace.parsers.kube_node import parse_kube_nodes
+        from kptrace.parsers.paste import apply_observed
+
+        kube = parse_kube_nodes(text, label)
+        apply_observed(node, kind, kube)
+        if len(kube) == 1:
+            node.saw("node_meta", COMPLETE, label)
     elif kind == "nft-ruleset":
         if node.nft is not None:
             # nft-ruleset.txt and .json are the same command's output: the text (read first) is cited.
@@ -569,6 +584,12 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         if table.services or not table.connections:  # a connection list alone (-Lnc) says nothing of the services
             known = {str(s) for s in node.ipvs or []}
             node.ipvs = (node.ipvs or []) + [s for s in table.services if str(s) not in known]
+        if table.connections:
+            node.ipvs_connections = (node.ipvs_connections or []) + list(table.connections)
+            node.saw("ipvs_connections", COMPLETE, label)
+            if not table.services:
+                node.inputs.append(InputFile(label, kind, digest))
+                return
         node.assumptions.extend(table.notes)
     if kind != "paste" and kind not in DUMP_KINDS:
         _saw(node, kind, label, text, base in BUNDLE_NAMES)
@@ -605,6 +626,7 @@ KIND_FACTS = {
     "ip-neigh": "neighbors", "bridge-fdb": "fdb", "bridge-link": "bridge_ports", "brctl-show": "bridge_ports",
     "flannel-subnet": "flannel", "modules": "modules", "sysctl": "sysctls", "node-meta": "node_meta",
     "services": "services", "conntrack": "conntrack", "nft-ruleset": "nft", "ipset": "ipsets", "ipvsadm": "ipvs",
+    "kube-node": "kube_nodes",
 }
 
 
@@ -851,6 +873,24 @@ def _node_meta(node: Node, text: str, label: str) -> None:
         node.pod_subnet = ip_network(str(meta["pod_cidr"]), strict=False)
     if meta.get("cluster_cidr") and not node.pod_cidrs:
         node.pod_cidrs.append(ip_network(str(meta["cluster_cidr"]), strict=False))
+    _service_cidrs(node, meta, text, label)
+
+
+def _service_cidrs(node: Node, meta: dict[Any, Any], text: str, label: str) -> None:
+    """node.yaml `service_cidr` (comma-separated for dual stack): the Service range, for the addresses no
+    Service owns (NO_SERVICE) and stale conntrack entries."""
+    from kptrace.model.source import Source
+
+    raw = meta.get("service_cidr")
+    if not raw:
+        return
+    line = next((n for n, ln in enumerate(text.splitlines(), start=1) if ln.lstrip().startswith("service_cidr")), 1)
+    for part in str(raw).split(","):
+        try:
+            net = ip_network(part.strip(), strict=False)
+        except ValueError:
+            raise ParseError(label, line, 1, f"service_cidr: '{part.strip()}' is not a CIDR") from None
+        node.service_cidrs.append((net, Source(label, line, 1, f"service_cidr: {raw}")))
 
 
 _MASQ_RE = re.compile(r"! -s (\S+) .*-j KUBE-MARK-MASQ")

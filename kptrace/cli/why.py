@@ -143,7 +143,8 @@ def _findings(trace: Trace, node: Node, cluster: list[Node], paths: list[Path],
               node_ip: list[str] | None, pod_cidr: list[str] | None) -> list[Finding]:
     """The check findings that cite a step of this trace. Large inputs (a 10k-service node) are read
     lazily for speed; the checks read every rule and address, so they are left to `kptrace check` there."""
-    if not paths or _input_bytes(paths) > CHECKS_MAX_BYTES or \
+    # A live node (no paths) is checked like its bundle would be: the same facts, the same findings.
+    if (paths and _input_bytes(paths) > CHECKS_MAX_BYTES) or \
             any("parsed when the trace reads them" in a for rs in node.rulesets.values() for a in rs.assumptions):
         return []
     from kptrace.checks.facts import contexts

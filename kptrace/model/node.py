@@ -131,6 +131,7 @@ class Node:
     node_ips: list[IPAddress] = field(default_factory=list)  # given with --node-ip
     pod_cidrs: list[IPv4Network | IPv6Network] = field(default_factory=list)  # the cluster's pod network
     pod_subnet: IPv4Network | IPv6Network | None = None  # this node's share of it (node.yaml pod_cidr)
+    service_cidrs: list[tuple[IPv4Network | IPv6Network, Source | None]] = field(default_factory=list)  # node.yaml
     sysctls: dict[str, Setting] = field(default_factory=dict)
     routes: list[Route] = field(default_factory=list)  # all tables, both families
     policy_rules: list[PolicyRule] = field(default_factory=list)

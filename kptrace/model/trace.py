@@ -68,6 +68,7 @@ class Branch:
     assumptions: tuple[str, ...] = ()
     unknowns: tuple[str, ...] = ()
     reply: Reply | None = None
+    conditions: tuple[str, ...] = ()  # a what-if branch: what it assumes of the unknowns it went past
 
     @property
     def reply_failed(self) -> bool:
@@ -89,6 +90,10 @@ class Trace:
     branches: tuple[Branch, ...]
     inputs: tuple[InputFile, ...] = ()
     assumptions: tuple[str, ...] = field(default=())
+    # Where a branch is UNDETERMINED, the walk goes on past the unknown: these branches say what decides
+    # the packet next if the unknown does not. Conditions, not probabilities: never in `branches`'
+    # shares, the disposition or the exit code.
+    conditional: tuple[Branch, ...] = field(default=())
 
     @property
     def disposition(self) -> Disposition:

@@ -156,7 +156,39 @@ def tokenize(text: str, file: str, line: int, col0: int = 1) -> list[tuple[str, 
             raise ParseError(file, line, col0 + start, "unterminated quoted string", text)
         word = "".join(buf)
         words.append((Quoted(word) if text[start] in "\"'" else word, col0 + start))
-    return words
+    return _bracketed(words)
+
+
+def _bracketed(words: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """`[unsupported revision]` (an old iptables-save's stand-in for what it cannot print) and `[PUBLIC IP HERE]`
+    (a redaction) are one word each, as a reader sees them."""
+    if not any(w.startswith("[") and "]" not in w and not isinstance(w, Quoted) for w, _ in words):
+        return words
+    out: list[tuple[str, int]] = []
+    i = 0
+    while i < len(words):
+        w, col = words[i]
+        if w.startswith("[") and "]" not in w and not isinstance(w, Quoted):
+            end = next((j for j in range(i + 1, min(i + 6, len(words)))
+                        if words[j][0].endswith("]") and "[" not in words[j][0]), None)
+            if end is not None:
+                out.append((" ".join(x for x, _ in words[i:end + 1]), col))
+                i = end + 1
+                continue
+        out.append((w, col))
+        i += 1
+    return out
+
+
+# A value the author of a paste hid: `10.x.x.x`, `5.xx.xx.xxx`, `fe80::2XX:XXXX`, `[PUBLIC IP HERE]`, `<node-ip>`.
+REDACTED_RE = re.compile(
+    r"^(\[(?![0-9a-fA-F:.]*\])[^\]]{1,60}\]|<[^>]{1,60}>|\*{2,}|(?i:redacted|hidden|masked|removed)\S{0,40}"
+    r"|[xX]{3,}(\.[xX]{1,3}){0,3}|(?=\S*[xX*])(?=\S*[.:])[0-9a-fA-F.:/xX*]{3,60})(:\d{1,5})?$"
+)
+
+
+def is_redacted(value: str) -> bool:
+    return REDACTED_RE.match(value) is not None and not re.fullmatch(r"0x[0-9a-fA-F]+(/0x[0-9a-fA-F]+)?", value)
 
 
 def parse_network(value: str, file: str, line: int, col: int, text: str) -> tuple[IPNetwork, ...]:
@@ -481,7 +513,14 @@ def _generic(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int]], i:
         p = val.lower()
         b.generic[kind] = Cond(PROTO_NUMBERS.get(p, p), neg, col, val)
     elif kind in ("src", "dst"):
-        b.generic[kind] = Cond(parse_network(val, b.file, b.lineno, vcol, b.line), neg, col, val)
+        try:
+            b.generic[kind] = Cond(parse_network(val, b.file, b.lineno, vcol, b.line), neg, col, val)
+        except ParseError:
+            if not is_redacted(val):
+                raise
+            # The address is in the rule but not in the input: the rule is kept, and what it matches is unknown.
+            b.matches.append(("redacted", col, [Option(w, (val,), neg, col)], False,
+                              f"the address '{val}' of {w} is not shown (redacted in the input)"))
     else:
         b.generic[kind] = Cond(val, neg, col, val)
     return i + 2
@@ -518,6 +557,15 @@ _NO_INVERT = {"--comment"}
 def _module_option(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int]], i: int, neg: bool) -> int:
     name = MATCH_ALIASES.get(w, w)
     slot = _owner_of(b, name)
+    if slot is None and w.startswith("--") and len(w) > 3:
+        # getopt_long takes an unambiguous prefix of a long option (`--mac` for `--mac-source`), so iptables does.
+        proto = b.generic.get("proto")
+        implicit = MATCH_OPTIONS.get(str(proto.value), {}) if proto is not None and not proto.negated else {}
+        full = _unique_prefix(w, [o for m in b.matches for o in MATCH_OPTIONS.get(m[0], {})] + list(MATCH_ALIASES)
+                              + list(implicit))
+        if full is not None:
+            name = MATCH_ALIASES.get(full, full)
+            slot = _owner_of(b, name)
     if slot is None:
         raise b.err(col, f"unknown option '{w}'")
     mod, mcol, opts, known, why = b.matches[slot]
@@ -556,6 +604,11 @@ def _check_value(b: _RuleBuilder, mod: str, name: str, vals: tuple[str, ...], co
         raise b.err(col, f"invalid value '{vals[0][:40]}' for '{name}'")
 
 
+def _unique_prefix(word: str, options: list[str]) -> str | None:
+    found = {o for o in options if o.startswith(word)}
+    return found.pop() if len(found) == 1 else None
+
+
 def _owner_of(b: _RuleBuilder, name: str) -> int | None:
     """The loaded module that defines `name`, newest first (iptables merges all loaded options)."""
     for k in range(len(b.matches) - 1, -1, -1):
@@ -584,15 +637,30 @@ def _target(b: _RuleBuilder, words: list[tuple[str, int]], i: int, goto: bool) -
         w, col = words[i]
         if w in BOUNDARY or w == "!":
             break
+        if w.startswith("[") and w.endswith("]") and not isinstance(w, Quoted):
+            # `-j DNAT [unsupported revision]`: the iptables-save that printed the rule could not decode its
+            # target; the rule is in the kernel, what it does is not shown.
+            opts.append(Option(w, (), False, col))
+            known = False
+            i += 1
+            continue
         if not w.startswith("--"):
             raise b.err(col, f"unexpected argument '{w}' after target '{name}'")
         vals: list[str] = []
+        if spec is not None and w not in spec and len(w) > 3:
+            w = _unique_prefix(w, list(spec)) or w  # getopt: `--to` for `--to-destination`
         if spec is not None and w in spec:
             nargs = spec[w]
             vals = [words[k][0] for k in range(i + 1, min(i + 1 + nargs, len(words)))]
             if len(vals) < nargs:
                 raise b.err(col, f"option '{w}' of '{name}' needs a value")
-            _check_value(b, name, w, tuple(vals), words[i + 1][1] if nargs else col)
+            if any(v.startswith("--") or (w.startswith("--to") and is_redacted(v)) for v in vals) or \
+                    any(o.name == w for o in opts):
+                # `--to-destination  --random --to-destination 0.0.0.0:0`: what an iptables older than the rule's
+                # writer prints (or a redacted value): the target is not shown faithfully.
+                known = False
+            else:
+                _check_value(b, name, w, tuple(vals), words[i + 1][1] if nargs else col)
             i += 1 + nargs
         else:
             if spec is not None and spec:

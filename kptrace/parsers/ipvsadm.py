@@ -128,7 +128,8 @@ def parse_ipvsadm(text: str, file: str = "ipvsadm.txt") -> IpvsTable:
             names += not d.resolved
             continue
         words = s.split()
-        if conns and words[0] in _PROTOS | {"IP": "ip"} or (conns and len(words) >= 6 and re.match(r"\d+:\d\d$", words[1])):
+        # A connection line says it is one (an expiry in mm:ss), with or without the -Lnc title (`-lnc | grep`).
+        if conns and words[0] in _PROTOS | {"IP": "ip"} or (len(words) >= 6 and re.match(r"\d+:\d\d$", words[1])):
             table.connections.append(_conn(words, src))
             continue
         if words[0] in _PROTOS or words[0] == "FWM":

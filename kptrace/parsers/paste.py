@@ -91,7 +91,8 @@ _WEAK_PROMPT_RES = (
     re.compile(r"^\s{0,4}(?P<p>>|!\d{1,6}\s[#$%>])\s+(?P<cmd>\S.{0,4000})$"),
     re.compile(r"^\s{0,4}(?P<p>[~/][^\s#$%>]{0,200}\s[#$])\s+(?P<cmd>\S.{0,4000})$"),
     re.compile(r"^\s{0,4}(?P<p>[\w.-]{1,64}/[\w.-]{1,64}:[^\s#$%>]{0,200}[#$])\s*(?P<cmd>\S.{0,4000})$"),
-    re.compile(r"^\s{0,4}(?P<p>[⇒➜❯λ»→▶])\s+(?:[\w.~/-]{1,80}\s+(?:git:\([^)\s]{0,80}\)\s+)?(?:✗\s+)?)?(?P<cmd>\S.{0,4000})$"),
+    re.compile(r"^\s{0,4}(?P<p>[⇒➜❯λ»→▶])\s+(?P<cmd>\S.{0,4000})$"),
+    re.compile(r"^\s{0,4}(?P<p>[⇒➜❯λ»→▶])\s+[\w.~/-]{1,80}\s+(?:git:\([^)\s]{0,80}\)\s+)?(?:✗\s+)?(?P<cmd>\S.{0,4000})$"),
     re.compile(r"^\s{0,4}(?P<p>#)(?P<cmd>[a-z][\w.-]{0,40}(?:\s.{0,4000})?)$"),
 )
 # A prompt with no command after it (the last line of a terminal copy): the end of the output before it.
@@ -148,7 +149,8 @@ _CLASSES: list[tuple[str, str, re.Pattern[str]]] = [
         rf"^{_MAC}\s+(dev|dst|vlan|master|self|permanent|static|extern_learn|offload|router|sticky|nhid|vni|port)(\s|$)")),
     ("ip-route", "ip-route", re.compile(
         r"^((unicast|local|broadcast|anycast|multicast|blackhole|unreachable|prohibit|throw|nat)\s+)?"
-        rf"(default|{_DST}(/\d{{1,3}})?)(\s+\S+)*?\s+(via|dev|table|proto|scope|metric|nhid)\s")),
+        rf"(default|{_DST}(/\d{{1,3}})?)(\s+\S+)*?\s+(via|dev|table|proto|scope|metric|nhid)\s"
+        rf"|^(blackhole|unreachable|prohibit|throw)\s+(default|{_DST}(/\d{{1,3}})?)(\s|$)")),
     ("sysctl", "sysctl", re.compile(r"^[a-z0-9_]+(\.[\w\-/]+)+\s*=")),
     ("sysctl-note", "sysctl", re.compile(r"^sysctl: (permission denied|reading key|cannot stat|setting key)")),
     ("proc-value", "proc-value", re.compile(r"^/(proc|sys)/[^\s=]{1,400}?(\s*=\s*|:)\S")),
@@ -156,6 +158,8 @@ _CLASSES: list[tuple[str, str, re.Pattern[str]]] = [
     ("module-proc", "modules", re.compile(
         r"^[A-Za-z_][\w]{0,60}\s+\d{1,12}\s+\d{1,6}\s+(-|[\w,\[\]-]{1,4000})\s+(Live|Loading|Unloading)\s+0x[0-9a-fA-F]+(\s+\(\w+\))?\s*$")),
     ("module-row", "modules", re.compile(r"^[A-Za-z_][\w]{0,60}\s+\d{1,12}\s+\d{1,6}(\s+[\w,\[\]-]{1,4000})?\s*$")),
+    ("insmod", "modules", re.compile(r"^insmod\s+/\S+\.ko(\.\w+)?(\s|$)")),
+    ("klog", "component-log", re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6}\s+\d+ [\w.-]+:\d+\] ")),
     ("brctl-header", "brctl-show", re.compile(r"^bridge name\s+bridge id\s+STP enabled")),
     ("brctl-row", "brctl-show", re.compile(r"^\S+\s+[0-9a-fA-F]{4}\.[0-9a-fA-F]{12}\s+(yes|no)\b")),
     ("flannel", "flannel-subnet", re.compile(r"^(export\s+)?FLANNEL_[A-Z0-9_]+=")),
@@ -331,6 +335,8 @@ def parse_command(cmd: str) -> Command:
     args = argv[1:]
     filters = [(x.split() or [""]) for x in stages[1:]]
     c.excerpt = any(f[0].rsplit("/", 1)[-1] in _FILTERS for f in filters)
+    if any(f[0].rsplit("/", 1)[-1] in ("wc", "jq", "xargs") for f in filters):
+        return c  # it prints a count or a transformation, not the command's output
     grep = next((f for f in filters if f[0] in ("grep", "egrep", "fgrep")), None)
     if grep is not None:
         words = [w.strip("'\"") for w in grep[1:] if not w.startswith("-")]
@@ -389,6 +395,8 @@ def parse_command(cmd: str) -> Command:
         c.kind = "ipset"
     elif prog == "lsmod":
         c.kind = "modules"
+    elif prog == "modprobe" and ("-v" in args or "v" in _short_flags(args)):
+        c.kind, c.excerpt = "modules", True  # `insmod /lib/modules/…/br_netfilter.ko.xz`: the modules it loaded
     elif prog == "dmesg" or (prog == "journalctl" and ("-k" in args or "--dmesg" in args or "kernel" in " ".join(args))):
         c.kind = "kernel-log"
     elif prog == "xtables-monitor":
@@ -547,10 +555,14 @@ def sniff_content(text: str) -> str | None:
         return "node-meta"
     res = split_sections(head, "sniff")
     kinds = [sec.kind for sec in res.sections if sec.kind != "other"]
+    if not kinds and any(sec.kind == "component-log" for sec in res.sections):
+        return "paste"
     if not kinds:
         return "paste" if res.commands and res.sections else None
-    if res.commands or res.hosts or res.legacy_hidden or len(set(kinds)) > 1 or res.unrecognised:
+    if res.commands or res.hosts or res.legacy_hidden or len(set(kinds)) > 1:
         return "paste"
+    if res.unrecognised and (len(res.sections) > 1 or len(res.unrecognised) > 10 or kinds[0] not in WHOLE_FILE_KINDS):
+        return "paste"  # one command's output with a few lines that are not: its own parser says which
     kind = kinds[0]
     if kind == "iptables-rules":
         classes = [classify(clean(ln)) or "?" for ln in head.split("\n") if ln.strip()]
@@ -561,7 +573,7 @@ def sniff_content(text: str) -> str | None:
         return "ip-link"
     if kind == "nft-ruleset" and not re.search(r"^\s*(table|add|insert|flush|delete)\s", head, re.M):
         return "paste"  # chains without their table
-    if kind in WHOLE_FILE_KINDS and not any(sec.kind == "empty" for sec in res.sections):
+    if kind in WHOLE_FILE_KINDS and not any(sec.seen & {"elision", "conntrack-cut", "insmod"} for sec in res.sections):
         return kind
     return "paste"
 
@@ -693,6 +705,9 @@ def split_sections(text: str, file: str) -> PasteResult:
                 cur.backend, warn_next = cur.backend or "nft", False
         if pending is not None and command is None and pending.kind is not None:
             cur.notes.append(f"{file}:{lineno}: the output of `{pending.text[:60]}` reads as {kind}")
+        if kind == "component-log":
+            cur.used = False
+            cur.notes.append(f"{src}: Kubernetes component log lines (klog): recognised, not read")
         if kind == "other":
             cur.used = False
             cur.notes.append(f"{src}: output of `{pending.text[:60] if pending else '?'}`, which kptrace does not read")
@@ -724,8 +739,20 @@ def _stays(cur: Section, c: str | None, group: str | None, line: str) -> bool:
         return group in (None, "nft-ruleset") or line[:1] in (" ", "\t", "}", "#")
     if cur.kind == "kube-node":
         return group in (None, "kube-node") or line[:1] in (" ", "\t", "-") or re.match(r"^[\w./-]+:(\s|$)", line) is not None
+    if cur.kind == "iptables-list" and c is None and cur.lines and not cur.lines[-1].strip() and \
+            line[:1] not in (" ", "\t") and not re.match(r"^\s*\d", line):
+        return False  # iptables -L separates chains with one blank line, and each starts `Chain X (…)`
+    if group is None and cur.kind in _LINE_KINDS and c is None and line[:1] not in (" ", "\t") and \
+            not (cur.kind == "proc-value" and _BARE_VALUE_RE.match(line)):
+        return False  # every line of these outputs is recognised: one that is not is something else
     weak_here = cur.kind in _ROW_KINDS and c in _WEAK
     return group is None or weak_here or (group == cur.kind and not _restarts(cur, c, line))
+
+
+# Outputs whose every line kptrace recognises on its own (ip route's indented `nexthop`/`cache` lines aside).
+_LINE_KINDS = frozenset({"sysctl", "modules", "resolv-conf", "flannel-subnet", "bridge-fdb", "ip-neigh", "ip-rule",
+                         "conntrack", "kernel-log", "trace-log", "xtables-monitor", "ip-route", "proc-value"})
+_BARE_VALUE_RE = re.compile(r"^\s*(-?[\w.:/-]{1,64}|\d{1,20}(\s+\d{1,20}){1,7})\s*$")
 
 
 def _add(sec: Section, line: str, lineno: int, cls: str | None) -> None:
@@ -820,8 +847,11 @@ def _parse_section(sec: Section, file: str) -> None:
             sec.model = ListingResult(rs)
             sec.counts = _ruleset_counts(rs)
             return
-        lr = parse_iptables_s(body, file, table, family, excerpt=excerpt or not any(
-            c in ("s-policy", "s-new", "save-decl") for c in classes), first_line=sec.first)
+        body, extra = _repair_rule_lines(sec)
+        frag = excerpt or not any(c in ("s-policy", "s-new", "save-decl") for c in classes)
+        lr = parse_iptables_s(body, file, table, family, excerpt=frag, first_line=sec.first)
+        for lineno, text in extra:
+            _merge_listing(lr, parse_iptables_s(text, file, table, family, excerpt=True, first_line=lineno))
         _elisions_to_gaps(sec, lr)
         sec.model, sec.unparsed = lr, list(lr.unparsed)
         sec.counts = _ruleset_counts(lr.ruleset)
@@ -831,7 +861,7 @@ def _parse_section(sec: Section, file: str) -> None:
         sec.model, sec.unparsed = lr, list(lr.unparsed)
         sec.counts = _ruleset_counts(lr.ruleset)
         return
-    if sec.kind == "other":
+    if sec.kind in ("other", "component-log"):
         sec.counts = {"lines": len([ln for ln in sec.lines if ln.strip()])}
         return
     if sec.kind == "nft-ruleset":
@@ -922,6 +952,55 @@ def _top_blocks(lines: list[str]) -> list[tuple[int, int]]:
     return out
 
 
+# Damage a web page or an editor does to pasted rules, undone where what was meant is not in doubt:
+_NUMBERED_RE = re.compile(r"^\s*\d{1,6}\s+(?=(-[AINP]|--append|--insert|--new-chain|--policy)\s|:[^\s:]|\*[a-z]|COMMIT)")
+_JOINED_RE = re.compile(r"\s{8,}(?:\d{1,6}\s+)?(?=-A\s+\S+\s)")  # a second rule glued on after a run of spaces
+_SPLIT_NAME_RE = re.compile(r"(\s(?:-j|-g|--jump|--goto)\s+[A-Za-z][\w]*-)[ \t]{2,}([A-Za-z0-9][\w-]*)(?=\s|$)")
+
+
+def _repair_rule_lines(sec: Section) -> tuple[str, list[tuple[int, str]]]:
+    """The section's rule lines with an editor's line numbers taken off (`  2 -A KUBE-SERVICES …`), a chain name
+    a terminal split put back together (`-j KUBE-      SVC-FKYB…`), and rules two of which a web page put on
+    one line split again; the split-off rules come back as (line, text), read on their own."""
+    lines = list(sec.lines)
+    rows = [ln for ln in lines if ln.strip()]
+    if rows and sum(1 for ln in rows if _NUMBERED_RE.match(ln)) * 2 >= len(rows):
+        lines = [_NUMBERED_RE.sub("", ln, count=1) for ln in lines]
+        sec.notes.append(f"lines {sec.first}-{sec.last}: line numbers in front of the rules (an editor's) are not "
+                         "part of them")
+    extra: list[tuple[int, str]] = []
+    for k, ln in enumerate(lines):
+        if not ln.lstrip().startswith(("-A", "[")):
+            continue
+        fixed = _SPLIT_NAME_RE.sub(lambda m: m.group(1) + m.group(2), ln)
+        if fixed != ln:
+            sec.notes.append(f"line {sec.first + k}: a chain name split by spaces (a web copy) is read joined")
+        parts = _JOINED_RE.split(fixed)
+        if len(parts) > 1:
+            sec.notes.append(f"line {sec.first + k}: {len(parts)} rules on one line (a web copy) are read one by one")
+            extra.extend((sec.first + k, part.strip()) for part in parts[1:])
+        lines[k] = parts[0].rstrip() if len(parts) > 1 else fixed
+    return "\n".join(lines), extra
+
+
+def _merge_listing(into: ListingResult, extra: ListingResult) -> None:
+    """Rules read from the same lines as `into`'s (two rules on one line): added to their chains in line order."""
+    for tname, t in extra.ruleset.tables.items():
+        have = into.ruleset.tables.setdefault(tname, t)
+        if have is t:
+            continue
+        for cname, c in t.chains.items():
+            old = have.chains.get(cname)
+            if old is None:
+                have.chains[cname] = c
+                continue
+            old.rules.extend(c.rules)
+            old.rules.sort(key=lambda r: r.source.line)
+            old.rules[:] = [replace(r, index=i) for i, r in enumerate(old.rules, start=1)]
+    into.fragments |= extra.fragments
+    into.unparsed.extend(extra.unparsed)
+
+
 def _shifted_save(body: str, file: str, family: int | None, first: int) -> Ruleset:
     delta = first - 1
     try:
@@ -994,7 +1073,6 @@ def _parse_other(sec: Section, body: str, file: str) -> None:
     from kptrace.parsers.ip_rule import parse_ip_rule
     from kptrace.parsers.kernel_log import parse_kernel_log
     from kptrace.parsers.kube_node import parse_kube_nodes
-    from kptrace.parsers.modules import parse_modules
     from kptrace.parsers.proc_values import parse_proc_values
     from kptrace.parsers.resolv_conf import parse_resolv_conf
     from kptrace.parsers.sysctl import parse_sysctl
@@ -1002,7 +1080,7 @@ def _parse_other(sec: Section, body: str, file: str) -> None:
     cmd = sec.command
     parsers: dict[str, Callable[[str, str], Any]] = {
         "ip-route": parse_ip_route, "ip-neigh": parse_ip_neigh, "ip-addr": parse_ip_addr, "ip-link": parse_ip_link,
-        "ip-rule": parse_ip_rule, "sysctl": parse_sysctl, "modules": parse_modules, "bridge-fdb": parse_bridge_fdb,
+        "ip-rule": parse_ip_rule, "sysctl": parse_sysctl, "modules": _parse_modules, "bridge-fdb": parse_bridge_fdb,
         "bridge-link": parse_bridge_link, "brctl-show": parse_brctl_show, "flannel-subnet": parse_flannel_subnet,
         "kernel-log": parse_kernel_log, "trace-log": parse_kernel_log, "xtables-monitor": parse_kernel_log,
         "kube-node": parse_kube_nodes,
@@ -1027,6 +1105,11 @@ def _parse_other(sec: Section, body: str, file: str) -> None:
         # `ip neigh show dev X` / `bridge fdb show dev X` leave `dev X` out of every line: the command says it.
         sec.notes.append(f"{file}:{sec.first}: `dev {cmd.dev}` is read from the command line `{cmd.text[:60]}`")
     lines = list(sec.lines)
+    for k, ln in enumerate(lines):
+        if ln.strip() and ELISION_RE.match(ln.strip()):
+            lines[k] = ""
+            sec.marks.add("elided")
+            sec.notes.append(f"{file}:{sec.first + k}: an elision: what it leaves out is not in the input")
     if cmd is not None and cmd.dev is not None and sec.kind in ("ip-neigh", "bridge-fdb"):
         lines = [_with_dev(ln, cmd.dev, sec.kind) for ln in lines]
     delta = sec.first - 1
@@ -1053,6 +1136,23 @@ def _parse_other(sec: Section, body: str, file: str) -> None:
             sec.model = [_cited_as_printed(x, sec) for x in sec.model]
         return
     sec.model = None
+
+
+_INSMOD_RE = re.compile(r"^\s*insmod\s+\S*/([\w-]+)\.ko(\.(xz|gz|zst|bz2))?(\s.*)?$")
+
+
+def _parse_modules(text: str, file: str) -> list[Any]:
+    """`lsmod`, /proc/modules, and the `insmod …/NAME.ko` lines `modprobe -v` prints for what it loads."""
+    from kptrace.model.routing import KernelModule
+    from kptrace.parsers.modules import parse_modules
+
+    lines = text.split("\n")
+    loaded = {n: _INSMOD_RE.match(ln) for n, ln in enumerate(lines)}
+    rest = "\n".join("" if loaded[n] else ln for n, ln in enumerate(lines))
+    out = parse_modules(rest, file)
+    out += [KernelModule(m.group(1).replace("-", "_"), Source(file, n + 1, 1, lines[n]))
+            for n, m in loaded.items() if m is not None]
+    return sorted(out, key=lambda m: m.source.line if m.source else 0)
 
 
 def _with_dev(line: str, dev: str, kind: str) -> str:
@@ -1277,27 +1377,28 @@ def _kube_nodes(node: Node, nodes: list[Any]) -> None:
 
 
 def _sysctl_snapshots(node: Node, res: PasteResult) -> None:
-    """Two sections of one paste that show a key with different values (before and after a fix, in one Slack
-    thread) are two states of the node: which one is now is not known, so the key is left unknown."""
-    first: dict[str, Any] = {}
-    clash: dict[str, list[Any]] = {}
+    """A key a paste shows with two values (before and after a fix, in one Slack thread) is two states of the
+    node: which one is now is not known, so the key is left unknown."""
+    values: dict[str, list[tuple[str, Source]]] = {}
     for sec in res.sections:
         if sec.kind != "sysctl" or not isinstance(sec.model, dict) or not sec.used:
             continue
-        for key, st in sec.model.items():
-            old = first.setdefault(key, st)
-            if old is not st and old.value.strip() != st.value.strip():
-                clash.setdefault(key, [old]).append(st)
+        for k, line in enumerate(sec.lines):
+            m = re.match(r"^\s*([a-z0-9_]+(?:\.[\w\-/]+)+)\s*=\s*(.*?)\s*$", line)
+            if m:
+                values.setdefault(m.group(1), []).append((m.group(2), Source(res.file, sec.first + k, 1, line)))
+    clash = {key: seen for key, seen in values.items() if len({v for v, _ in seen}) > 1}
     if not clash:
         return
     for sec in res.sections:
         if sec.kind == "sysctl" and isinstance(sec.model, dict):
             sec.model = {k: v for k, v in sec.model.items() if k not in clash}
-    for key, settings in sorted(clash.items()):
-        shown = ", ".join(f"{s.value.strip()} at {s.source}" for s in settings)
-        node.errors.append(ParseError(settings[-1].source.file, settings[-1].source.line, 1,
-                                      f"{key} is shown with different values in one paste ({shown}): two states of "
-                                      f"the node; the key is unknown"))
+    for key, seen in sorted(clash.items()):
+        shown = ", ".join(f"{v} at line {src.line}" for v, src in seen)
+        last = seen[-1][1]
+        node.errors.append(ParseError(last.file, last.line, 1, f"{key} is shown with different values in one paste "
+                                                               f"({shown}): two states of the node; the key is unknown",
+                                      last.text))
 
 
 # Section kind -> the kind of fact it shows (Node.evidence).
@@ -1333,7 +1434,7 @@ def _saw(node: Node, sec: Section, file: str) -> None:
     fact = _SECTION_FACTS.get(sec.kind)
     if fact is None:
         return
-    excerpt = sec.command is not None and sec.command.excerpt
+    excerpt = (sec.command is not None and sec.command.excerpt) or "elided" in sec.marks
     if sec.kind == "ip-route" and sec.command is not None and " get " in f" {sec.command.text} ":
         excerpt = True  # `ip route get`: the route one address takes, not the table
     if sec.kind == "sysctl" and (sec.command is None or " -a" not in f" {sec.command.text}"):
@@ -1359,10 +1460,10 @@ def _saw(node: Node, sec: Section, file: str) -> None:
 def _value_fact(v: Any) -> str | None:
     from kptrace.parsers.proc_values import BRIF_RE, BRPORT_RE
 
-    if v.sysctl_key is not None:
+    if v.sysctl_key is not None or v.path.startswith("/proc/sys/"):
         return "sysctls"
-    if BRIF_RE.match(v.path) or BRPORT_RE.match(v.path):
-        return "bridge_ports"
+    if BRIF_RE.match(v.path) or BRPORT_RE.match(v.path) or re.search(r"/(brif/[^/]+|brport)/\w+$", v.path):
+        return "bridge_ports"  # a glob's values too: some ports' settings, not which port has which
     return None
 
 
@@ -1424,6 +1525,7 @@ def _legacy_hidden(node: Node, res: PasteResult) -> None:
         name = "ip6tables-legacy-save.txt" if v6 else "iptables-legacy-save.txt"
         node.not_collected.setdefault(name, f"iptables says legacy tables are present ({src}), and the input does "
                                             "not show them")
+        node.saw("iptables-legacy", EXCERPT, src.file)  # that it holds tables is shown; what they hold is not
         rs = node.rulesets.get(6 if v6 else 4)
         if rs is not None and rs.backend != "legacy" and not any(c.text.lstrip("# ").startswith("Warning: ip")
                                                                  for c in rs.comments):
@@ -1531,6 +1633,8 @@ def _strip_placeholders(rs: Ruleset) -> None:
                 continue
             if any(is_not_shown(r) and r.source.text.startswith(_PLACEHOLDER_TEXT) for r in c.rules):
                 c.rules[:] = [r for r in c.rules if not (is_not_shown(r) and r.source.text.startswith(_PLACEHOLDER_TEXT))]
+    for name in [n for n, t in rs.tables.items() if t.source.text.startswith(_PLACEHOLDER_TEXT) and not t.chains]:
+        del rs.tables[name]  # a table that stood for one not in the input, until a listing of it came
     rs.assumptions[:] = [a for a in rs.assumptions if not a.startswith(PARTIAL_NOTE)]
 
 
@@ -1568,8 +1672,18 @@ def finish_partial(rs: Ruleset, cov: Coverage) -> None:
     note = (f"{PARTIAL_NOTE} the iptables rules come from listings or excerpts ({files}), not a whole iptables-save: "
             f"tables shown: {', '.join(shown) or 'none'}")
     if missing:
-        note += (f"; tables not in the input ({', '.join(missing)}) are passed as if they held no rules — a trace "
-                 "holds only if they do not act on the packet")
+        # Unknown, not empty: a walk meets one rule standing for each table's rules, and goes on past it as a
+        # what-if ("if the nat table, not in the input, does not decide it …"). One condition for all of them.
+        what = f"the {', '.join(missing)} table{'s' if len(missing) > 1 else ''}"
+        for name in missing:
+            tsrc = Source(files.split(", ")[0], 1, 1, f"{_PLACEHOLDER_TEXT}table {name})")
+            table = rs.tables[name] = Table(name, tsrc)
+            for b in BUILTIN_CHAINS[name]:
+                chain = Chain(name, b, None, tsrc, [])
+                chain.rules.append(not_shown_rule(name, b, tsrc, f"{what} {'are' if len(missing) > 1 else 'is'} not "
+                                                                 f"in the input: unknown chain {name}/{b}"))
+                table.chains[b] = chain
+        note += f"; tables not in the input ({', '.join(missing)}) are unknown: a trace depends on them"
     rs.assumptions.insert(0, note)
     frags = sorted(f"{t}/{c}" for t, c in cov.fragments if (t, c) not in cov.complete)
     if frags:

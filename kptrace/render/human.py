@@ -177,7 +177,37 @@ def summary_line(t: Trace) -> str:
     broken = sum(b.probability for b in t.branches if b.reply_failed)
     if broken:
         parts.append(f"but the REPLY fails ({_pct(broken)})")
+    nxt = what_decides_next(t)
+    if nxt:
+        return f"{_flow_text(t)}: {t.disposition.value}: {nxt}"
     return f"{_flow_text(t)}: {t.disposition.value}: " + ", ".join(parts)
+
+
+def what_decides_next(t: Trace) -> str:
+    """The first line of an UNDETERMINED trace that went past its unknowns: "depends on filter/KUBE-FORWARD (not
+    in the input); if it does not decide it: REJECTED by filter/FORWARD (file:14)" (conditions, not shares)."""
+    if not t.conditional or t.disposition != Disposition.UNDETERMINED:
+        return ""
+    determined = [b for b in t.conditional if b.disposition != Disposition.UNDETERMINED]
+    if not determined:
+        deepest = max(t.conditional, key=lambda b: len(b.conditions))
+        return f"depends on {_subjects(deepest)}"
+    fewest = min(len(b.conditions) for b in determined)
+    first = [b for b in determined if len(b.conditions) == fewest]
+    pronoun = "none of them decides it" if fewest > 1 else first[0].conditions[0].rsplit(": ", 1)[-1]
+    outcomes = list(dict.fromkeys(_upper_first(_outcome(b)) for b in first))
+    more = len(t.conditional) - len(first)
+    tail = f" (+{more} more what-if branch{'es' if more != 1 else ''}: -o json or the tree)" if more > 0 else ""
+    return f"depends on {_subjects(first[0])}; if {pronoun}: {' or '.join(outcomes[:2])}{tail}"
+
+
+def _subjects(b: Branch) -> str:
+    return " and ".join(c.rsplit(": ", 1)[0] for c in b.conditions)
+
+
+def _upper_first(text: str) -> str:
+    word, _, rest = text.partition(" ")
+    return f"{word.upper()} {rest}" if rest else word.upper()
 
 
 def _deciding(steps: tuple[Step, ...] | list[Step]) -> str:
@@ -559,6 +589,11 @@ def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) ->
                 if c and (best is None or c > best[0]):
                     best = (c, k + 1)
         trees.append(branch_tree(t, b, n, console.width, detail, best))
+    for n, b in enumerate(t.conditional, start=1):
+        tree = branch_tree(t, b, n, console.width, detail)
+        tree.label = Text(printable(f"what-if {n}: if " + "; and if ".join(b.conditions)), style="italic") + \
+            Text(" → ") + Text(b.disposition.value, style=_STYLE[b.disposition])
+        trees.append(tree)
     console.print(Group(*trees))
     branch_assumptions = {a for b in t.branches for a in b.assumptions}
     assumptions = list(dict.fromkeys(list(t.assumptions) + sorted(branch_assumptions)))

@@ -76,6 +76,8 @@ def trace_json(t: Trace) -> dict[str, Any]:
         "endpoints": t.endpoints,
         "assumptions": list(t.assumptions),
         "branches": [branch_json(b) for b in t.branches],
+        # Past each unknown: what decides the packet if the unknown does not (conditions, not shares).
+        "conditional_branches": [{"conditions": list(b.conditions), **branch_json(b)} for b in t.conditional],
     }
 
 

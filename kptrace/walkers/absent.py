@@ -31,6 +31,6 @@ def unknown_ruleset(family: int, not_collected: dict[str, str] | None = None, wh
         src = Source(NOT_GIVEN, 1, 1, f"(not in the input: table {tname})")
         t = rs.tables[tname] = Table(tname, src)
         for b in BUILTIN_CHAINS[tname]:
-            t.chains[b] = Chain(tname, b, None, src, [not_shown_rule(tname, b, src, f"{why}: {tname}/{b} unknown")])
+            t.chains[b] = Chain(tname, b, None, src, [not_shown_rule(tname, b, src, f"{why}: unknown chain {tname}/{b}")])
     rs.assumptions.append(why)
     return rs

@@ -6,6 +6,8 @@ A chain walk returns every way the packet can leave the chain, as (Path, verdict
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from ipaddress import ip_address
 
 from kptrace.model.netfilter import Chain, Rule, Ruleset, Target
@@ -19,9 +21,28 @@ ACCEPT, DROP, REJECT, UNDETERMINED = "ACCEPT", "DROP", "REJECT", "UNDETERMINED"
 NAT_TARGETS = {"DNAT", "SNAT", "MASQUERADE", "REDIRECT"}
 # Targets that record or tweak the packet and let it go on to the next rule.
 CONTINUING_TARGETS = {"LOG", "NFLOG", "TRACE", "CHECKSUM", "TCPMSS", "NOTRACK", "CT", "MARK", "CONNMARK"}
+GROUP_SEP = ": unknown chain "  # absent.py / paste.py: "<what is missing>: unknown chain <table>/<chain>"
+MAX_CONDITIONS = 6  # unknowns one what-if branch may go past; more and only the UNDETERMINED branch is kept
 MAX_DEPTH = 64  # the kernel refuses deeper jump stacks; a loop in a dump is reported, not followed
 
 Outcome = tuple[Path, str]
+
+
+def _condition(rule: Rule, why: str) -> str:
+    """What a branch walked past an unknown rule assumes, as "<subject>: <clause>". Rules standing for one
+    missing part of the input (a whole ruleset: absent.py) share one condition, so it is assumed once."""
+    if GROUP_SEP in why:
+        subject = why.split(GROUP_SEP, 1)[0]
+        subject = re.sub(r" are not in the input.*", " (not in the input)", subject)
+        subject = re.sub(r" was not collected \((.*?)\)(: .*)?$", r" (not collected: \1)", subject)
+        return f"{subject}: they do not decide it"
+    m = re.search(r"only some rules of (\S+)", why)
+    if m:
+        return f"the rest of {m.group(1)} (not in the input): it does not decide it"
+    m = re.search(r"chain (\S+) is not in the input", why)
+    if m:
+        return f"{m.group(1)} (not in the input): it does not decide it"
+    return f"{rule.source} ({why.rstrip('.')}): it does not match"
 
 
 class ChainWalker:
@@ -33,8 +54,17 @@ class ChainWalker:
         if chain is None:
             reason = f"chain {table}/{chain_name} is not in the input" + (f" (referenced at {ref})" if ref else "")
             s = Step(self.hook, table, chain_name, None, None, UNDETERMINED, reason, depth, self.node)
-            return [(path.step(s).unknown(reason), UNDETERMINED)]
+            out: list[Outcome] = [(path.step(s).unknown(reason), UNDETERMINED)]
+            # Go past it: what decides the packet if the chain returns without a verdict.
+            return out + self._past(path.step(s), f"{table}/{chain_name} (not in the input): it does not decide it",
+                                    lambda p: [(p, CONTINUE)])
         return self._rules(chain, 0, path, depth)
+
+    def _past(self, path: Path, condition: str, go_on: Callable[[Path], list[Outcome]]) -> list[Outcome]:
+        """The walk on past an unknown, as a what-if branch (bounded: each unknown passed is one condition)."""
+        if len(path.conditions) >= MAX_CONDITIONS:
+            return []
+        return go_on(path.given(condition))
 
     def _step(self, rule: Rule, action: str, depth: int) -> Step:
         return Step(self.hook, rule.table, rule.chain, rule.index, str(rule.source), action, rule.text, depth, self.node)
@@ -53,9 +83,14 @@ class ChainWalker:
             if result is False:
                 continue
             if isinstance(result, Unknown):
+                if _condition(rule, result.reason) in path.conditions:
+                    continue  # the same unknown this what-if branch already assumes does not decide
                 reason = f"{rule.source}: {result.reason}"
-                out.append((path.step(self._step(rule, UNDETERMINED, depth)).unknown(reason), UNDETERMINED))
-                return out + deferred
+                stepped = path.step(self._step(rule, UNDETERMINED, depth))
+                out.append((stepped.unknown(reason), UNDETERMINED))
+                past = self._past(stepped, _condition(rule, result.reason),
+                                  lambda p, i=i: self._rules(chain, i + 1, p, depth))
+                return out + past + deferred
             if isinstance(result, Chance):
                 if result.p <= 0.0:
                     continue
@@ -71,6 +106,10 @@ class ChainWalker:
             s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}",
                      chain.source.text, depth, self.node)
             out.append((path.step(s), chain.policy))
+        elif chain.builtin and path.conditions:
+            # A built-in chain whose policy the input does not show, on a what-if branch that assumes what is
+            # not shown does not decide the packet: it goes on.
+            out.append((path, ACCEPT))
         else:
             out.append((path, CONTINUE))
         return out + deferred
@@ -82,7 +121,10 @@ class ChainWalker:
             return False, path, []
         if not t.known:
             reason = f"{rule.source}: target '{t.name}' with these options is not modelled"
-            return True, path, [(path.step(self._step(rule, UNDETERMINED, depth)).unknown(reason), UNDETERMINED)]
+            stepped = path.step(self._step(rule, UNDETERMINED, depth))
+            past = self._past(stepped, f"{rule.source} (target {t.name}, not modelled): it does not decide it",
+                              lambda p: self._rules(chain, i + 1, p, depth))
+            return True, path, [(stepped.unknown(reason), UNDETERMINED), *past]
         if t.name in (ACCEPT, DROP, REJECT):
             return True, path, [(path.step(self._step(rule, t.name, depth)), t.name)]
         if t.name == "RETURN":

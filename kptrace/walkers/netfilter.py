@@ -218,9 +218,25 @@ def trace_flow(node: Node, flow: Flow, cluster: list[Node] | None = None, notes:
     nodes = cluster or [node]
     if flow.state == "new" and not start.packet.reply:
         _no_service(w, flow, service_cidrs, start)
-    branches = tuple(_branch(p, d, _reply(nodes, flow, p, d, multi)) for p, d in finals)
+    branches = tuple(_branch(p, d, _reply(nodes, flow, p, d, multi)) for p, d in finals if not p.conditions)
+    conditional = _what_if([_branch(p, d, _reply(nodes, flow, p, d, multi)) for p, d in finals if p.conditions])
     return Trace(flow, origin, pkt.in_iface, branches, tuple(i for n in (cluster or [node]) for i in n.inputs),
-                 tuple(dict.fromkeys(assumptions)))
+                 tuple(dict.fromkeys(assumptions)), conditional)
+
+
+MAX_WHAT_IF = 12  # what-if branches kept per trace (each unknown passed adds at most one per path)
+
+
+def _what_if(branches: list[Branch]) -> tuple[Branch, ...]:
+    """The what-if branches, fewest conditions first, one per distinct (conditions, fate, endpoint)."""
+    seen: set[tuple[object, ...]] = set()
+    out: list[Branch] = []
+    for b in sorted(branches, key=lambda b: len(b.conditions)):
+        key = (b.conditions, b.disposition, b.dnat)
+        if key not in seen:
+            seen.add(key)
+            out.append(b)
+    return tuple(out[:MAX_WHAT_IF])
 
 
 def _conntrack_state(w: _Walk, path: Path, flow: Flow) -> tuple[Path, list[str]]:
@@ -919,11 +935,11 @@ def _mark_outer(path: Path, first: int) -> Path:
     from dataclasses import replace
 
     steps = path.steps[:first] + tuple(replace(s, encapsulated=True) for s in path.steps[first:])
-    return Path(path.probability, path.packet, steps, path.assumptions, path.unknowns)
+    return Path(path.probability, path.packet, steps, path.assumptions, path.unknowns, path.conditions)
 
 
 def replace_packet(path: Path, pkt: Packet) -> Path:
-    return Path(path.probability, pkt, path.steps, path.assumptions, path.unknowns)
+    return Path(path.probability, pkt, path.steps, path.assumptions, path.unknowns, path.conditions)
 
 
 def _underlay_source(w: _Walk, dev: str | None, dst: IPAddress) -> IPAddress | None:
@@ -1027,15 +1043,17 @@ def _reply(nodes: list[Node], flow: Flow, path: Path, disposition: Disposition, 
     if disposition != Disposition.FORWARDED or pkt.reply or pkt.group:
         return None  # (a broadcast has no one connection to answer it)
     node = next((n for n in nodes if n.name == pkt.node), None)
-    if node is None or node.rulesets.get(pkt.dst.version) is None:
+    if node is None:
         return None
     finals: list[Final] = []
     w = _Walk(node, _ruleset_of(node, pkt.dst.version), nodes, finals, node.name if multi else None, 0, _local_set(node))
     back = Packet(pkt.dst, pkt.src, pkt.proto, pkt.dport, pkt.sport, pkt.out_iface, node=node.name, reply=True,
                   dnat_node=pkt.dnat_node, snat_node=pkt.snat_node, orig_dst=pkt.orig_dst, orig_dport=pkt.orig_dport,
                   orig_src=pkt.orig_src, orig_sport=pkt.orig_sport, ctstate="ESTABLISHED" if pkt.ctstate else None)
-    start = Path(1.0, back).step(w.step(f"reply {back.src} → {back.dst} arrives on {back.in_iface or '?'} (conntrack ESTABLISHED)",
-                                        None, "REPLY", "link"))
+    # A what-if branch's reply takes the same unknowns for not deciding it.
+    start = Path(1.0, back, conditions=path.conditions).step(
+        w.step(f"reply {back.src} → {back.dst} arrives on {back.in_iface or '?'} (conntrack ESTABLISHED)",
+               None, "REPLY", "link"))
     _incoming(w, start)
     if not finals:
         return None
@@ -1065,5 +1083,5 @@ def _branch(path: Path, disposition: Disposition, reply: Reply | None = None) ->
     return Branch(
         probability=path.probability, disposition=disposition, steps=path.steps, dnat=pkt.dnat,
         masquerade=pkt.masquerade, snat=pkt.snat, egress=egress, assumptions=path.assumptions,
-        unknowns=path.unknowns, reply=reply,
+        unknowns=path.unknowns, reply=reply, conditions=path.conditions,
     )

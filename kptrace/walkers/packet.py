@@ -52,6 +52,9 @@ class Path:
     steps: tuple[Step, ...] = ()
     assumptions: tuple[str, ...] = ()
     unknowns: tuple[str, ...] = ()
+    # What this branch takes for granted about something the input does not show ("if filter/KUBE-FORWARD,
+    # not in the input, does not decide the packet"): a what-if branch, walked past the unknown.
+    conditions: tuple[str, ...] = ()
 
     def step(self, s: Step) -> Path:
         return replace(self, steps=self.steps + (s,))
@@ -63,6 +66,10 @@ class Path:
 
     def unknown(self, text: str) -> Path:
         return replace(self, unknowns=self.unknowns + (text,))
+
+    def given(self, condition: str) -> Path:
+        """This path, walked on as if the unknown it met did not decide the packet."""
+        return replace(self, conditions=self.conditions + (condition,))
 
     def with_packet(self, **changes: object) -> Path:
         return replace(self, packet=replace(self.packet, **changes))  # type: ignore[arg-type]

@@ -101,16 +101,12 @@ def ipvs_ports(node: Node, dst: IPAddress) -> list[ServicePortRef]:
 
 
 def service_cidrs(node: Node, given: tuple[IPNetwork, ...] = ()) -> list[tuple[IPNetwork, str | None]]:
-    """The Service range: --service-cidr, and node.yaml's service_cidr (Node.service_cidrs, when the loader keeps it).
+    """The Service range: --service-cidr, and node.yaml's service_cidr (Node.service_cidrs).
 
 (kube-proxy's nftables mode drops traffic to unallocated ClusterIPs itself, so its trace ends in that rule.)"""
     out: list[tuple[IPNetwork, str | None]] = [(n, "--service-cidr") for n in given]
-    meta = getattr(node, "service_cidrs", None) or ()
-    meta_src = getattr(node, "service_cidr_source", None)
-    for n in meta:
-        net = n[0] if isinstance(n, tuple) else n
-        src = (str(n[1]) if isinstance(n, tuple) and n[1] is not None else None) or (str(meta_src) if meta_src else "node.yaml")
-        out.append((net, src))
+    for net, src in node.service_cidrs:
+        out.append((net, str(src) if src is not None else "node.yaml"))
     return out
 
 

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.facts import CheckContext, service_vips
+from kptrace.checks.facts import CheckContext
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
 from kptrace.model.finding import Severity
+from kptrace.walkers.conntrack import stale_service_entries
 
 FULL = 0.9  # past this share new connections start to be dropped under bursts ("nf_conntrack: table full")
 MAX_CITED = 5
@@ -19,19 +20,19 @@ def conntrack_full(ctx: CheckContext) -> Iterator[Outcome]:
     node = ctx.node
     assert node is not None
     count, limit = node.sysctls.get("net.netfilter.nf_conntrack_count"), node.sysctls.get("net.netfilter.nf_conntrack_max")
-    stale = []
-    if node.conntrack is not None:
-        vips = {vip for rs in node.rulesets.values() for vip, _, _ in service_vips(ctx, rs)}
-        # An entry made before the Service had endpoints was never DNATed: its reply comes from the VIP
-        # itself. Until it times out, every packet of that flow (DNS retries from one source port) goes nowhere.
-        stale = [e for e in node.conntrack if e.proto == "udp" and "UNREPLIED" in e.flags and e.reply is not None
-                 and e.original.dst in vips and e.reply.src == e.original.dst]
+    # An entry made before the Service had endpoints (or before kube-proxy's rules) was never DNATed. Until it
+    # times out, every packet of that flow (DNS retries from one source port) goes nowhere: the same finding
+    # `kptrace why --sport` shows on the packet itself (walkers/conntrack.py).
+    stale = stale_service_entries(node, tuple(net for net, _ in node.service_cidrs)) if node.conntrack else []
     if stale:
-        shown = ", ".join(f"{e.original.src} → {e.original.dst}:{e.original.dport}" for e in stale[:MAX_CITED])
+        shown = "; ".join(f"{s.entry.original.src} → {s.entry.original.dst}:{s.entry.original.dport} ({s.service})"
+                          for s in stale[:MAX_CITED])
         one = len(stale) == 1
-        yield fail(f"{len(stale)} UNREPLIED UDP conntrack entr{'y' if one else 'ies'} to a Service VIP "
-                   f"that {'was' if one else 'were'} never DNATed ({shown}{', …' if len(stale) > MAX_CITED else ''}): those flows keep "
-                   f"going to no endpoint until the entries expire", *(e.source for e in stale[:MAX_CITED]))
+        yield fail(f"{len(stale)} UDP conntrack entr{'y' if one else 'ies'} to a Service address never translated "
+                   f"({shown}{', …' if len(stale) > MAX_CITED else ''}): those flows keep going to no endpoint until "
+                   f"the entries expire; clear {'it' if one else 'them'} with "
+                   + "; ".join(f"`{s.command}`" for s in stale[:MAX_CITED]),
+                   *(s.entry.source for s in stale[:MAX_CITED]))
     if count is None or limit is None or not count.value.isdigit() or not limit.value.isdigit() or int(limit.value) == 0:
         yield missing("sysctl.txt", why="net.netfilter.nf_conntrack_count and nf_conntrack_max are not both in it")
         return

@@ -39,8 +39,11 @@ def no_endpoints(ctx: CheckContext) -> Iterator[Outcome]:
         yield fail(f"{svc} has no endpoints: kube-proxy rejects connections to it (ICMP port unreachable, or a TCP "
                    f"reset); its selector matches no ready pod", *sorted(sources, key=lambda s: (s.file, s.line)))
     if not services:
-        yield passed("every Service in kube-proxy's rules has endpoints", needs=("rules",) + (("ipvs",) if node.ipvs
-                                                                                             else ()))
+        # In IPVS mode the Services are virtual services: only ipvsadm and the KUBE-CLUSTER-IP set show them all.
+        from kptrace.checks.ipvs.facts import ipvs_evidence
+
+        ipvs = ("ipvs", "ipsets") if ipvs_evidence(ctx) is not None else ()
+        yield passed("every Service in kube-proxy's rules has endpoints", needs=("rules", *ipvs))
 
 
 def _empty_cluster_ip_services(node: Node) -> list[tuple[str, list[Source]]]:

@@ -6,11 +6,15 @@ other name is recognised by its content. Every input is listed with its sha256 i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import lzma
 import mmap
 import os
 import re
+import stat
+import sys
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -18,11 +22,11 @@ from importlib import resources
 from itertools import islice
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from kptrace import cache
 from kptrace.errors import InputError, KptraceError, ParseError
-from kptrace.model.netfilter import Ruleset, Table
+from kptrace.model.netfilter import IPNetwork, Ruleset, Table
 from kptrace.model.node import COMPLETE, EXCERPT, Node
 from kptrace.model.trace import InputFile
 from kptrace.model.routing import Route
@@ -169,29 +173,30 @@ def sniff(name: str, text: str) -> str | None:
     # A plain iptables-save dump (what most inputs are) is known by its first line; the paste
     # sniffer below reads line by line, which a 400k-line dump should not pay for.
     first = head.split("\n", 1)[0]
+    if first.startswith("# Warning: ip") and "tables-legacy tables present" in first:
+        # iptables-nft-save prints this before its dump when legacy tables exist: still a whole dump.
+        first = head.split("\n", 2)[1] if head.count("\n") >= 1 else ""
     if _is_dump_header(first):
-        content = "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in first else "iptables-save"
-        return bundle if bundle in DUMP_KINDS else content
+        dump = "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in first else "iptables-save"
+        return bundle if bundle in DUMP_KINDS else dump
     # `nft list ruleset` (or an `nft -f` file of `add …` commands) and `nft -j list ruleset`.
     if is_nft_json(head) or re.match(r"^(#[^\n]*\n\s*)*(table|add table|add chain|add rule) (ip|ip6|inet|arp|bridge|netdev) \S+", head):
         return "nft-ruleset"
     if re.match(r"^(\{|\[\s*(\{|\]|$))", head):
         for key, kind in (('"addr_info"', "ip-addr"), ('"linkinfo"', "ip-link"), ('"link_type"', "ip-link"),
+                          ('"operstate"', "ip-link"), ('"qdisc"', "ip-link"), ('"cost"', "bridge-link"),
                           ('"priority"', "ip-rule"), ('"lladdr"', "ip-neigh"), ('"mac"', "bridge-fdb"),
-                          ('"dst"', "ip-route"), ('"apiVersion"', "kube-node"), ('"ifname"', "bridge-link")):
+                          ('"dst"', "ip-route"), ('"apiVersion"', "kube-node")):
             if key in head:
                 if kind == "kube-node" and not re.search(r'"kind":\s*"(Node|List|NodeList)"', text[:1048576]):
                     continue
-                if kind == "bridge-link" and bundle is not None:
-                    return bundle
                 return kind
         return bundle
     from kptrace.parsers.paste import sniff_content
 
-    content = sniff_content(text)
-    if content in DUMP_KINDS and content != "iptables-save":
-        content = content if content.startswith("ip6") or "ip6tables" not in base else "ip6tables-save"
-    elif content == "iptables-save" and "ip6tables" in base:
+    # A file a collector named shows its kind in its first lines; a 30k-line `ipvsadm -Ln` need not be read twice.
+    content = sniff_content(text, 300 if bundle is not None else 2000)
+    if content == "iptables-save" and "ip6tables" in base:
         content = "ip6tables-save"
     if bundle is None or content is None or content == bundle:
         return content or bundle
@@ -207,19 +212,123 @@ class MappedFile:
 
     __slots__ = ("path", "stat", "mm")
 
-    def __init__(self, path: Path) -> None:
-        with open(path, "rb") as f:
-            self.stat = os.fstat(f.fileno())
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    def __init__(self, path: Path, fd: int | None = None) -> None:
+        if fd is None:
+            with open(path, "rb") as f:
+                self.stat = os.fstat(f.fileno())
+                self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        else:
+            self.stat = os.fstat(fd)
+            self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         self.path = str(path)
 
 
-def _read_file(p: Path, mapped: bool) -> bytes | MappedFile:
-    if not p.is_file():
-        raise InputError(f"{p}: not a regular file (a FIFO or device: save the output to a file first)")
-    if mapped and p.stat().st_size >= max(MAP_MIN_BYTES, 1):
-        return MappedFile(p)
-    return p.read_bytes()
+STREAM_CHUNK = 1024 * 1024  # a pipe, a device or an archive member is read this much at a time, checked as it comes
+MAX_ARCHIVE_MEMBERS = 10_000  # a bundle holds a few dozen files
+MAX_ARCHIVE_SCAN = 2 * MAX_INPUT_BYTES  # bytes an archive's members (files or not) may unpack to before it is refused
+MAX_DIR_FILES = 10_000  # files looked at in one bundle directory
+STDIN_LABEL = "<stdin>"
+# gzip, bzip2, xz; a plain tar says `ustar` at 257.
+_ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+def _too_large(label: str, what: str, limit: int) -> InputError:
+    return InputError(f"{label}: {what}, more than the {limit // (1024 * 1024)} MiB input limit (no node dump is that "
+                      f"large); not read")
+
+
+def _read_stream(f: IO[bytes], label: str, limit: int = MAX_INPUT_BYTES, archive_ok: bool = False) -> tuple[bytes, bool]:
+    """Read a pipe, /dev/stdin, a device or an archive member once, as it comes: refused as soon as it shows
+    NUL bytes (binary data: /dev/zero, /dev/urandom), a line longer than any command prints, or more than
+    `limit` bytes (a stream that never ends). With `archive_ok`, data that starts like a tarball (gzip, bzip2,
+    xz magic or `ustar`) is read as it is, within the limit, and said to be one: (bytes, is an archive)."""
+    buf = io.BytesIO()
+    size = line_start = 0
+    archive = False
+    first = True
+    while True:
+        chunk = f.read(min(STREAM_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        if first:
+            first = False
+            archive = archive_ok and (chunk.startswith(_ARCHIVE_MAGIC) or chunk[257:262] == b"ustar")
+        if not archive:
+            if b"\x00" in chunk:
+                raise InputError(f"{label}:1:1: binary data (NUL bytes), not a command's text output")
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                line_start = size + nl + 1
+            if size + len(chunk) - line_start > MAX_LINE_BYTES:
+                line = buf.getbuffer()[:line_start].tobytes().count(b"\n") + 1 if line_start else 1
+                raise ParseError(label, line, 1, f"line {line} is more than {MAX_LINE_BYTES} bytes long, more than any "
+                                                 f"command prints ({MAX_LINE_BYTES // 1024} KiB max): not a command's text output")
+        buf.write(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(label, f"it went on past {limit} bytes", limit)
+    return buf.getvalue(), archive
+
+
+def _is_stream(st: os.stat_result) -> bool:
+    return stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISSOCK(st.st_mode)
+
+
+def _open_stream(path: Path) -> IO[bytes]:
+    if str(path) == "-":
+        if sys.stdin.isatty():
+            raise InputError("--dump -: standard input is a terminal; pipe a dump into it (`iptables-save | kptrace … --dump -`)")
+        return sys.stdin.buffer
+    f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    if os.isatty(f.fileno()):
+        f.close()
+        raise InputError(f"{path}: a terminal, not a dump")
+    return f
+
+
+def _stream_entries(path: Path) -> Iterator[Entry]:
+    """A FIFO, `<(…)`, /dev/stdin or `-`: read once, as a tarball or as one dump, within the input limit."""
+    label = STDIN_LABEL if str(path) == "-" else str(path)
+    try:
+        f = _open_stream(path)
+        try:
+            data, archive = _read_stream(f, label, archive_ok=True)
+        finally:
+            if f is not sys.stdin.buffer:
+                f.close()
+    except KptraceError as e:
+        yield label, e
+        return
+    except OSError as e:
+        yield label, InputError(f"{label}: cannot read: {e.strerror or e}")
+        return
+    if archive:
+        yield from _tar_entries(Path(label), data)
+        return
+    yield label, data
+
+
+def _read_file(p: Path, mapped: bool, inside: Path | None = None) -> bytes | MappedFile:
+    """A regular file's bytes (or a MappedFile, when large and `mapped`). Inside a bundle directory the file is
+    opened without following a link (one swapped in after the directory was listed is not read)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) if inside is not None else os.O_RDONLY
+    target = p.resolve() if inside is not None and p.is_symlink() else p
+    fd = os.open(target, flags | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p}: not a regular file (a FIFO or a device inside a bundle is not read)")
+        if st.st_size > MAX_INPUT_BYTES:
+            raise _too_large(str(p), f"{st.st_size} bytes", MAX_INPUT_BYTES)
+        if mapped and st.st_size >= max(MAP_MIN_BYTES, 1):
+            return MappedFile(p, fd)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)  # bounded: a file that grows while it is read stops at the limit
+        if len(data) > MAX_INPUT_BYTES:
+            raise _too_large(str(p), f"it grew past {MAX_INPUT_BYTES} bytes while read", MAX_INPUT_BYTES)
+        return data
+    finally:
+        os.close(fd)
 
 
 Entry = tuple[str, "bytes | MappedFile | KptraceError"]
@@ -228,24 +337,77 @@ Entry = tuple[str, "bytes | MappedFile | KptraceError"]
 def _read_entries(path: Path, mapped: bool = False) -> Iterator[Entry]:
     """(label, bytes) of every file in path; with `mapped`, large plain files come as a MappedFile.
 
-    A file that cannot be read comes as the error instead of its bytes, so the others still load.
+    A file that cannot be read comes as the error instead of its bytes, so the others still load. A bundle
+    directory's files add up to at most MAX_INPUT_BYTES; a link out of it is not followed (nor read: nothing
+    of its target is shown). A FIFO, `<(…)`, /dev/stdin or `-` is read once, as a stream (_stream_entries).
     """
-    if path.is_dir():
-        # Text before JSON of the same command, so steps cite the form people read.
-        for p in sorted(path.rglob("*"), key=lambda q: (str(q.parent), q.stem, q.suffix != ".txt", q.name)):
-            if p.is_symlink() and not p.resolve().is_relative_to(path.resolve()):
-                yield str(p), InputError(f"{p}: a link out of the bundle directory; not followed")
-            elif p.is_file():
-                yield str(p), _guarded(p, lambda q=p: _read_file(q, mapped))  # type: ignore[misc]
+    if str(path) == "-":
+        yield from _stream_entries(path)
         return
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    if path.is_file() and path.stat().st_size > MAX_INPUT_BYTES:
-        raise InputError(f"{path}: {path.stat().st_size} bytes is larger than any node dump ({MAX_INPUT_BYTES} max)")
-    if path.is_file() and tarfile.is_tarfile(path):
+    if path.is_dir():
+        yield from _dir_entries(path, mapped)
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file or directory") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    if _is_stream(st):
+        yield from _stream_entries(path)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a file, a bundle directory or a pipe")
+    if st.st_size > MAX_INPUT_BYTES:
+        raise _too_large(str(path), f"{st.st_size} bytes", MAX_INPUT_BYTES)
+    if _is_archive(path):
         yield from _tar_entries(path)
         return
     yield str(path), _guarded(path, lambda: _read_file(path, mapped))
+
+
+def _is_archive(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    if head.startswith(_ARCHIVE_MAGIC):
+        return True  # a tarball, or compressed data that is not text: _tar_entries says which
+    return head[257:262] == b"ustar" or tarfile.is_tarfile(path)
+
+
+def _dir_entries(path: Path, mapped: bool) -> Iterator[Entry]:
+    root = path.resolve()
+    files: list[Path] = []
+    for n, p in enumerate(path.rglob("*")):
+        if n >= MAX_DIR_FILES:
+            yield str(path), InputError(f"{path}: more than {MAX_DIR_FILES} entries, not a bundle directory; "
+                                        f"the first {MAX_DIR_FILES} are read")
+            break
+        files.append(p)
+    total = 0
+    # Text before JSON of the same command, so steps cite the form people read.
+    for p in sorted(files, key=lambda q: (str(q.parent), q.stem, q.suffix != ".txt", q.name)):
+        if p.is_symlink():
+            try:
+                inside = p.resolve().is_relative_to(root)
+            except (OSError, RuntimeError):
+                inside = False
+            if not inside:
+                yield str(p), InputError(f"{p}: a link out of the bundle directory; not followed")
+                continue
+        if not p.is_file():
+            continue
+        try:
+            size = p.stat().st_size
+        except OSError:
+            size = 0
+        total += size
+        if total > MAX_INPUT_BYTES:
+            yield str(p), _too_large(str(path), f"the bundle directory's files add up to {total} bytes", MAX_INPUT_BYTES)
+            return
+        yield str(p), _guarded(p, lambda q=p: _read_file(q, mapped, root))  # type: ignore[misc]
 
 
 def _guarded(p: Path, read: Callable[[], bytes | MappedFile]) -> bytes | MappedFile | KptraceError:
@@ -254,29 +416,57 @@ def _guarded(p: Path, read: Callable[[], bytes | MappedFile]) -> bytes | MappedF
     except KptraceError as e:
         return e
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            return InputError(f"{p}: a link (replaced after the directory was listed); not followed")
         return InputError(f"{p}: cannot read: {e.strerror or e}")
 
 
-def _tar_entries(path: Path) -> Iterator[Entry]:
-    """Members read in memory (a bundle is never unpacked onto the disk), within the input cap."""
-    total = 0
+def _tar_entries(path: Path, data: bytes | None = None) -> Iterator[Entry]:
+    """Members read in memory (a bundle is never unpacked onto the disk), each checked as it is read, within
+    the limits: MAX_INPUT_BYTES per member and for all of them, MAX_ARCHIVE_MEMBERS members, MAX_ARCHIVE_SCAN
+    bytes unpacked in all (a member's size is checked before a byte of it is read: a sparse member says
+    2 GB in a 160-byte archive)."""
+    total = scanned = members = 0
     last = None
     try:
-        with tarfile.open(path) as tar:
-            for m in tar:
+        with (tarfile.open(path) if data is None else tarfile.open(fileobj=io.BytesIO(data))) as tar:
+            while True:
+                m = tar.next()
+                if m is None:
+                    break
+                members += 1
+                scanned += m.size
+                if members > MAX_ARCHIVE_MEMBERS:
+                    yield str(path), InputError(f"{path}: more than {MAX_ARCHIVE_MEMBERS} members, not a bundle; "
+                                                f"the rest of the archive is not read")
+                    return
+                if m.isfile() and m.size > MAX_INPUT_BYTES:
+                    yield f"{path}:{m.name}", _too_large(f"{path}:{m.name}", f"the archive member is {m.size} bytes",
+                                                         MAX_INPUT_BYTES)
+                if scanned > MAX_ARCHIVE_SCAN:
+                    yield str(path), InputError(f"{path}: its members unpack to more than {MAX_ARCHIVE_SCAN} bytes "
+                                                f"(the archive limit); the rest of the archive is not read")
+                    return
+                getattr(tar, "members").clear()  # tarfile keeps every member it has seen: the archive is read once, in order
                 if not m.isfile():
                     continue
                 label = f"{path}:{m.name}"
+                if m.size > MAX_INPUT_BYTES:
+                    continue  # said above
                 total += m.size
-                if m.size > MAX_INPUT_BYTES or total > MAX_INPUT_BYTES:
-                    yield label, InputError(f"{label}: members add up to more than any node dump "
-                                            f"({MAX_INPUT_BYTES} bytes max); the rest of the archive is not read")
+                if total > MAX_INPUT_BYTES:
+                    yield label, InputError(f"{label}: the archive's files add up to more than {MAX_INPUT_BYTES} bytes "
+                                            f"(the {MAX_INPUT_BYTES // (1024 * 1024)} MiB input limit); the rest of "
+                                            f"the archive is not read")
                     return
                 f = tar.extractfile(m)
                 if f is not None:
-                    yield label, f.read()
+                    try:
+                        yield label, _read_stream(f, label, min(m.size, MAX_INPUT_BYTES))[0]
+                    except KptraceError as e:
+                        yield label, e
                 last = m.name
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
         after = f" after member {last}" if last else ""
         yield f"{path}", InputError(f"{path}: the archive is truncated or corrupt{after} ({type(e).__name__}: "
                                     f"{str(e) or 'unexpected end of data'}); the members before it are read")
@@ -853,26 +1043,96 @@ _LIST_KINDS: dict[str, tuple[Callable[[str, str], list[Any]], str, Callable[[Any
 }
 
 
-def _node_meta(node: Node, text: str, label: str) -> None:
+MAX_YAML_DEPTH = 20  # node.yaml is a flat mapping with a list or two
+
+
+def _yaml_mapping(text: str, label: str) -> tuple[dict[Any, Any], dict[str, tuple[int, int]]]:
+    """node.yaml as a mapping, and where each top-level key's value starts (line, col). Anchors and aliases
+    are refused before anything is built (node.yaml never needs them, and an alias bomb expands to gigabytes
+    when read), so is nesting deeper than MAX_YAML_DEPTH."""
     import yaml
 
+    def at(mark: Any) -> tuple[int, int]:
+        return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+
     try:
-        meta = yaml.safe_load(io.StringIO(text)) or {}
+        depth = 0
+        for ev in yaml.parse(io.StringIO(text), Loader=yaml.SafeLoader):
+            if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None):
+                raise ParseError(label, *at(ev.start_mark), "YAML anchors and aliases (&x, *x) are not read in node.yaml")
+            if isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise ParseError(label, *at(ev.start_mark), f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
+            elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+        root = yaml.compose(io.StringIO(text), Loader=yaml.SafeLoader)
+        meta = yaml.safe_load(io.StringIO(text)) if root is not None else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ParseError(label, (mark.line + 1) if mark else 1, (mark.column + 1) if mark else 1, "invalid YAML") from None
-    if not isinstance(meta, dict):
+        raise ParseError(label, *at(mark), "invalid YAML") from None
+    if not isinstance(meta, dict) or not isinstance(root, (yaml.MappingNode, type(None))):
         raise ParseError(label, 1, 1, "expected a mapping (name, node_ips, pod_cidr)")
-    node.name = str(meta.get("name", meta.get("node_name", node.name)))
-    for ip in meta.get("node_ips", []) or []:
-        a = ip_address(str(ip))
+    where: dict[str, tuple[int, int]] = {}
+    for k, v in root.value if root is not None else []:
+        if isinstance(k, yaml.ScalarNode):
+            where[str(k.value)] = at(v.start_mark)
+            if isinstance(v, yaml.SequenceNode):  # each item of a list: `node_ips[1]`
+                where.update({f"{k.value}[{i}]": at(item.start_mark) for i, item in enumerate(v.value)})
+    return meta, where
+
+
+def _node_meta(node: Node, text: str, label: str) -> None:
+    """node.yaml: the node's name, addresses and pod CIDRs. A value that is not what its key says (a CIDR
+    in node_ips, a list as a name) is one located error: `node.yaml:3:14: node_ips: '1.2.3.4/24' is not an
+    IP address`."""
+    meta, where = _yaml_mapping(text, label)
+
+    def bad(key: str, message: str) -> ParseError:
+        return ParseError(label, *where.get(key, (1, 1)), f"{key}: {message}")
+
+    def scalar(key: str) -> str | None:
+        v = meta.get(key)
+        if v is None or v == "":
+            return None
+        if isinstance(v, (dict, list)):
+            raise bad(key, f"expected one value, not a {'mapping' if isinstance(v, dict) else 'list'}")
+        return str(v)
+
+    def network(key: str) -> IPNetwork | None:
+        v = scalar(key)
+        if v is None:
+            return None
+        try:
+            return ip_network(v.strip(), strict=False)
+        except ValueError:
+            raise bad(key, f"'{v[:80]}' is not a CIDR") from None
+
+    name = scalar("name") if "name" in meta else scalar("node_name")
+    if name is not None:
+        node.name = name
+    ips = meta.get("node_ips") or []
+    if isinstance(ips, (str, int)):
+        ips = [ips]
+    if not isinstance(ips, list):
+        raise bad("node_ips", "expected a list of IP addresses")
+    for i, ip in enumerate(ips):
+        try:
+            if isinstance(ip, (dict, list)):
+                raise ValueError
+            a = ip_address(str(ip).strip())
+        except ValueError:
+            raise ParseError(label, *where.get(f"node_ips[{i}]", where.get("node_ips", (1, 1))),
+                             f"node_ips: '{str(ip)[:80]}' is not an IP address") from None
         if a not in node.node_ips:
             node.node_ips.append(a)
     # `pod_cidr` is the node's own /24 (kubectl get node); `cluster_cidr` is the whole pod network.
-    if meta.get("pod_cidr"):
-        node.pod_subnet = ip_network(str(meta["pod_cidr"]), strict=False)
-    if meta.get("cluster_cidr") and not node.pod_cidrs:
-        node.pod_cidrs.append(ip_network(str(meta["cluster_cidr"]), strict=False))
+    pod = network("pod_cidr")
+    if pod is not None:
+        node.pod_subnet = pod
+    cluster = network("cluster_cidr")
+    if cluster is not None and not node.pod_cidrs:
+        node.pod_cidrs.append(cluster)
     _service_cidrs(node, meta, text, label)
 
 

@@ -64,6 +64,8 @@ def collect(
             raise KptraceError(f"--include '{p}': expected one of {', '.join(INCLUDABLE)}")
     for ip in node_ip or []:
         _check_ip(ip)
+    if pod_cidr is not None:
+        _check_cidr(pod_cidr)
     started = bundle.now()
     host = hostname()
     redactor = Redactor([host, *([node_name] if node_name else [])]) if redact else None
@@ -91,6 +93,8 @@ def collect(
         raise KptraceError(f"{out} exists; kptrace collect does not overwrite files") from None
     except OSError as e:
         raise KptraceError(f"cannot write {out or 'stdout'}: {e.strerror or e}") from None
+    for note in redactor.crowded if redactor is not None else []:
+        err.print(Text("warning: ", style="yellow") + Text(f"--redact: {note}"), highlight=False, soft_wrap=True)
     warns = [c for c in caps if c.warn]
     for c in warns:
         msg = redactor.text(c.message) if redactor else c.message
@@ -125,6 +129,18 @@ def _check_ip(raw: str) -> None:
         ip_address(raw)
     except ValueError:
         raise KptraceError(f"--node-ip '{raw}' is not an IP address") from None
+
+
+def _check_cidr(raw: str) -> None:
+    """--pod-cidr as node.yaml will hold it: one CIDR (`10.244.1.0/24`), ASCII digits only."""
+    from ipaddress import ip_network
+
+    try:
+        if not raw.isascii() or "/" not in raw:
+            raise ValueError
+        ip_network(raw.strip(), strict=False)
+    except ValueError:
+        raise KptraceError(f"--pod-cidr '{raw}' is not a CIDR (e.g. 10.244.1.0/24)") from None
 
 
 def _output_path(output: Path | None, name: str) -> Path:

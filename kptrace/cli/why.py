@@ -26,7 +26,7 @@ class OutputFormat(str, Enum):
 
 def parse_dest(text: str) -> tuple[str, int | None]:
     """`IP:PORT`, `IP` (icmp), `[v6]:PORT`, or a bare IPv6 address."""
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?", text)
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::([0-9]+))?", text)
     if m:
         host, port = m.group(1), m.group(2)
     elif text.count(":") == 1:
@@ -37,8 +37,9 @@ def parse_dest(text: str) -> tuple[str, int | None]:
         ip_address(host)
     except ValueError:
         raise KptraceError(f"destination '{text}': '{host}' is not an IP address (expected IP:PORT, IP or [v6]:PORT)") from None
-    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
-        raise KptraceError(f"destination '{text}': port '{port}' is not in 1-65535")
+    # ASCII digits only: `:²` and `:٥٣` are not ports (str.isdigit() and int() accept them), nor 5,000 digits.
+    if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        raise KptraceError(f"destination '{text[:80]}': port '{port[:20]}' is not in 1-65535")
     return host, int(port) if port is not None else None
 
 

@@ -15,12 +15,17 @@ from __future__ import annotations
 import ipaddress
 import re
 
-_V4_RE = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d{1,3}){3})(?![\w]|\.\d)")
+_V4_RE = re.compile(r"(?<![\w.])([0-9]{1,3}(?:\.[0-9]{1,3}){3})(?![\w]|\.[0-9])")
 _V6_RE = re.compile(r"(?<![\w:.])((?:[0-9A-Fa-f]{1,4}|:)?:(?:[0-9A-Fa-f]{0,4}:){1,7}(?:[0-9A-Fa-f]{1,4})?)(?![\w:]|\.\d)")
 V4_BASE = int(ipaddress.IPv4Address("240.0.0.0"))
 V6_BASE = int(ipaddress.IPv6Address("2001:db8::"))
 MAX_V4 = 4096  # /16s in 240.0.0.0/4
 MAX_V6 = 65536  # /48s in 2001:db8::/32
+# Past MAX_V4 - 2 public /16s (a full BGP table on the node), the others share one replacement /16, 255.254.0.0/16
+# (255.255.0.0/16 holds the broadcast address): still consistent and never an original address, but no longer
+# one replacement per address. Likewise the last /48 of 2001:db8::/32.
+SHARED_V4 = MAX_V4 - 2
+SHARED_V6 = MAX_V6 - 1
 GENERIC_WORDS = frozenset({"localhost", "localhost.localdomain", "filter", "nat", "mangle", "raw", "security",
                            "local", "main", "default", "all", "node", "host", "master", "bridge", "inet", "link"})
 
@@ -32,6 +37,7 @@ class Redactor:
         self._names: dict[str, str] = {}  # every host name (an FQDN and its first label) -> its replacement
         self._hosts: dict[str, str] = {}  # those of them replaced inside the dumps' text too
         self.unreplaceable = False  # a host name is too short or too common a word to replace in text
+        self.crowded: list[str] = []  # said when addresses of too many public networks share one replacement
         self.replaced = 0
         for h in hostnames or []:
             self.add_hostname(h)
@@ -71,14 +77,16 @@ class Redactor:
         value = int(ip)
         if ip.version == 4:
             top = value >> 16
-            idx = self._v4.setdefault(top, len(self._v4))
-            if idx >= MAX_V4:
-                raise ValueError("more public IPv4 /16s than the redaction range holds")
+            idx = self._v4.setdefault(top, min(len(self._v4), SHARED_V4))
+            if idx == SHARED_V4 and not any(c.startswith("IPv4") for c in self.crowded):
+                self.crowded.append(f"IPv4 addresses of more than {SHARED_V4} public /16 networks: the others share "
+                                    f"255.254.0.0/16 (two of their addresses may then look alike)")
             return str(ipaddress.IPv4Address(V4_BASE + (idx << 16) + (value & 0xFFFF)))
         top = value >> 80
-        idx = self._v6.setdefault(top, len(self._v6))
-        if idx >= MAX_V6:
-            raise ValueError("more public IPv6 /48s than the redaction range holds")
+        idx = self._v6.setdefault(top, min(len(self._v6), SHARED_V6))
+        if idx == SHARED_V6 and not any(c.startswith("IPv6") for c in self.crowded):
+            self.crowded.append(f"IPv6 addresses of more than {SHARED_V6} public /48 networks: the others share "
+                                f"2001:db8:ffff::/48 (two of their addresses may then look alike)")
         return str(ipaddress.IPv6Address(V6_BASE + (idx << 80) + (value & ((1 << 80) - 1))))
 
     def text(self, text: str) -> str:

@@ -25,7 +25,7 @@ from kptrace.model.source import Source
 
 HEAD_RE = re.compile(r"^\s*(?:\[[0-9.]{1,40}\]\s+)?(?:(ipv[46])\s+([0-9]{1,3})\s+)?([a-z][a-z0-9-]{0,30}|[0-9]{1,3})\s+"
                      r"([0-9]{1,3})\s+([0-9]{1,20})\s+(?:([A-Z_]{1,30})\s+)?(?=src=)")
-FOOTER_RE = re.compile(r"^\s*conntrack v[\d.]+ \(conntrack-tools\):")
+FOOTER_RE = re.compile(r"^\s*conntrack v[0-9.]+ \(conntrack-tools\):")
 _IGNORED = frozenset({"use", "id", "delta-time", "secctx", "labels", "timestamp", "portid", "helper", "ctlabels"})
 
 

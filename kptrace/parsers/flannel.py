@@ -66,7 +66,7 @@ def _net(v: tuple[str, int, int, str] | None, file: str) -> IPNetwork | None:
 def _mtu(v: tuple[str, int, int, str] | None, file: str) -> int | None:
     if v is None or not v[0]:
         return None
-    if not re.fullmatch(r"[0-9]+", v[0]):
+    if not re.fullmatch(r"[0-9]{1,20}", v[0]):
         raise ParseError(file, v[1], v[2], f"invalid MTU '{v[0]}'", v[3])
     return int(v[0])
 

@@ -15,10 +15,11 @@ import re
 from ipaddress import ip_interface
 
 from kptrace.errors import ParseError
+from kptrace.parsers.json_limits import recursion_message, too_deep
 from kptrace.model.node import Address
 from kptrace.model.source import Source
 
-_LINK_RE = re.compile(r"^(\d+):\s+([^:@\s]+)(?:@\S+)?:\s+<")
+_LINK_RE = re.compile(r"^([0-9]{1,20}):\s+([^:@\s]+)(?:@\S+)?:\s+<")
 _ADDR_RE = re.compile(r"^\s+(inet6?)\s+(\S+)(.*)$")
 
 
@@ -52,10 +53,13 @@ def _parse_json(text: str, file: str) -> list[Address]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ParseError(file, e.lineno, e.colno, f"invalid JSON: {e.msg}") from None
-    except ValueError as e:  # a number of thousands of digits: Python refuses to convert it
-        raise ParseError(file, 1, 1, f"invalid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, absurd nesting
+        raise ParseError(file, 1, 1, recursion_message(e)) from None
     if not isinstance(data, list):
         raise ParseError(file, 1, 1, "expected the list that `ip -j addr` prints")
+    deep = too_deep(data)
+    if deep:
+        raise ParseError(file, 1, 1, deep)
     out: list[Address] = []
     for i, link in enumerate(data):
         if not isinstance(link, dict):

@@ -47,7 +47,7 @@ from kptrace.parsers.ip_route import (
 )
 
 # `2: eth0@if2: <FLAGS> rest`; a name never holds ':', '/' or whitespace (dev_valid_name).
-HEADER_RE = re.compile(r"^(\d+):\s+([^\s:@]+)(?:@([^\s:]+))?:\s+<([^>]*)>(.*)$")
+HEADER_RE = re.compile(r"^([0-9]{1,10}):\s+([^\s:@]+)(?:@([^\s:]+))?:\s+<([^>]*)>(.*)$")
 # First words of continuation lines that are not a kind (`ip -d` prints the kind first).
 NOT_A_KIND = frozenset({"altname", "alias", "vf", "prop", "addrgenmode", "inet", "inet6"})
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # not `RX:` or the numbers `ip -s link` adds

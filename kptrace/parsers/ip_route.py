@@ -38,6 +38,7 @@ from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any, NamedTuple
 
 from kptrace.errors import ParseError
+from kptrace.parsers.json_limits import recursion_message, too_deep
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import IPNetwork
 from kptrace.model.routing import Nexthop, Route
@@ -101,11 +102,14 @@ def json_entries(text: str, file: str, what: str) -> list[tuple[int, dict[str, A
             except json.JSONDecodeError as e:
                 raise ParseError(file, e.lineno, e.colno, f"invalid JSON: {e.msg}") from None
             except (ValueError, RecursionError) as e:  # huge numbers, absurd nesting
-                raise _error_at(text, pos, file, f"invalid JSON: {e}") from None
+                raise _error_at(text, pos, file, recursion_message(e)) from None
             index = len(out)
             line, col = _line_col(text, pos)
             if not isinstance(obj, dict):
                 raise ParseError(file, line, col, f"entry [{index}] is not a JSON object")
+            deep = too_deep(obj)
+            if deep:
+                raise ParseError(file, line, col, f"entry [{index}]: {deep}")
             compact = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
             if len(compact) > JSON_TEXT_MAX:
                 compact = compact[: JSON_TEXT_MAX - 1] + "…"
@@ -243,7 +247,7 @@ def _head(toks: list[Tok], file: str, lineno: int, line: str) -> _Draft:
     if i >= len(toks):
         raise ParseError(file, lineno, len(line.rstrip()) + 1, "expected a destination after the route type", line)
     dst = toks[i]
-    if dst.text != "default" and not re.match(r"^[0-9a-fA-F:.]+(/\d+)?$", dst.text):
+    if dst.text != "default" and not re.match(r"^[0-9a-fA-F:.]+(/[0-9]{1,20})?$", dst.text):
         raise ParseError(file, lineno, dst.col, f"expected a route destination, got '{dst.text}'", line)
     return _Draft(lineno, line, rtype, dst, _scan(toks[i + 1 :], file, lineno, line))
 

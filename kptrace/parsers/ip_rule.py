@@ -40,7 +40,7 @@ from kptrace.parsers.ip_route import Tok, is_json, jint, json_entries, jstr, tok
 ACTIONS = frozenset({"blackhole", "unreachable", "prohibit", "nop"})
 ONE_VALUE = frozenset({"from", "to", "iif", "oif", "fwmark", "lookup", "table", "goto", "suppress_prefixlength"})
 FULL_MASK = 0xFFFFFFFF  # `fwmark V` without a mask compares all 32 bits
-_PRIO_RE = re.compile(r"^(\d+):$")
+_PRIO_RE = re.compile(r"^([0-9]{1,20}):$")
 
 
 def parse_ip_rule(text: str, file: str = "ip-rule.txt") -> list[PolicyRule]:

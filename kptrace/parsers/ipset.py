@@ -32,6 +32,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from kptrace.errors import ParseError
 from kptrace.model.ipvs import IPNetwork, IpsetMember, IpsetSet, SetPort
 from kptrace.model.source import Source
+from kptrace.parsers.numbers import is_num
 
 # Header words that stand alone; every other known one takes one value.
 _HEADER_FLAGS = {"counters", "comment", "skbinfo", "forceadd", "nomatch"}
@@ -142,7 +143,7 @@ def parse_ipset_list(text: str, file: str = "ipset-list.txt") -> dict[str, Ipset
         elif key == "Header" and sep:
             block["header"] = _header(value.split(), file, lineno, line)
         elif key in ("Revision", "References", "Number of entries", "Size in memory") and sep:
-            if not value.isdigit():
+            if not is_num(value):
                 raise ParseError(file, lineno, len(key) + 3, f"'{key}:' takes a number", line)
             block[key] = int(value)
         elif key == "Members" and sep and not value:
@@ -235,7 +236,7 @@ def _member(s: IpsetSet, rest: str, src: Source, col0: int) -> IpsetMember:
             raise ParseError(src.file, src.line, len(line) + 1, f"'{w}' needs a value", line)
         v = tokens[i + 1][0]
         if w in ("timeout", "packets", "bytes"):
-            if not v.isdecimal() or len(v) > 20:
+            if not is_num(v) or len(v) > 20:
                 raise ParseError(src.file, src.line, max(col0 + tokens[i + 1][1], 1), f"'{w}' takes a number", line)
             kw[w] = int(v)
         elif w == "comment":
@@ -273,7 +274,7 @@ def _net(s: IpsetSet, dim: str, v: str, src: Source, col: int) -> IPNetwork:
     if s.family is not None and net.version != s.family:
         raise ParseError(src.file, src.line, col, f"'{v}' is not an IPv{s.family} address (set family)", src.text)
     mask = s.option("netmask")
-    if dim == "ip" and mask and mask.isdigit() and "/" not in v:
+    if dim == "ip" and mask and is_num(mask) and "/" not in v:
         # hash:ip netmask N stores (and prints) the network address; a packet matches the whole network.
         net = ip_network(f"{net.network_address}/{mask}", strict=False)
     return net
@@ -284,7 +285,7 @@ def _port(s: IpsetSet, v: str, src: Source, col: int) -> SetPort | str:
     if not sep:
         proto, port = "", v
     if not proto:
-        if port.isdigit():
+        if is_num(port):
             # bitmap:port stores no protocol; `ipset add` defaults a bare hash port to tcp.
             return SetPort(None if s.type == "bitmap:port" else "tcp", int(port), v)
         raise ParseError(src.file, src.line, col, f"'{v}' is not a port", src.text)
@@ -295,10 +296,10 @@ def _port(s: IpsetSet, v: str, src: Source, col: int) -> SetPort | str:
         if port in names:
             t, c = names[port]
             return SetPort(norm, t << 8 | c, v)
-        m = re.fullmatch(r"(\d+)/(\d+)", port)
+        m = re.fullmatch(r"([0-9]{1,20})/([0-9]{1,20})", port)
         if m:
             return SetPort(norm, int(m.group(1)) << 8 | int(m.group(2)), v)
         return v  # an ICMP name kptrace does not know: kept, evaluated as unknown
-    if port.isdigit():
+    if is_num(port):
         return SetPort(proto, int(port), v)
     return v  # a service name (ipset prints numbers; a hand-written dump may not)

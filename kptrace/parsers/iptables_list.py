@@ -51,12 +51,13 @@ from kptrace.parsers.iptables_s import (
     unreadable_rule,
 )
 from kptrace.parsers.iptables_save import POLICIES, PROTO_NUMBERS, parse_network
+from kptrace.parsers.numbers import is_num
 
-CHAIN_RE = re.compile(r"^Chain (\S+) \((?:policy (\S+)[^)]*|(\d+) references?)\)\s*$")
+CHAIN_RE = re.compile(r"^Chain (\S+) \((?:policy (\S+)[^)]*|([0-9]{1,20}) references?)\)\s*$")
 HEADER_RE = re.compile(r"^\s*(num\s+)?(pkts\s+bytes\s+)?target\s+prot\s+opt\s+(in\s+out\s+)?source\s+destination\s*$")
 ELISION_RE = re.compile(
     r"^\s*(\.{3,}|…+|\[\s*\.\.\.\s*\]|\(\s*\.\.\.\s*\)|<\s*snip\s*>|\[\s*snip\s*\]|--\s*snip\s*--|"
-    r"\[?\(?\s*(output\s+)?(truncated|omitted|trimmed)\b[^\n]{0,60}|\.\.\.\s*\(?\d+\s+more[^\n]{0,40}|--More--.*)\s*$",
+    r"\[?\(?\s*(output\s+)?(truncated|omitted|trimmed)\b[^\n]{0,60}|\.\.\.\s*\(?[0-9]{1,20}\s+more[^\n]{0,40}|--More--.*)\s*$",
     re.I,
 )
 OPTS = frozenset({"--", "-f", "!f", "!-f"})
@@ -64,8 +65,8 @@ NO_IFACE = ("the listing has no in/out columns (iptables -L without -v), so the 
             "list with -v to know")
 _COUNT_RE = re.compile(r"^[0-9]{1,20}[KMGTP]?$")
 _NUM_RE = re.compile(r"^[0-9]{1,9}$")
-_PORT_RE = re.compile(r"^\d+(?::\d+)?$")
-_PORTS_RE = re.compile(r"^\d+(?::\d+)?(?:,\d+(?::\d+)?)*$")
+_PORT_RE = re.compile(r"^[0-9]{1,20}(?::[0-9]{1,20})?$")
+_PORTS_RE = re.compile(r"^[0-9]{1,20}(?::[0-9]{1,20})?(?:,[0-9]{1,20}(?::[0-9]{1,20})?)*$")
 _NAME_RE = re.compile(r"^[A-Za-z][\w.+-]*$")
 _TCP_FLAGS = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 _CT_WORDS = frozenset({"ctstate", "ctproto", "ctorigsrc", "ctorigdst", "ctreplsrc", "ctrepldst", "ctorigsrcport",
@@ -254,7 +255,7 @@ def parse_row(line: str, lineno: int, file: str, chain: str, table: str, hdr: He
     if hdr.verbose:
         if i + 1 >= len(words) or not _COUNT_RE.match(words[i][0]) or not _COUNT_RE.match(words[i + 1][0]):
             raise err(i, "expected packet and byte counters (-v)")
-        if words[i][0][-1:].isdecimal() and words[i + 1][0][-1:].isdecimal():
+        if is_num(words[i][0][-1:]) and is_num(words[i + 1][0][-1:]):
             counters = (int(words[i][0]), int(words[i + 1][0]))
         i += 2
     target_word: tuple[str, int] | None
@@ -536,7 +537,7 @@ def _m_proto(r: _Rest, words: list[tuple[str, int]], i: int, neg: bool, col: int
             opts.append(Option("--tcp-flags", (mask, comp), m.group(1) == "!", r.col(words, j)))
             j += 1
             continue
-        m = re.match(r"^option=(!?)(\d+)$", w)
+        m = re.match(r"^option=(!?)([0-9]{1,20})$", w)
         if m and module == "tcp":
             opts.append(Option("--tcp-option", (m.group(2),), m.group(1) == "!", r.col(words, j)))
             j += 1
@@ -834,7 +835,7 @@ def _m_owner(r: _Rest, words: list[tuple[str, int]], i: int, neg: bool, col: int
         if words[j][0] == "!" and j + 1 < len(words):
             oneg, j = True, j + 1
         v = words[j][0]
-        why = "" if re.match(r"^\d+(-\d+)?$", v) else f"owner '{v}' is shown as a name (iptables -L without -n)"
+        why = "" if re.match(r"^[0-9]{1,20}(-[0-9]{1,20})?$", v) else f"owner '{v}' is shown as a name (iptables -L without -n)"
         r.add("owner", [Option("--uid-owner" if kind == "UID" else "--gid-owner", (v,), oneg, r.col(words, i + 1))], col, why)
         return j + 1
     if kind == "socket" and i + 2 < len(words) and words[i + 2][0] == "exists":

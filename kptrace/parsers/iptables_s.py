@@ -54,7 +54,7 @@ _NAT_CHAIN_RE = re.compile(
 )
 _FILTER_CHAIN_RE = re.compile(
     r"^(KUBE-FORWARD|KUBE-FIREWALL|KUBE-PROXY-FIREWALL|KUBE-EXTERNAL-SERVICES|KUBE-NWPLCY-\w+|KUBE-POD-FW-\w+|"
-    r"KUBE-ROUTER-(INPUT|FORWARD|OUTPUT)|DOCKER-USER|DOCKER-ISOLATION-STAGE-\d|DOCKER-FORWARD|FLANNEL-FWD|"
+    r"KUBE-ROUTER-(INPUT|FORWARD|OUTPUT)|DOCKER-USER|DOCKER-ISOLATION-STAGE-[0-9]|DOCKER-FORWARD|FLANNEL-FWD|"
     r"CNI-FORWARD|CNI-ADMIN|cali-(from|to|tw|fw|pri|pro|wl)-\w+)$"
 )
 
@@ -365,8 +365,8 @@ class _ExcerptBuilder(PartialBuilder):
 
 # --- the -S / excerpt parser -------------------------------------------------------------------------
 
-_DECL_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*$")
-_RULE_HEAD_RE = re.compile(r"^\s*(?:\[\d+:\d+\]\s+)?(-A|--append|-I|--insert)\s+(\S+)")
+_DECL_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[([0-9]{1,20}):([0-9]{1,20})\])?\s*$")
+_RULE_HEAD_RE = re.compile(r"^\s*(?:\[[0-9]{1,20}:[0-9]{1,20}\]\s+)?(-A|--append|-I|--insert)\s+(\S+)")
 _STARTS = ("-A ", "-I ", "-N ", "-P ", "--append ", "--insert ", "--new-chain ", "--policy ", ":", "*", "[", "#",
            "COMMIT")
 

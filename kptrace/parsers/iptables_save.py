@@ -28,6 +28,7 @@ from kptrace.model.netfilter import (
     BUILTIN_CHAINS, Chain, Cond, IPNetwork, Match, Option, Rule, Ruleset, Table, Target,
 )
 from kptrace.model.source import Source
+from kptrace.parsers.numbers import is_num
 
 # Option name -> number of values, per match module. Aliases map to one spelling.
 MATCH_OPTIONS: dict[str, dict[str, int]] = {
@@ -112,8 +113,8 @@ POLICIES = {"ACCEPT", "DROP", "RETURN", "QUEUE", "-"}
 _PORT_OPTIONS = {"--sport", "--dport", "--sports", "--dports", "--ports"}
 _PORT_RE = re.compile(r"[0-9A-Za-z_.:,-]+")
 # Counters are 64-bit: at most 20 digits (a longer run is not a counter iptables-save printed).
-_CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[(\d{1,20}):(\d{1,20})\])?\s*$")
-_COUNTERS_RE = re.compile(r"^\[(\d{1,20}):(\d{1,20})\]\s+")
+_CHAIN_RE = re.compile(r"^:(\S+)\s+(\S+)(?:\s+\[([0-9]{1,20}):([0-9]{1,20})\])?\s*$")
+_COUNTERS_RE = re.compile(r"^\[([0-9]{1,20}):([0-9]{1,20})\]\s+")
 
 
 class Quoted(str):
@@ -183,7 +184,7 @@ def _bracketed(words: list[tuple[str, int]]) -> list[tuple[str, int]]:
 # A value the author of a paste hid: `10.x.x.x`, `5.xx.xx.xxx`, `fe80::2XX:XXXX`, `[PUBLIC IP HERE]`, `<node-ip>`.
 REDACTED_RE = re.compile(
     r"^(\[(?![0-9a-fA-F:.]*\])[^\]]{1,60}\]|<[^>]{1,60}>|\*{2,}|(?i:redacted|hidden|masked|removed)\S{0,40}"
-    r"|[xX]{3,}(\.[xX]{1,3}){0,3}|(?=\S*[xX*])(?=\S*[.:])[0-9a-fA-F.:/xX*]{3,60})(:\d{1,5})?$"
+    r"|[xX]{3,}(\.[xX]{1,3}){0,3}|(?=\S*[xX*])(?=\S*[.:])[0-9a-fA-F.:/xX*]{3,60})(:[0-9]{1,5})?$"
 )
 
 
@@ -405,7 +406,7 @@ def parse_rule_line(table: str, line: str, file: str, lineno: int) -> Rule:
     insert_at: int | None = None
     if cmd in ("-I", "--insert"):
         insert_at = 1
-        if rest and rest[0][0].isdigit():
+        if rest and is_num(rest[0][0]):
             insert_at = int(rest[0][0])
             rest = rest[1:]
     rule = _parse_words(table, chain, rest, file, lineno, line, counters)
@@ -589,12 +590,19 @@ def _module_option(b: _RuleBuilder, w: str, col: int, words: list[tuple[str, int
 
 
 # Values iptables-restore checks itself; a bad one is an error there too (iptables' strtoul/strtod).
-_MARK_RE = re.compile(r"(0x[0-9a-fA-F]{1,8}|\d{1,10})(/(0x[0-9a-fA-F]{1,8}|\d{1,10}))?")
+_NAT_PORTS_RE = re.compile(r"[0-9]{1,5}(-[0-9]{1,5})?(/[0-9]{1,5})?")
+# `10.0.0.1`, `10.0.0.1-10.0.0.9:80-90`, `[fd00::1]:80`, `fd00::1`, `:80` (xt_DNAT / libxt_SNAT's forms)
+_NAT_TO_RE = re.compile(r"(?:[0-9.]{7,15}(?:-[0-9.]{7,15})?|\[[0-9a-fA-F:.]{2,45}\](?:-\[[0-9a-fA-F:.]{2,45}\])?)?"
+                        r"(?::[0-9]{1,5}(?:-[0-9]{1,5})?(?:/[0-9]{1,5})?)?|[0-9a-fA-F:.]{2,45}(?:-[0-9a-fA-F:.]{2,45})?")
+_MARK_RE = re.compile(r"(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})(/(0x[0-9a-fA-F]{1,8}|[0-9]{1,10}))?")
 _VALUE_RES = {
     ("mark", "--mark"): _MARK_RE, ("connmark", "--mark"): _MARK_RE,
-    ("statistic", "--probability"): re.compile(r"\d{0,3}(\.\d{1,20})?"),
-    ("statistic", "--every"): re.compile(r"\d{1,10}"), ("statistic", "--packet"): re.compile(r"\d{1,10}"),
+    ("statistic", "--probability"): re.compile(r"[0-9]{0,3}(\.[0-9]{1,20})?"),
+    ("statistic", "--every"): re.compile(r"[0-9]{1,10}"), ("statistic", "--packet"): re.compile(r"[0-9]{1,10}"),
     ("MARK", "*"): _MARK_RE, ("CONNMARK", "--set-xmark"): _MARK_RE, ("CONNMARK", "--set-mark"): _MARK_RE,
+    # The walk computes with NAT ports: ASCII digits, at most 5 of them (a `:²` or 5,000 digits is refused here).
+    ("DNAT", "--to-destination"): _NAT_TO_RE, ("SNAT", "--to-source"): _NAT_TO_RE,
+    ("REDIRECT", "--to-ports"): _NAT_PORTS_RE, ("MASQUERADE", "--to-ports"): _NAT_PORTS_RE,
 }
 
 

@@ -35,13 +35,14 @@ from kptrace.errors import ParseError
 from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, LazyChains, Rule, Ruleset, Table
 from kptrace.model.source import Source
 from kptrace.parsers.iptables_save import POLICIES, _reindex, parse_iptables_save, parse_rule_line
+from kptrace.parsers.numbers import is_num
 
 # Below this many lines a full parse costs less than 0.2 s: validate everything. KPTRACE_LAZY_MIN_LINES
 # moves the line (0: read every dump lazily, as the kernel lab does to compare both paths).
 LAZY_MIN_LINES = int(os.environ.get("KPTRACE_LAZY_MIN_LINES") or 5000)
 INDEX_MIN_RULES = 64  # chains this long get a destination index (KUBE-SERVICES, KUBE-NODEPORTS)
 HINTS_FORMAT = 5  # bump when the cached structure changes meaning
-_DECL_RE = re.compile(r"^:(\S+)[ \t]+(\S+)(?:[ \t]+\[(\d{1,20}):(\d{1,20})\])?[ \t\r]*$")
+_DECL_RE = re.compile(r"^:(\S+)[ \t]+(\S+)(?:[ \t]+\[([0-9]{1,20}):([0-9]{1,20})\])?[ \t\r]*$")
 _DECL_NAME_RE = re.compile(r"\n:([^ \t\r\n]+)")
 _NOT_DECL_RE = re.compile(rb"\n[^:]")
 _V6_RULE_RE = re.compile(rb" -[sd] [0-9a-fA-F]*:[0-9a-fA-F:]*[/ ]")
@@ -551,7 +552,7 @@ class _LazyRules:
         return [_general_host(line) for line in self.lines]
 
 
-_PLAIN_DST_RE = re.compile(r"^(?:-A [^ \n]+ -d (\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?:/32)? )?[^\n]*\n", re.M)
+_PLAIN_DST_RE = re.compile(r"^(?:-A [^ \n]+ -d ([0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})(?:/32)? )?[^\n]*\n", re.M)
 
 
 def _general_host(line: str) -> str | None:
@@ -570,7 +571,7 @@ def _plain_dport(line: str) -> int | None:
         return None
     end = line.find(" ", p + 9)
     value = line[p + 9 : end if end >= 0 else len(line)].rstrip("\r")
-    return int(value) if value.isdigit() and len(value) <= 5 else None
+    return int(value) if is_num(value) and len(value) <= 5 else None
 
 
 def _host_key(value: str) -> str | None:

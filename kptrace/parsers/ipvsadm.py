@@ -49,12 +49,13 @@ from kptrace.model.ipvs import (
     IpvsTable,
 )
 from kptrace.model.source import Source
+from kptrace.parsers.numbers import is_num
 
 _PROTOS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 _SAVE_PROTO = {"-t": "tcp", "--tcp-service": "tcp", "-u": "udp", "--udp-service": "udp", "--sctp-service": "sctp"}
 _SCALE = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_NUM_RE = re.compile(r"^(\d+)([KMGT]?)$")
-_VERSION_RE = re.compile(r"^IP Virtual Server version (\S+) \(size=(\d+)\)$")
+_NUM_RE = re.compile(r"^([0-9]{1,20})([KMGT]?)$")
+_VERSION_RE = re.compile(r"^IP Virtual Server version (\S+) \(size=([0-9]{1,20})\)$")
 _TITLES = {
     ("Forward", "Weight", "ActiveConn", "InActConn"): "list",
     ("Forward", "TunnelInfo", "Weight", "ActiveConn", "InActConn"): "tun-info",
@@ -129,7 +130,7 @@ def parse_ipvsadm(text: str, file: str = "ipvsadm.txt") -> IpvsTable:
             continue
         words = s.split()
         # A connection line says it is one (an expiry in mm:ss), with or without the -Lnc title (`-lnc | grep`).
-        if conns and words[0] in _PROTOS | {"IP": "ip"} or (len(words) >= 6 and re.match(r"\d+:\d\d$", words[1])):
+        if conns and words[0] in _PROTOS | {"IP": "ip"} or (len(words) >= 6 and re.match(r"[0-9]{1,20}:[0-9][0-9]$", words[1])):
             table.connections.append(_conn(words, src))
             continue
         if words[0] in _PROTOS or words[0] == "FWM":
@@ -182,7 +183,7 @@ def _hostport(text: str, src: Source, col: int,
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", host or "?"):
             raise ParseError(src.file, src.line, col, f"'{host}' is neither an address nor a host name", src.text) from None
     family = addr.version if addr is not None else (6 if text.startswith("[") else 4)
-    if port.isdecimal() and len(port) <= 5:
+    if is_num(port) and len(port) <= 5:
         return host, addr, int(port), None, family
     return host, addr, None, (port or None), family
 
@@ -210,7 +211,7 @@ def _list_service(line: str, src: Source, layout: str) -> IpvsService:
     def col(w: str) -> int:
         return max(line.find(w), 0) + 1
     if words[0] == "FWM":
-        if len(words) < 2 or not words[1].isdigit():
+        if len(words) < 2 or not is_num(words[1]):
             raise ParseError(src.file, src.line, col(words[0]) + 5, "expected 'FWM  MARK'", line)
         fam = 6 if len(words) > 2 and words[2] == "IPv6" else 4
         rest = words[3:] if fam == 6 else words[2:]
@@ -243,7 +244,7 @@ def _list_service(line: str, src: Source, layout: str) -> IpvsService:
             key = {"persistent": "persistent", "mask": "netmask", "pe": "pe"}[w]
             val = rest[i + 1]
             if key == "persistent":
-                if not val.isdigit():
+                if not is_num(val):
                     raise ParseError(src.file, src.line, col(val), "persistent takes seconds", line)
                 kw[key] = int(val)
             else:
@@ -268,7 +269,7 @@ def _list_dest(s: str, src: Source, layout: str) -> IpvsDest:
     truncated = fam == 4 and addr is None and len(words[0]) >= 28  # dname[28] = '\0' in ipvsadm.c
     rest = words[1:]
     if layout == "list" and len(rest) == 4 and rest[0] in FORWARD_METHODS and (rest[1] + rest[2] + rest[3]).isascii() \
-            and rest[1].isdigit() and rest[2].isdigit() and rest[3].isdigit():
+            and is_num(rest[1]) and is_num(rest[2]) and is_num(rest[3]):
         # The common `-Ln` line in one construction (a 10k-service node lists 100k+ of them).
         return IpvsDest(host, port, src, address=addr, port_name=pname, truncated=truncated, forward=rest[0],
                         weight=int(rest[1]), active_conns=int(rest[2]), inactive_conns=int(rest[3]))
@@ -324,7 +325,7 @@ def _save_target(words: list[str], src: Source) -> tuple[tuple[object, ...], dic
             kw.update(protocol=_SAVE_PROTO[w], host=host, address=addr, port=port, port_name=pname, family=fam)
             i += 2
         elif w in ("-f", "--fwmark-service"):
-            if i + 1 >= len(words) or not words[i + 1].isdigit():
+            if i + 1 >= len(words) or not is_num(words[i + 1]):
                 raise ParseError(src.file, src.line, col(w), "'-f' needs a mark number", line)
             kw.update(protocol="fwmark", host=None, port=None, fwmark=int(words[i + 1]), family=kw.get("family", 4))
             i += 2
@@ -355,7 +356,7 @@ def _save_service(s: str, src: Source) -> IpvsService:
             i += 2
         elif w in ("-p", "--persistent"):
             # `-p` alone means the default persistence timeout (360 s, libipvs.h IPVS_SVC_PERSISTENT_TIMEOUT).
-            if nxt and nxt.isdigit():
+            if nxt and is_num(nxt):
                 fields["persistent"] = int(nxt)
                 i += 2
             else:
@@ -400,13 +401,13 @@ def _save_dest(s: str, src: Source) -> tuple[IpvsDest, tuple[object, ...]]:
         elif w in FORWARD_SWITCHES:
             fields["forward"] = FORWARD_SWITCHES[w]
             i += 1
-        elif w in ("-w", "--weight") and nxt and re.fullmatch(r"-?\d+", nxt):
+        elif w in ("-w", "--weight") and nxt and re.fullmatch(r"-?[0-9]{1,10}", nxt):
             fields["weight"] = int(nxt)
             i += 2
-        elif w in ("-x", "--u-threshold") and nxt and nxt.isdigit():
+        elif w in ("-x", "--u-threshold") and nxt and is_num(nxt):
             fields["upper_threshold"] = int(nxt)
             i += 2
-        elif w in ("-y", "--l-threshold") and nxt and nxt.isdigit():
+        elif w in ("-y", "--l-threshold") and nxt and is_num(nxt):
             fields["lower_threshold"] = int(nxt)
             i += 2
         elif w in ("--tun-type", "--tun-port") and nxt:
@@ -433,7 +434,7 @@ def _conn(words: list[str], src: Source) -> IpvsConnection:
     if len(words) < 6:
         raise ParseError(src.file, src.line, len(src.text) + 1, "expected 'pro expire state source virtual destination'", src.text)
     mins, _, secs = words[1].partition(":")
-    if not (mins.isdigit() and secs.isdigit()):
+    if not (is_num(mins) and is_num(secs)):
         raise ParseError(src.file, src.line, max(src.text.find(words[1]), 0) + 1, "expire is MM:SS", src.text)
     pe = words[6:8] + [None, None]
     return IpvsConnection(words[0], int(mins) * 60 + int(secs), words[2], words[3], words[4], words[5], src,

@@ -30,19 +30,19 @@ _MONTHS = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 # The time (and host) prefixes a kernel line comes with; each alternative ends where the message starts.
 PREFIX_RE = re.compile(
     r"^\s{0,4}(?P<time>"
-    rf"(?:{_MONTHS}\s+\d{{1,2}}\s\d\d:\d\d:\d\d(?:\.\d+)?\s\S+\s(?:kernel|kern\.\w+)(?:\[\d+\])?:\s*)"  # syslog / journal
-    r"|(?:\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?\s\S+\s(?:kernel|kern\.\w+):\s*)"  # ISO
+    rf"(?:{_MONTHS}\s+[0-9]{{1,2}}\s[0-9][0-9]:[0-9][0-9]:[0-9][0-9](?:\.[0-9]{{1,20}})?\s\S+\s(?:kernel|kern\.\w+)(?:\[[0-9]{{1,20}}\])?:\s*)"  # syslog / journal
+    r"|(?:[0-9]{4}-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9](?:[.,][0-9]{1,20})?(?:Z|[+-][0-9][0-9]:?[0-9][0-9])?\s\S+\s(?:kernel|kern\.\w+):\s*)"  # ISO
     r")?"
-    r"(?P<stamp>\[\s*\d{1,10}\.\d{1,9}\]\s*"  # dmesg
-    rf"|\[{_DAYS}\s{_MONTHS}\s+\d{{1,2}}\s\d\d:\d\d:\d\d\s\d{{4}}\]\s*"  # dmesg -T
+    r"(?P<stamp>\[\s*[0-9]{1,10}\.[0-9]{1,9}\]\s*"  # dmesg
+    rf"|\[{_DAYS}\s{_MONTHS}\s+[0-9]{{1,2}}\s[0-9][0-9]:[0-9][0-9]:[0-9][0-9]\s[0-9]{{4}}\]\s*"  # dmesg -T
     r")?"
 )
-KERNEL_TRACE_RE = re.compile(r"(?:^|\s)TRACE: (?P<table>[\w-]+):(?P<chain>[^\s:]+):(?P<kind>rule|return|policy):(?P<num>\d+)(?=\s|$)")
+KERNEL_TRACE_RE = re.compile(r"(?:^|\s)TRACE: (?P<table>[\w-]+):(?P<chain>[^\s:]+):(?P<kind>rule|return|policy):(?P<num>[0-9]{1,20})(?=\s|$)")
 XT_TRACE_RE = re.compile(
-    r"^\s*TRACE: (?P<fam>\d+) (?P<id>[0-9a-f]{8}) (?P<table>[^\s:]+):(?P<chain>[^\s:]+):(?P<kind>rule|return|policy):"
+    r"^\s*TRACE: (?P<fam>[0-9]{1,20}) (?P<id>[0-9a-f]{8}) (?P<table>[^\s:]+):(?P<chain>[^\s:]+):(?P<kind>rule|return|policy):"
     r"(?P<rest>.*)$"
 )
-XT_PACKET_RE = re.compile(r"^\s*PACKET: (?P<fam>\d+) (?P<id>[0-9a-f]{8})\s(?P<rest>.*)$")
+XT_PACKET_RE = re.compile(r"^\s*PACKET: (?P<fam>[0-9]{1,20}) (?P<id>[0-9a-f]{8})\s(?P<rest>.*)$")
 CONNTRACK_FULL_RE = re.compile(r"\b(?:nf|ip)_conntrack: (?:(?:nf|ip)_conntrack: )?table full, dropping packet")
 IPVS_NO_DEST_RE = re.compile(r"\bIPVS: \w+: (?:TCP|UDP|SCTP) \S+ - no destination available")
 _KEY_RE = re.compile(r"([A-Z][A-Z0-9_]*)=")
@@ -117,7 +117,7 @@ def _xt_event(m: re.Match[str], src: Source) -> TraceEvent:
     rule_text: str | None = None
     if m.group("kind") == "rule":
         # 0x3:CONTINUE  -4 -t raw -A PREROUTING …   (the handle, the verdict, the rule as iptables prints it)
-        hm = re.match(r"(0x[0-9a-fA-F]+|\d+):(\S*)\s*(.*)$", rest)
+        hm = re.match(r"(0x[0-9a-fA-F]+|[0-9]{1,20}):(\S*)\s*(.*)$", rest)
         if hm:
             handle = int(hm.group(1), 0)
             verdict = hm.group(2) or None

@@ -32,7 +32,7 @@ def parse_modules(text: str, file: str = "modules.txt") -> list[KernelModule]:
             continue
         if not _NAME_RE.match(words[0]):
             raise ParseError(file, lineno, 1, f"invalid module name '{words[0]}'", line)
-        if len(words) < 2 or not re.fullmatch(r"[0-9]+", words[1]):
+        if len(words) < 2 or not re.fullmatch(r"[0-9]{1,20}", words[1]):
             col = line.find(words[1], line.find(words[0]) + len(words[0])) + 1 if len(words) > 1 else len(line) + 1
             raise ParseError(file, lineno, col, "expected 'name size …' (the size is a number)", line)
         out.append(KernelModule(words[0], Source(file, lineno, 1, line)))

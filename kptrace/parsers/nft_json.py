@@ -70,6 +70,7 @@ from kptrace.model.nft import (
     Xt,
 )
 from kptrace.model.source import Source
+from kptrace.parsers.json_limits import recursion_message, too_deep
 from kptrace.parsers.nft_text import (
     render_element,
     render_expr,
@@ -115,11 +116,14 @@ def _entries(text: str, file: str) -> list[tuple[int, dict[str, Any], Source]]:
             raise ParseError(file, e.lineno, e.colno, f"invalid JSON: {e.msg}") from None
         except (ValueError, RecursionError) as e:
             line, col = _line_col(text, pos)
-            raise ParseError(file, line, col, f"invalid JSON: {e}") from None
+            raise ParseError(file, line, col, recursion_message(e)) from None
         line, col = _line_col(text, pos)
         index = len(out)
         if not isinstance(obj, dict) or len(obj) != 1:
             raise ParseError(file, line, col, f"nftables[{index}] is not an object with one key")
+        deep = too_deep(obj)
+        if deep:
+            raise ParseError(file, line, col, f"nftables[{index}]: {deep}")
         compact = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
         if len(compact) > JSON_TEXT_MAX:
             compact = compact[: JSON_TEXT_MAX - 1] + "…"
@@ -139,87 +143,118 @@ def parse_nft_json(text: str, file: str = "nft-ruleset.json") -> NftRuleset:
     rs = NftRuleset(file)
     pending_rules: list[tuple[int, dict[str, Any], Source]] = []
     for index, obj, src in _entries(text, file):
-        kind, body = next(iter(obj.items()))
-        nsrc = NftSource(src, f"$.nftables[{index}]")
-        if kind == "metainfo":
-            continue
-        if not isinstance(body, dict):
-            raise ParseError(file, src.line, src.col, f"'{kind}' should hold an object", src.text)
-        if kind == "table":
-            fam, name = _s(body, "family", src), _s(body, "name", src)
-            t = rs.tables.get((fam, name))
-            if t is None:
-                t = rs.tables[(fam, name)] = NftTable(fam, name, nsrc)
-            t.comment = body.get("comment")
-            t.handle = body.get("handle")
-            flags = body.get("flags")
-            t.flags = tuple(flags) if isinstance(flags, list) else ((flags,) if isinstance(flags, str) else ())
-        elif kind == "chain":
-            t = _table(rs, body, src, nsrc)
-            c = NftChain(t.family, t.name, _s(body, "name", src), nsrc, handle=body.get("handle"))
-            if "hook" in body:
-                c.type, c.hook = body.get("type", "filter"), body["hook"]
-                prio = body.get("prio", 0)
-                if not isinstance(prio, int):
-                    raise ParseError(file, src.line, src.col, f"chain priority {prio!r} is not a number", src.text)
-                c.priority, c.priority_text = prio, str(prio)
-                c.policy = body.get("policy", "accept")
-                c.policy_source = nsrc
-                dev = body.get("dev")
-                c.devices = tuple(dev) if isinstance(dev, list) else ((dev,) if isinstance(dev, str) else ())
-            c.comment = body.get("comment")
-            t.chains[c.name] = c
-        elif kind in ("set", "map"):
-            t = _table(rs, body, src, nsrc)
-            s = NftSet(t.family, t.name, _s(body, "name", src), nsrc, is_map=kind == "map", handle=body.get("handle"))
-            typ = body.get("type")
-            s.key_type = tuple(typ) if isinstance(typ, list) else ((typ,) if isinstance(typ, str) else ())
-            data = body.get("map")
-            s.data_type = " . ".join(data) if isinstance(data, list) else data
-            flags = body.get("flags")
-            s.flags = tuple(flags) if isinstance(flags, list) else ((flags,) if isinstance(flags, str) else ())
-            s.comment = body.get("comment")
-            if "timeout" in body:
-                s.timeout = f"{body['timeout']}s"
-            s.elements = _elements(body.get("elem", []), nsrc, f"$.nftables[{index}].{kind}.elem", rs)
-            t.sets[s.name] = s
-        elif kind == "element":
-            t = _table(rs, body, src, nsrc)
-            name = _s(body, "name", src)
-            s2 = t.sets.get(name)
-            if s2 is None:
-                s2 = t.sets[name] = NftSet(t.family, t.name, name, nsrc)
-            s2.elements.extend(_elements(body.get("elem", []), nsrc, f"$.nftables[{index}].element.elem", rs))
-        elif kind == "rule":
-            pending_rules.append((index, body, src))
-        elif kind in _OBJECT_KINDS:
-            t = _table(rs, body, src, nsrc)
-            t.objects.append(NftObject(kind, str(body.get("name", "")), nsrc))
-        else:
-            rs.diagnostics.append(Diagnostic(src, f"unknown object '{kind}' ignored"))
+        try:
+            _object(rs, index, obj, src, pending_rules)
+        except _MALFORMED as e:
+            raise ParseError(file, src.line, src.col, f"$.nftables[{index}]: {_malformed(e)}", src.text) from None
     for index, body, src in pending_rules:
-        nsrc = NftSource(src, f"$.nftables[{index}]")
-        t = _table(rs, body, src, nsrc)
-        cname = _s(body, "chain", src)
-        owner = t.chains.get(cname)
-        if owner is None:
-            rs.diagnostics.append(Diagnostic(src, f"rule for chain {cname}, which is not in the input"))
-            owner = t.chains[cname] = NftChain(t.family, t.name, cname, nsrc)
-        exprs = body.get("expr", [])
-        if not isinstance(exprs, list):
-            raise ParseError(file, src.line, src.col, "'expr' should be a list", src.text)
-        stmts: list[Stmt] = []
-        for k, e in enumerate(exprs):
-            try:
-                stmts.append(_stmt(e))
-            except _Bad as err:
-                stmts.append(UnknownStmt(json.dumps(e, separators=(",", ":")), str(err)))
-                rs.diagnostics.append(Diagnostic(src, f"not modelled: {err} ($.nftables[{index}].rule.expr[{k}])"))
-        comment = body.get("comment")
-        text = render_rule(stmts, comment)
-        owner.rules.append(NftRule(t.family, t.name, cname, len(owner.rules) + 1, nsrc, tuple(stmts), text, comment,
-                                   body.get("handle")))
+        try:
+            _rule(rs, index, body, src)
+        except _MALFORMED as e:
+            raise ParseError(file, src.line, src.col, f"$.nftables[{index}].rule: {_malformed(e)}", src.text) from None
     return rs
+
+
+# What malformed JSON (a key missing, a list where an object belongs) raises in the code below.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _malformed(e: Exception) -> str:
+    if isinstance(e, KeyError):
+        return f"the key {str(e)[:60]} is missing"
+    if isinstance(e, (TypeError, AttributeError)):
+        return "a value is not of the type `nft -j` prints"
+    return f"a value kptrace cannot read ({str(e)[:80]})"
+
+
+def _object(rs: NftRuleset, index: int, obj: dict[str, Any], src: Source,
+            pending_rules: list[tuple[int, dict[str, Any], Source]]) -> None:
+    file = rs.file
+    kind, body = next(iter(obj.items()))
+    nsrc = NftSource(src, f"$.nftables[{index}]")
+    if kind == "metainfo":
+        return
+    if not isinstance(body, dict):
+        raise ParseError(file, src.line, src.col, f"'{kind}' should hold an object", src.text)
+    if kind == "table":
+        fam, name = _s(body, "family", src), _s(body, "name", src)
+        t = rs.tables.get((fam, name))
+        if t is None:
+            t = rs.tables[(fam, name)] = NftTable(fam, name, nsrc)
+        t.comment = body.get("comment")
+        t.handle = body.get("handle")
+        flags = body.get("flags")
+        t.flags = tuple(flags) if isinstance(flags, list) else ((flags,) if isinstance(flags, str) else ())
+    elif kind == "chain":
+        t = _table(rs, body, src, nsrc)
+        c = NftChain(t.family, t.name, _s(body, "name", src), nsrc, handle=body.get("handle"))
+        if "hook" in body:
+            c.type, c.hook = str(body.get("type", "filter")), _s(body, "hook", src)
+            prio = body.get("prio", 0)
+            if not isinstance(prio, int) or isinstance(prio, bool) or abs(prio) > 2**31:
+                raise ParseError(file, src.line, src.col, f"chain priority {str(prio)[:40]!r} is not a number", src.text)
+            c.priority, c.priority_text = prio, str(prio)
+            c.policy = str(body.get("policy", "accept"))
+            c.policy_source = nsrc
+            dev = body.get("dev")
+            c.devices = tuple(dev) if isinstance(dev, list) else ((dev,) if isinstance(dev, str) else ())
+        c.comment = body.get("comment")
+        t.chains[c.name] = c
+    elif kind in ("set", "map"):
+        t = _table(rs, body, src, nsrc)
+        s = NftSet(t.family, t.name, _s(body, "name", src), nsrc, is_map=kind == "map", handle=body.get("handle"))
+        typ = body.get("type")
+        s.key_type = tuple(str(x) for x in typ) if isinstance(typ, list) else ((typ,) if isinstance(typ, str) else ())
+        data = body.get("map")
+        s.data_type = " . ".join(str(x) for x in data) if isinstance(data, list) else (None if data is None else str(data))
+        flags = body.get("flags")
+        s.flags = tuple(flags) if isinstance(flags, list) else ((flags,) if isinstance(flags, str) else ())
+        s.comment = body.get("comment")
+        if "timeout" in body:
+            s.timeout = f"{body['timeout']}s"
+        s.elements = _elements(body.get("elem", []), nsrc, f"$.nftables[{index}].{kind}.elem", rs)
+        t.sets[s.name] = s
+    elif kind == "element":
+        t = _table(rs, body, src, nsrc)
+        name = _s(body, "name", src)
+        s2 = t.sets.get(name)
+        if s2 is None:
+            s2 = t.sets[name] = NftSet(t.family, t.name, name, nsrc)
+        s2.elements.extend(_elements(body.get("elem", []), nsrc, f"$.nftables[{index}].element.elem", rs))
+    elif kind == "rule":
+        pending_rules.append((index, body, src))
+    elif kind in _OBJECT_KINDS:
+        t = _table(rs, body, src, nsrc)
+        t.objects.append(NftObject(kind, str(body.get("name", "")), nsrc))
+    else:
+        rs.diagnostics.append(Diagnostic(src, f"unknown object '{kind}' ignored"))
+
+
+def _rule(rs: NftRuleset, index: int, body: dict[str, Any], src: Source) -> None:
+    file = rs.file
+    nsrc = NftSource(src, f"$.nftables[{index}]")
+    t = _table(rs, body, src, nsrc)
+    cname = _s(body, "chain", src)
+    owner = t.chains.get(cname)
+    if owner is None:
+        rs.diagnostics.append(Diagnostic(src, f"rule for chain {cname}, which is not in the input"))
+        owner = t.chains[cname] = NftChain(t.family, t.name, cname, nsrc)
+    exprs = body.get("expr", [])
+    if not isinstance(exprs, list):
+        raise ParseError(file, src.line, src.col, "'expr' should be a list", src.text)
+    stmts: list[Stmt] = []
+    for k, e in enumerate(exprs):
+        try:
+            stmts.append(_stmt(e))
+        except (_Bad, *_MALFORMED) as err:
+            # Not modelled, or malformed (a key missing): kept as an unknown statement, said, and the rule is kept.
+            why = str(err) if isinstance(err, _Bad) else _malformed(err)
+            stmts.append(UnknownStmt(json.dumps(e, separators=(",", ":"))[:JSON_TEXT_MAX], why))
+            rs.diagnostics.append(Diagnostic(src, f"not modelled: {why} ($.nftables[{index}].rule.expr[{k}])"))
+    comment = body.get("comment")
+    text = render_rule(stmts, comment)
+    owner.rules.append(NftRule(t.family, t.name, cname, len(owner.rules) + 1, nsrc, tuple(stmts), text, comment,
+                               body.get("handle")))
 
 
 def _s(body: dict[str, Any], key: str, src: Source) -> str:
@@ -245,9 +280,11 @@ def _elements(raw: Any, nsrc: NftSource, path: str, rs: NftRuleset) -> list[Elem
         src = NftSource(nsrc.source, f"{path}[{j}]")
         try:
             out.append(_element(item, src))
-        except _Bad as err:
-            rs.diagnostics.append(Diagnostic(nsrc.source, f"element {path}[{j}] not modelled: {err}"))
-            out.append(Element(UnknownExpr(json.dumps(item), str(err)), None, None, src, json.dumps(item)))
+        except (_Bad, *_MALFORMED) as err:
+            why = str(err) if isinstance(err, _Bad) else _malformed(err)
+            rs.diagnostics.append(Diagnostic(nsrc.source, f"element {path}[{j}] not modelled: {why}"))
+            raw = json.dumps(item)[:JSON_TEXT_MAX]
+            out.append(Element(UnknownExpr(raw, why), None, None, src, raw))
     return out
 
 

@@ -88,18 +88,19 @@ from kptrace.model.nft import (
     Xt,
 )
 from kptrace.model.source import Source
+from kptrace.parsers.numbers import is_num
 
 _TOKEN = re.compile(
     r"[ \t\r\f\v]*(?:(?P<nl>\n)|(?P<cont>\\\r?\n)|(?P<comment>#[^\n]*)"
     r'|(?P<str>"(?:[^"\\\n]|\\.)*")'
-    r"|(?P<raw>@(?:ll|nh|th|ih),\d+,\d+)"
+    r"|(?P<raw>@(?:ll|nh|th|ih),[0-9]{1,20},[0-9]{1,20})"
     r'|(?P<ref>@[^\s{};,()"&|^=<>!#]+)'
     r"|(?P<op>==|!=|<=|>=|<<|>>|<|>|!)"
     r"|(?P<punct>[{};,()&|^=])"
     r'|(?P<word>[^\s{};,()"&|^=<>!#@]+)'
     r"|(?P<bad>.)|(?P<end>$))"
 )
-_HANDLE_RE = re.compile(r"#\s*handle\s+(\d+)")
+_HANDLE_RE = re.compile(r"#\s*handle\s+([0-9]{1,20})")
 _WARNING_RE = re.compile(r"#\s*Warning: table (\S+) (\S+) is managed by iptables-nft")
 
 VERDICTS = ("accept", "drop", "continue", "return", "jump", "goto", "queue")
@@ -147,9 +148,9 @@ FLAG_KEYS = {("ct", "state"), ("ct", "status"), ("ct", "event"), ("tcp", "flags"
 _PASSIVE_OPTIONS = {
     "log": {"prefix": 1, "level": 1, "flags": 1, "group": 1, "snaplen": 1, "queue-threshold": 1},
 }
-_NUM = re.compile(r"^(?:0x[0-9a-fA-F]+|\d+)$")
-_ADDR4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
-_OLD_NAT_ADDR = re.compile(r"^(?:\d{1,3}(?:\.\d{1,3}){3}(?:-\d{1,3}(?:\.\d{1,3}){3})?(?::\d+(?:-\d+)?)?|\[[0-9a-fA-F:.]+\](?::\d+)?|:\d+)$")
+_NUM = re.compile(r"^(?:0x[0-9a-fA-F]+|[0-9]{1,20})$")
+_ADDR4 = re.compile(r"^[0-9]{1,3}(?:\.[0-9]{1,3}){3}$")
+_OLD_NAT_ADDR = re.compile(r"^(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:-[0-9]{1,3}(?:\.[0-9]{1,3}){3})?(?::[0-9]{1,20}(?:-[0-9]{1,20})?)?|\[[0-9a-fA-F:.]+\](?::[0-9]{1,20})?|:[0-9]{1,20})$")
 
 
 class Tok(NamedTuple):
@@ -210,6 +211,8 @@ def _int(s: str) -> int:
     """nft's numbers: decimal (zero-padded, as in `0004000`) or 0x hex; absurd lengths are not numbers."""
     if len(s) > 40:
         raise _Unparsable(f"number '{s[:20]}…' is too long")
+    if not s.isascii():
+        raise _Unparsable(f"'{s}' is not a number")  # int() reads '٣' (and int(s, 0) '٣' too)
     try:
         return int(s, 0)
     except ValueError:
@@ -225,7 +228,7 @@ def value_word(s: str) -> Expr:
         return Const(_int(s))
     if "/" in s:
         addr, _, length = s.rpartition("/")
-        if length.isdigit() and (_ADDR4.match(addr) or ":" in addr):
+        if is_num(length) and (_ADDR4.match(addr) or ":" in addr):
             return Prefix(addr, int(length))
     if "-" in s and not s.startswith("-"):
         lo, _, hi = s.partition("-")
@@ -245,6 +248,7 @@ class _Parser:
         self._declared: set[tuple[str, str, str]] = set()  # chains declared by `chain`/`add chain`
         self._warnings: set[tuple[str, str]] = set()
         self._lines = text.split("\n")
+        self._nest = 0  # sets and parentheses open around the value being read (at most MAX_NEST)
 
     # -- token helpers --------------------------------------------------------------------------
 
@@ -525,13 +529,13 @@ class _Parser:
         t = self.next()
         words = [t.text]
         names = BRIDGE_PRIORITY_NAMES if chain.family == "bridge" else PRIORITY_NAMES
-        if re.fullmatch(r"[+-]?\d+", t.text):
+        if re.fullmatch(r"[+-]?[0-9]{1,10}", t.text):
             base = int(t.text)
         elif t.text in names:
             base = names[t.text]
         else:
             raise self.error(t, f"unknown chain priority '{t.text}'")
-        if self.at("+", "-") or (self.peek().kind == "word" and re.fullmatch(r"[+-]\d*", self.peek().text)):
+        if self.at("+", "-") or (self.peek().kind == "word" and re.fullmatch(r"[+-][0-9]{0,10}", self.peek().text)):
             sign = self.next().text
             words.append(sign)
             if len(sign) > 1:
@@ -539,7 +543,7 @@ class _Parser:
             else:
                 n = self.next()
                 words.append(n.text)
-                if not n.text.isdigit():
+                if not is_num(n.text):
                     raise self.error(n, f"priority offset '{n.text}' is not a number")
                 base += int(n.text) if sign == "+" else -int(n.text)
         return " ".join(words), base
@@ -834,7 +838,7 @@ class _Parser:
             while self.at("packets", "bytes"):
                 kw = self.next().text
                 n = self.next()
-                if not n.text.isdigit():
+                if not is_num(n.text):
                     raise self.error(n, f"counter {kw} '{n.text}' is not a number")
                 if kw == "packets":
                     packets = int(n.text)
@@ -921,7 +925,7 @@ class _Parser:
         while not self.end_of_line():
             t = self.peek()
             if t.kind == "word" and (t.text in ("rate", "over", "until", "burst", "packets", "bytes", "used", "name")
-                                     or re.fullmatch(r"\d+(/\w+)?|[kmg]?bytes(/\w+)?", t.text)) or t.kind == "str" and self.toks[self.i - 1].text == "name":
+                                     or re.fullmatch(r"[0-9]{1,20}(/\w+)?|[kmg]?bytes(/\w+)?", t.text)) or t.kind == "str" and self.toks[self.i - 1].text == "name":
                 self.next()
             else:
                 break
@@ -994,7 +998,9 @@ class _Parser:
 
     def lhs_binop(self) -> Expr:
         e = self.lhs_primary()
+        n = 0
         while self.peek().kind in ("punct", "op", "word") and self.peek().text in _BINOPS:
+            n = _operator_count(n)
             op = _BINOPS[self.next().text]
             e = Binop(op, e, self.value_primary(in_set=False))
         return e
@@ -1043,11 +1049,13 @@ class _Parser:
             self.next()
             mode = self.name().text
             self.expect("mod")
-            mod = int(self.next().text, 0)
+            mod = _int(self.next().text)
             offset = 0
             if self.at("offset"):
                 self.next()
-                offset = int(self.next().text, 0)
+                offset = _int(self.next().text)
+            if not 0 < mod <= 2**32 or not 0 <= offset < 2**32:
+                raise _Unparsable(f"numgen mod {mod} offset {offset}: not a 32-bit register's range")
             return Numgen(mode, mod, offset)
         if w in ("jhash", "symhash"):
             first = self.next()
@@ -1084,22 +1092,31 @@ class _Parser:
 
     def value_binop(self, in_set: bool) -> Expr:
         e = self.value_primary(in_set)
+        n = 0
         while self.peek().kind in ("punct", "op") and self.peek().text in ("&", "|", "^", "<<", ">>"):
+            n = _operator_count(n)
             op = self.next().text
             e = Binop(op, e, self.value_primary(in_set))
         return e
 
     def value_primary(self, in_set: bool) -> Expr:
         t = self.peek()
-        if t.kind == "punct" and t.text == "{":
-            return AnonSet(tuple(self.elements()))
-        if t.kind == "punct" and t.text == "(":
-            self.next()
-            e = self.value_expr(in_set=True)
-            if not self.at(")"):
-                raise _Unparsable("')' missing")
-            self.next()
-            return e
+        if t.kind == "punct" and t.text in ("{", "("):
+            # nft nests a set or a parenthesis a level or two deep; a reader of thousands would only recurse.
+            if self._nest >= MAX_NEST:
+                raise self.error(t, f"sets or parentheses nested deeper than {MAX_NEST} levels")
+            self._nest += 1
+            try:
+                if t.text == "{":
+                    return AnonSet(tuple(self.elements()))
+                self.next()
+                e = self.value_expr(in_set=True)
+                if not self.at(")"):
+                    raise _Unparsable("')' missing")
+                self.next()
+                return e
+            finally:
+                self._nest -= 1
         if t.kind == "ref":
             self.next()
             return SetRef(t.text[1:])
@@ -1124,6 +1141,16 @@ class _Parser:
                 return MapLookup(e, self.map_ref())
             return e
         return self.value_expr(in_set=False)
+
+
+MAX_NEST = 16  # sets and parentheses inside one another in one value
+MAX_OPERATORS = 32  # `&`, `|`, `^`, `<<`, `>>` in one expression: each nests the expression one level deeper
+
+
+def _operator_count(n: int) -> int:
+    if n >= MAX_OPERATORS:
+        raise _Unparsable(f"more than {MAX_OPERATORS} operators in one expression")
+    return n + 1
 
 
 def _flag_typed(e: Expr) -> bool:

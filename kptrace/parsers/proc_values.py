@@ -41,7 +41,7 @@ def parse_proc_values(text: str, file: str = "proc.txt", path: str | None = None
             if not p or not v.strip():
                 raise ParseError(file, lineno, 1, "expected 'PATH = value' or 'PATH:value'", line)
             out.append(SysValue(p.strip(), v.strip(), src))
-        elif path is not None and re.fullmatch(r"-?[\w.:/-]{1,64}|\d{1,20}(\s+\d{1,20}){1,7}", s):
+        elif path is not None and re.fullmatch(r"-?[\w.:/-]{1,64}|[0-9]{1,20}(\s+[0-9]{1,20}){1,7}", s):
             out.append(SysValue(path, s, src))
         else:
             raise ParseError(file, lineno, 1, "a value without the file it was read from", line)

@@ -6,6 +6,7 @@ A chain walk returns every way the packet can leave the chain, as (Path, verdict
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Callable
 from ipaddress import ip_address
@@ -24,6 +25,15 @@ CONTINUING_TARGETS = {"LOG", "NFLOG", "TRACE", "CHECKSUM", "TCPMSS", "NOTRACK", 
 GROUP_SEP = ": unknown chain "  # absent.py / paste.py: "<what is missing>: unknown chain <table>/<chain>"
 MAX_CONDITIONS = 6  # unknowns one what-if branch may go past; more and only the UNDETERMINED branch is kept
 MAX_DEPTH = 64  # the kernel refuses deeper jump stacks; a loop in a dump is reported, not followed
+# Random branches are followed down to this share of the packets (a Service of 4096 endpoints is shown whole);
+# smaller shares are one UNDETERMINED branch that says so. Probabilities add up to 1, so a trace never
+# follows more than 4096 random branches at once, however many statistic rules split it.
+MIN_BRANCH_SHARE = 1 / 4096
+# The reply shows its first way back (netfilter._reply); random splits of a reply are followed down to 1/4.
+MIN_REPLY_SHARE = 1 / 4
+MAX_SMALL_ENDS = 64  # shares under the floor that end at once (a rare DROP) are kept as branches, up to this many
+ENDS = (DROP, REJECT, UNDETERMINED)
+_RESUME = "RESUME"  # a jump's sub-walk fell off its chain: the caller goes on at its next rule
 
 Outcome = tuple[Path, str]
 
@@ -70,8 +80,22 @@ class ChainWalker:
         return Step(self.hook, rule.table, rule.chain, rule.index, str(rule.source), action, rule.text, depth, self.node)
 
     def _rules(self, chain: Chain, start: int, path: Path, depth: int) -> list[Outcome]:
+        """Every way `path` leaves `chain` from rule `start` on. The paths a random rule or a returning jump
+        leaves to go on in this chain wait in `pending`, walked in rule order: a loop, not a recursion (a
+        Service of 1,000 endpoints is a cascade of 1,000 random rules), and paths that meet at one rule with
+        the same packet go on as one."""
+        pending = Pending(path)
         out: list[Outcome] = []
-        deferred: list[Outcome] = []  # the non-matching shares of random rules, listed after the matching ones
+        pending.push(start, path)
+        while pending:
+            i0, paths = pending.pop()
+            for p in merged(paths, _at(chain, i0)):
+                out.extend(self._from(chain, i0, p, depth, pending))
+                pending.flush()
+        return out + pending.lumped()
+
+    def _from(self, chain: Chain, start: int, path: Path, depth: int, pending: Pending) -> list[Outcome]:
+        out: list[Outcome] = []
         # A large chain (KUBE-SERVICES, KUBE-EXTERNAL-SERVICES) is indexed by destination and port: rules for
         # other addresses and ports are never parsed.
         for i in chain.candidates(str(path.packet.dst), start, path.packet.dport):
@@ -88,20 +112,46 @@ class ChainWalker:
                 reason = f"{rule.source}: {result.reason}"
                 stepped = path.step(self._step(rule, UNDETERMINED, depth))
                 out.append((stepped.unknown(reason), UNDETERMINED))
-                past = self._past(stepped, _condition(rule, result.reason),
-                                  lambda p, i=i: self._rules(chain, i + 1, p, depth))
-                return out + past + deferred
+                nxt = i + 1
+
+                def go_on(p: Path) -> list[Outcome]:
+                    return self._rules(chain, nxt, p, depth)
+
+                return out + self._past(stepped, _condition(rule, result.reason), go_on)
             if isinstance(result, Chance):
                 if result.p <= 0.0:
                     continue
                 if result.p < 1.0:
-                    # The non-matching share goes on with the next rule.
-                    deferred.extend(self._rules(chain, i + 1, path.scaled(1.0 - result.p), depth))
-                    path = path.scaled(result.p)
+                    # The non-matching share goes on with the next rule (after the matching one's outcomes).
+                    rest, path = path.scaled(1.0 - result.p), path.scaled(result.p)
+                    cut = self._step(rule, UNDETERMINED, depth)
+                    if path.probability < pending.floor:
+                        # Too small a share to follow on; one that ends here (DROP, REJECT) is said as it is.
+                        done, _, ends = self._target(rule, i, chain, path, depth)
+                        if done and all(v in ENDS for _, v in ends) and pending.keep_small():
+                            out.extend(ends)
+                        else:
+                            pending.lump(path, cut, str(rule.source))
+                        path = rest
+                        if rest.probability < pending.floor:
+                            pending.lump(rest, cut, str(rule.source))
+                            return out
+                        continue
+                    if rest.probability < pending.floor:
+                        pending.lump(rest, cut, str(rule.source))
+                    else:
+                        pending.defer(i + 1, rest)
             done, path, results = self._target(rule, i, chain, path, depth)
-            out.extend(results)
-            if done:
-                return out + deferred
+            for p, verdict in results:
+                if verdict == _RESUME:
+                    pending.push(i + 1, p)  # a jump returned: this chain goes on at its next rule
+                else:
+                    out.append((p, verdict))
+            if done or pending.deferred:
+                # A split path that goes on waits at the next rule with the other share: equal ones go on as one.
+                if not done:
+                    pending.push(i + 1, path)
+                return out
         if chain.policy is not None:
             s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}",
                      chain.source.text, depth, self.node)
@@ -112,7 +162,7 @@ class ChainWalker:
             out.append((path, ACCEPT))
         else:
             out.append((path, CONTINUE))
-        return out + deferred
+        return out
 
     def _target(self, rule: Rule, i: int, chain: Chain, path: Path, depth: int) -> tuple[bool, Path, list[Outcome]]:
         """Apply a matched rule's target; returns (chain is done, path to go on with, outcomes)."""
@@ -166,7 +216,7 @@ class ChainWalker:
                 # After a goto, falling off the target returns to this chain's caller.
                 out.append(self._fall_off(chain, sub_path, depth))
             else:
-                out.extend(self._rules(chain, i + 1, sub_path, depth))
+                out.append((sub_path, _RESUME))
         return True, path, out
 
     def _fall_off(self, chain: Chain, path: Path, depth: int) -> Outcome:
@@ -175,6 +225,92 @@ class ChainWalker:
         s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}", chain.source.text,
                  depth, self.node)
         return path.step(s), chain.policy
+
+
+class Pending:
+    """Paths waiting to go on in one chain, by the rule they go on at, taken in rule order (iptables and
+    nft chains alike); and the share of the packets not followed because a random split made it smaller
+    than `floor`, said as one UNDETERMINED branch."""
+
+    def __init__(self, path: Path) -> None:
+        self.floor = MIN_REPLY_SHARE if path.packet.reply else MIN_BRANCH_SHARE
+        self.at: dict[int, list[Path]] = {}
+        self.order: list[int] = []
+        self.deferred: tuple[int, Path] | None = None  # a random rule's non-matching share, pushed after the matching one
+        self.cut: tuple[Path, Step, str] | None = None  # the first share cut: its path, the step and source cited
+        self.cut_p = 0.0
+        self.small_ends = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.order)
+
+    def push(self, i: int, path: Path) -> None:
+        waiting = self.at.get(i)
+        if waiting is None:
+            self.at[i] = [path]
+            heapq.heappush(self.order, i)
+        else:
+            waiting.append(path)
+
+    def defer(self, i: int, path: Path) -> None:
+        self.deferred = (i, path)
+
+    def flush(self) -> None:
+        if self.deferred is not None:
+            self.push(*self.deferred)
+            self.deferred = None
+
+    def pop(self) -> tuple[int, list[Path]]:
+        i = heapq.heappop(self.order)
+        return i, self.at.pop(i)
+
+    def keep_small(self) -> bool:
+        """Whether one more share under the floor that ends at once may be a branch of its own."""
+        self.small_ends += 1
+        return self.small_ends <= MAX_SMALL_ENDS
+
+    def lump(self, path: Path, step: Step, source: str) -> None:
+        """Leave this share of the packets out (it is said by `lumped`, with the rule that split it first)."""
+        if self.cut is None:
+            self.cut = (path, step, source)
+        self.cut_p += path.probability
+
+    def lumped(self) -> list[Outcome]:
+        if self.cut is None:
+            return []
+        path, step, source = self.cut
+        n = round(1 / self.floor)
+        reason = (f"{source}: random rules split the packets into more than {n} branches (each under 1/{n} of "
+                  f"them); {self.cut_p:.4%} of the packets, in the smaller branches, are not followed")
+        whole = Path(self.cut_p, path.packet, path.steps, path.assumptions, path.unknowns, path.conditions)
+        return [(whole.step(step).unknown(reason), UNDETERMINED)]
+
+
+def merged(paths: list[Path], where: str) -> list[Path]:
+    """Paths that reach one rule (`where`) with the same packet go on the same way from there: one path,
+    with their probabilities added (the steps shown are the first one's, and the merge is said)."""
+    if len(paths) == 1:
+        return paths
+    groups: dict[object, list[Path]] = {}
+    for p in paths:
+        groups.setdefault((p.packet, p.unknowns, p.conditions), []).append(p)
+    if len(groups) == len(paths):
+        return paths
+    out = []
+    for same in groups.values():
+        first = same[0]
+        if len(same) > 1:
+            total = sum(p.probability for p in same)
+            assumptions = tuple(dict.fromkeys(a for p in same for a in p.assumptions))
+            first = Path(total, first.packet, first.steps, assumptions, first.unknowns, first.conditions)
+            first = first.assume(f"{len(same)} random branches reach {where} with the same packet and go on as one "
+                                 f"({total:.2%} of the packets; the rules shown are the first branch's)")
+        out.append(first)
+    return out
+
+
+def _at(chain: Chain, i: int) -> str:
+    return f"rule {i + 1} of {chain.table}/{chain.name}" if i < len(chain) else f"the end of {chain.table}/{chain.name}"
 
 
 def apply_continuing(t: Target, path: Path) -> Path:

@@ -57,9 +57,12 @@ from kptrace.walkers.chains import (
     ACCEPT,
     CONTINUE,
     DROP,
+    ENDS,
     REJECT,
     UNDETERMINED,
+    Pending,
     apply_nat,
+    merged,
 )
 from kptrace.walkers.matches import Chance, MatchContext, Unknown
 from kptrace.walkers.netfilter import HookEntry
@@ -70,6 +73,7 @@ from kptrace.walkers.nft_expr import (
     Env,
     Lookup,
     compare,
+    element_counts,
     eval_int,
     lookup,
     read,
@@ -192,15 +196,34 @@ class ChainWalk:
     # -- chains ---------------------------------------------------------------------------------
 
     def chain(self, chain: NftChain, start: int, path: Path, depth: int) -> list[Outcome]:
-        """Every way the packet leaves this chain; CONTINUE: it fell off the end or returned."""
+        """Every way the packet leaves this chain; CONTINUE: it fell off the end or returned.
+
+        Paths a random choice or a returning jump leaves to go on in this chain wait in `pending`, walked
+        in rule order: a loop, not a recursion, and paths that meet at one rule with the same packet go on
+        as one; shares of the packets split below Pending.floor are one UNDETERMINED branch (chains.py)."""
+        pending = Pending(path)
+        pending.push(start, path)
         out: list[Outcome] = []
-        deferred: list[Outcome] = []
+        while pending:
+            i0, paths = pending.pop()
+            where = f"rule {i0 + 1} of {self.label} {chain.name}" if i0 < len(chain.rules) else \
+                f"the end of {self.label} {chain.name}"
+            for p in merged(paths, where):
+                out.extend(self._chain_from(chain, i0, p, depth, pending))
+        return out + pending.lumped()
+
+    def _chain_from(self, chain: NftChain, start: int, path: Path, depth: int, pending: Pending) -> list[Outcome]:
+        out: list[Outcome] = []
         for i in range(start, len(chain.rules)):
             rule = chain.rules[i]
             results = self.rule(rule, path, depth)
             nexts: list[Path] = []
             for p, rr in results:
-                if rr[0] == "next":
+                if len(results) > 1 and p.probability < pending.floor and \
+                        not (rr[0] == "end" and rr[1] in ENDS and pending.keep_small()):
+                    # Too small a share to follow on (one that ends here, a rare drop, is said as it is).
+                    pending.lump(p, self._rule_step(rule, UNDETERMINED, depth), str(rule.source))
+                elif rr[0] == "next":
                     nexts.append(p)
                 elif rr[0] == "end":
                     out.append((p, rr[1]))
@@ -214,14 +237,16 @@ class ChainWalk:
                             # After a goto, falling off the target returns to this chain's caller.
                             out.append((sub, CONTINUE))
                         else:
-                            deferred.extend(self.chain(chain, i + 1, sub, depth))
-            if not nexts:
-                return out + deferred
-            path = nexts[0]
-            for extra in nexts[1:]:
-                deferred.extend(self.chain(chain, i + 1, extra, depth))
+                            pending.push(i + 1, sub)  # the jump returned: this chain goes on at its next rule
+            if len(nexts) == 1 and len(results) == 1:
+                path = nexts[0]
+                continue
+            # A split (or a jump that returned): the paths wait at the next rule, where equal ones go on as one.
+            for p in nexts:
+                pending.push(i + 1, p)
+            return out
         out.append((path, CONTINUE))
-        return out + deferred
+        return out
 
     def call(self, target: str, rule: NftRule, path: Path, depth: int) -> list[Outcome]:
         chain = self.table.chains.get(target)
@@ -344,21 +369,23 @@ class ChainWalk:
 
     def _numgen_map(self, rule: NftRule, key: Numgen, data: SetRef | AnonSet, path: Path, depth: int, env: Env,
                     then: Callable[[Path, Element], list[tuple[Path, RuleResult]]]) -> list[tuple[Path, RuleResult]]:
-        """`numgen random mod N vmap { … }`: each value 1/N of the packets (nft_ng_random_eval)."""
+        """`numgen random mod N vmap { … }`: each element gets the share of the N values it holds
+        (nft_ng_random_eval), one branch per element; values no element holds do not match the rule.
+        A numgen of 2^32 values is counted from the elements, never enumerated."""
+        if key.mod <= 0:
+            return [self._undetermined(rule, path, depth, f"numgen random mod {key.mod} has no value")]
+        values = range(key.offset, key.offset + key.mod)
+        counts = element_counts(values, data, env)
+        path = self._assume(path, env)
+        if isinstance(counts, Unknown):
+            return [self._undetermined(rule, path, depth, counts.reason)]
         out: list[tuple[Path, RuleResult]] = []
-        missed = 0.0
-        share = 1.0 / key.mod if key.mod else 0.0
-        for value in range(key.offset, key.offset + key.mod):
-            found = lookup(TV("int", value), data, env)
-            if isinstance(found, Unknown):
-                return [self._undetermined(rule, path, depth, found.reason)]
-            if found.element is None:
-                missed += share
-                continue
-            p = path.scaled(share) if key.mod > 1 else path
-            out.extend(then(p, found.element))
-        if missed > 0:
-            out.append((path.scaled(missed), NEXT))
+        held = 0
+        for element, n in counts:
+            held += n
+            out.extend(then(path.scaled(n / key.mod) if n < key.mod else path, element))
+        if held < key.mod:
+            out.append((path.scaled((key.mod - held) / key.mod), NEXT))
         return out
 
     def _nat(self, rule: NftRule, s: Nat, path: Path, depth: int, env: Env) -> list[tuple[Path, RuleResult]]:

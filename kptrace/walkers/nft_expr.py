@@ -80,7 +80,7 @@ class TV:
 class Dist:
     """A random source: `numgen random mod N offset O` (values) or `meta random` under a mask."""
 
-    values: tuple[int, ...] = ()
+    values: range = range(0)  # numgen random mod N offset O: range(O, O + N), never a list of 2^32 values
     random_mask: int | None = None  # meta random & mask: uniform over 0..mask when mask = 2^k - 1
 
 
@@ -121,7 +121,7 @@ def read(e: Expr, env: Env) -> Read:
     if isinstance(e, Numgen):
         if e.mode != "random":
             return Unknown(f"numgen {e.mode} counts packets; no dump holds its counter")
-        return Dist(tuple(range(e.offset, e.offset + e.mod)))
+        return Dist(range(e.offset, e.offset + e.mod))
     if isinstance(e, Hash):
         return Unknown(f"'{e.text}' picks by a hash of the flow that kptrace does not compute")
     if isinstance(e, Concat):
@@ -597,13 +597,95 @@ def _chance(d: Dist, op: str, right: Expr, env: Env) -> Result:
         if hits is None:
             return Unknown(f"'{op}' on meta random")
         return Chance(hits / (m + 1))
+    if not d.values:
+        return False
+    if len(d.values) > ENUMERATE_MAX:
+        # `numgen random mod 4294967295`: counted from the constant or the set's elements, not value by value.
+        counted = count_values(d.values, op, right, env)
+        return counted if isinstance(counted, Unknown) else Chance(counted / len(d.values))
     matched = 0
     for x in d.values:
         r = compare_value(TV("int", x), op, right, env)
         if isinstance(r, Unknown):
             return r
         matched += 1 if r else 0
-    return Chance(matched / len(d.values)) if d.values else False
+    return Chance(matched / len(d.values))
+
+
+ENUMERATE_MAX = 65536  # a random source of more values than this is counted, never enumerated
+
+
+def count_values(values: range, op: str, right: Expr, env: Env) -> int | Unknown:
+    """How many of `values` (a numgen's) satisfy `op right`, without visiting them one by one."""
+    if isinstance(right, (SetRef, AnonSet)):
+        elements = element_counts(values, right, env)
+        if isinstance(elements, Unknown):
+            return elements
+        hits = sum(n for _, n in elements)
+        return hits if op in MEMBERSHIP_OPS else (len(values) - hits if op == "!=" else Unknown(f"'{op}' against a set"))
+    if op in MEMBERSHIP_OPS or op == "!=":
+        hits_or_unknown = _key_count(values, right)
+        if isinstance(hits_or_unknown, Unknown):
+            return hits_or_unknown
+        return hits_or_unknown if op != "!=" else len(values) - hits_or_unknown
+    c = const_int(right, "int")
+    if isinstance(c, Unknown):
+        return c
+    lo, hi = values.start, values.stop - 1
+    below = min(max(c - lo, 0), len(values))  # values < c
+    at = 1 if lo <= c <= hi else 0
+    return {"<": below, "<=": below + at, ">": len(values) - below - at, ">=": len(values) - below,
+            "==": at, "!=": len(values) - at}.get(op, Unknown(f"'{op}' on a random value"))
+
+
+def _key_count(values: range, key: Expr) -> int | Unknown:
+    """How many of `values` one element key (an integer or an integer range) holds."""
+    if isinstance(key, Const):
+        c = const_int(key, "int")
+        return c if isinstance(c, Unknown) else (1 if c in values else 0)
+    if isinstance(key, Range):
+        lo, hi = const_int(key.lo, "int"), const_int(key.hi, "int")
+        if isinstance(lo, Unknown):
+            return lo
+        if isinstance(hi, Unknown):
+            return hi
+        return max(0, min(hi, values.stop - 1) - max(lo, values.start) + 1)
+    return Unknown(f"'{type(key).__name__}' as a key of a random value's map")
+
+
+def element_counts(values: range, data: SetRef | AnonSet, env: Env) -> list[tuple[Element, int]] | Unknown:
+    """Each element of a set or map with how many of `values` it holds (elements that hold none left out),
+    in the set's order; each value counts for the first element that holds it, as a lookup finds it."""
+    if len(values) <= ENUMERATE_MAX:
+        counts: dict[int, int] = {}
+        by_id: dict[int, Element] = {}
+        for v in values:
+            found = lookup(TV("int", v), data, env)
+            if isinstance(found, Unknown):
+                return found
+            if found.element is not None:
+                counts[id(found.element)] = counts.get(id(found.element), 0) + 1
+                by_id[id(found.element)] = found.element
+        return [(by_id[k], n) for k, n in counts.items()]
+    if isinstance(data, SetRef):
+        named = env.table.sets.get(data.name)
+        if named is None:
+            return Unknown(f"set @{data.name} is not in table {env.table.label}")
+        elements = list(named.elements)
+    else:
+        elements = list(data.elements)
+    out: list[tuple[Element, int]] = []
+    total = 0
+    for el in elements:
+        n = _key_count(values, el.key)
+        if isinstance(n, Unknown):
+            return n
+        if n:
+            out.append((el, n))
+            total += n
+    if total > len(values):
+        return Unknown(f"elements of a map keyed by a random value of {len(values)} values overlap")
+    return out
 
 
 def compare_value(v: TV, op: str, right: Expr, env: Env) -> Result:

@@ -82,7 +82,8 @@ def iptables_backends(ctx: CheckContext) -> Iterator[Outcome]:
         yield missing("iptables-nft-save.txt", why=f"{main.file} was written by iptables-legacy, which does not show "
                                                    f"nf_tables rules")
     elif legacy is not None:
-        yield passed(f"only one of {legacy.file} and {main.file} holds rules")
+        # Only both whole dumps show that one of them holds no rule (a listing of one chain does not).
+        yield passed(f"only one of {legacy.file} and {main.file} holds rules", needs=("iptables", "iptables-legacy"))
     elif main.backend == "nft":
         # iptables-nft-save prints "# Warning: iptables-legacy tables present" on stderr, which a saved
         # file does not keep. Legacy tables exist only while an iptable_* module is loaded.

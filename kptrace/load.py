@@ -237,7 +237,7 @@ def _too_large(label: str, what: str, limit: int) -> InputError:
                       f"large); not read")
 
 
-def _read_stream(f: IO[bytes], label: str, limit: int = MAX_INPUT_BYTES, archive_ok: bool = False) -> tuple[bytes, bool]:
+def _read_stream(f: IO[bytes], label: str, limit: int, archive_ok: bool = False) -> tuple[bytes, bool]:
     """Read a pipe, /dev/stdin, a device or an archive member once, as it comes: refused as soon as it shows
     NUL bytes (binary data: /dev/zero, /dev/urandom), a line longer than any command prints, or more than
     `limit` bytes (a stream that never ends). With `archive_ok`, data that starts like a tarball (gzip, bzip2,
@@ -292,7 +292,7 @@ def _stream_entries(path: Path) -> Iterator[Entry]:
     try:
         f = _open_stream(path)
         try:
-            data, archive = _read_stream(f, label, archive_ok=True)
+            data, archive = _read_stream(f, label, MAX_INPUT_BYTES, archive_ok=True)
         finally:
             if f is not sys.stdin.buffer:
                 f.close()
@@ -312,7 +312,13 @@ def _read_file(p: Path, mapped: bool, inside: Path | None = None) -> bytes | Map
     """A regular file's bytes (or a MappedFile, when large and `mapped`). Inside a bundle directory the file is
     opened without following a link (one swapped in after the directory was listed is not read)."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) if inside is not None else os.O_RDONLY
-    target = p.resolve() if inside is not None and p.is_symlink() else p
+    target = p
+    if inside is not None and p.is_symlink():
+        # A link inside the bundle to a file of the bundle is read; checked again here, at the open, since the
+        # directory was listed before (a file swapped for a link out of it since is not followed).
+        target = p.resolve()
+        if not target.is_relative_to(inside):
+            raise InputError(f"{p}: a link out of the bundle directory; not followed")
     fd = os.open(target, flags | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
@@ -468,8 +474,12 @@ def _tar_entries(path: Path, data: bytes | None = None) -> Iterator[Entry]:
                 last = m.name
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
         after = f" after member {last}" if last else ""
+        # tarfile's message lists every compression it tried, a line each: the one that applies, on one line.
+        lines = [ln.strip(" -") for ln in (str(e) or "unexpected end of data").splitlines() if ln.strip()]
+        why = next((ln for ln in lines if ln.startswith("method gz") and data is None and str(path).endswith("gz")), None)
+        why = " ".join((why or lines[-1] if len(lines) > 1 else lines[0] if lines else "").split())[:200]
         yield f"{path}", InputError(f"{path}: the archive is truncated or corrupt{after} ({type(e).__name__}: "
-                                    f"{str(e) or 'unexpected end of data'}); the members before it are read")
+                                    f"{why}); the members before it are read")
 
 
 def _node_dirs(path: Path) -> list[Path]:
@@ -500,8 +510,9 @@ def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs
         else:
             loose.append(p)
     if loose:
-        # Pasted files and --node-ip describe the node the user is asking about: trace starts there.
-        groups.insert(0, loose)
+        # Pasted files and --node-ip describe the node the user is asking about: trace starts there. Files
+        # whose shell prompts name different hosts (`clear@clr-01 ~ $`, `[root@node2 ~]#`) are those hosts.
+        groups[:0] = _by_prompt_host(loose)
     if not groups:
         raise InputError("no input: give --dump PATH (a file, a bundle directory or .tar.gz)")
     nodes = []
@@ -511,11 +522,39 @@ def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs
     same_node(nodes, groups)
     for i, n in enumerate(nodes):
         if n.name == "node":
-            n.name = _name_from(groups[i], i)
+            host = _prompt_host(groups[i][0]) if len(groups) > 1 and groups[i][0].is_file() else None
+            n.name = host or _name_from(groups[i], i)
     usable = [n for n in nodes if n.usable]
     if not usable:
         raise _nothing_usable(nodes[0], ", ".join(str(p) for p in paths))
     return nodes if keep_unusable else usable
+
+
+_PROMPT_HOST_RES = (re.compile(r"^\s*\[?[\w.-]+@([A-Za-z0-9][\w.-]*)[\s:~\]]"),)
+
+
+def _prompt_host(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192).decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in head.splitlines()[:40]:
+        for rx in _PROMPT_HOST_RES:
+            m = rx.match(line)
+            if m and ("$" in line or "#" in line):
+                return m.group(1)
+    return None
+
+
+def _by_prompt_host(files: list[Path]) -> list[list[Path]]:
+    """Loose files, one group per host their prompts name (files naming none go with the first host)."""
+    hosts = {f: _prompt_host(f) if f.is_file() else None for f in files}
+    named = list(dict.fromkeys(h for h in hosts.values() if h))
+    if len(named) < 2:
+        return [files]
+    groups = [[f for f in files if hosts[f] == h or (hosts[f] is None and h == named[0])] for h in named]
+    return groups
 
 
 def same_node(nodes: list[Node], groups: list[list[Path]]) -> None:
@@ -707,6 +746,7 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         # A bundle may hold `ip addr` both as text and as JSON: the same address counts once.
         seen = {(a.iface, a.address) for a in node.addresses}
         node.addresses.extend(a for a in _tolerant(node, parse_ip_addr, text, label) if (a.iface, a.address) not in seen)
+        _links_of_ip_addr(node, text, label)
     elif kind in _LIST_KINDS:
         parse, attr, key = _LIST_KINDS[kind]
         current = getattr(node, attr)
@@ -899,6 +939,19 @@ def _manifest(node: Node, text: str, label: str) -> None:
             node.not_collected[str(name)] = str(entry.get("message") or entry.get("status"))[:200]
 
 
+def _links_of_ip_addr(node: Node, text: str, label: str) -> None:
+    """`ip addr` shows each device's MAC, MTU and state too: kept as links when the input has no `ip link`."""
+    from kptrace.parsers.ip_addr import links_of_ip_addr
+
+    if node.level("links") == COMPLETE:
+        return
+    known = {lk.name for lk in node.links}
+    links = links_of_ip_addr(text, label)
+    node.links.extend(lk for lk in links if lk.name not in known)
+    if links:
+        node.saw("links", EXCERPT, label)
+
+
 def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest: str) -> bool:
     """An iptables-save dump into node.rulesets (or legacy_rulesets); False if it adds nothing."""
     if digest in {i.sha256 for i in node.inputs}:
@@ -928,6 +981,13 @@ def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest:
             _unknown_tables(rs, label)
     rs.text = data
     rs.comments = _comment_lines(data, label)
+    for c in rs.comments:
+        if c.text.lstrip("# ").startswith(("Warning: iptables-legacy tables present", "Warning: ip6tables-legacy tables")):
+            # iptables-nft says the legacy backend holds tables this dump does not show: unknown, not empty.
+            node.legacy_warnings.append(c)
+            name = "ip6tables-legacy-save.txt" if "ip6tables" in c.text else "iptables-legacy-save.txt"
+            node.not_collected.setdefault(name, f"iptables says legacy tables are present ({c.file}:{c.line}) "
+                                                f"and the input does not show them")
     rs.backend = "legacy" if "legacy" in kind else _backend(rs.comments, label)
     if rs.family in node.coverage:
         from kptrace.parsers.paste import drop_partial

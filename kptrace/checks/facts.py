@@ -405,6 +405,11 @@ def evidence_gaps(node: Node, needs: tuple[str, ...]) -> list[str]:
     return gaps
 
 
+def evidence_gaps_of(node: Node) -> set[str]:
+    """Which of the kinds the checks lean on most the input does not show whole ("rules", "routes", …)."""
+    return {need for need in ("rules", "routes", "addresses", "links") if evidence_gaps(node, (need,))}
+
+
 def _complete(node: Node, fact: str, complete: str) -> bool:
     if fact == "rules":
         levels = [node.level(f) for f in ("iptables", "nft")]

@@ -74,9 +74,17 @@ def _register(argv: list[str] | None = None) -> None:
         importlib.import_module(f"kptrace.cli.{name}").register(app)
 
 
+def _check_dump_args(argv: list[str]) -> None:
+    """`--dump ''` (an unset shell variable) is an error: click would make it Path(''), the current directory."""
+    for i, a in enumerate(argv):
+        if a in ("--dump=", "-d=") or (a in ("--dump", "-d") and i + 1 < len(argv) and argv[i + 1] == ""):
+            raise KptraceError("--dump '': an empty path (give a file, a bundle directory, a .tar.gz or - for stdin)")
+
+
 def main() -> None:
     _register(sys.argv[1:])
     try:
+        _check_dump_args(sys.argv[1:])
         # Without standalone mode click returns the command's exit code instead of exiting.
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

@@ -18,6 +18,9 @@ def module_loaded(node: Node, name: str) -> tuple[bool | None, str | None]:
             return True, str(m.source) if m.source else None
     if node.modules is not None and node.level("modules") == COMPLETE:
         return False, None
+    absent = node.modules_not_loaded.get(name)
+    if absent is not None:
+        return False, str(absent)  # `lsmod | grep br_netfilter` printed nothing
     return None, None
 
 
@@ -29,7 +32,8 @@ def br_netfilter(node: Node, version: int) -> tuple[bool | None, str | None, str
         return s.value.strip() == "1", str(s.source), f"{key} = {s.value.strip()}"
     loaded, cite = module_loaded(node, "br_netfilter")
     if loaded is False:
-        return False, None, "br_netfilter is not in the module list, so bridged frames skip iptables"
+        where = f" ({cite}: the grep for it printed nothing)" if cite else ""
+        return False, cite, f"br_netfilter is not in the module list{where}, so bridged frames skip iptables"
     if node.level("sysctls") == COMPLETE:
         if loaded:
             # The keys exist whenever the module is loaded: two inputs that disagree.

@@ -166,6 +166,7 @@ class Node:
     # in the input, so no walk reads them (kptrace.model.nft.NftRuleset each).
     nft_fragments: list[object] = field(default_factory=list)
     conflicts: set[str] = field(default_factory=set)  # sysctl keys two inputs disagree on: unknown
+    legacy_warnings: list[Source] = field(default_factory=list)  # `# Warning: iptables-legacy tables present` lines
 
     _local: tuple[int, int, set[IPAddress]] | None = field(default=None, repr=False, compare=False)
 

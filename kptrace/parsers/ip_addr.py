@@ -15,6 +15,7 @@ import re
 from ipaddress import ip_interface
 
 from kptrace.errors import ParseError
+from kptrace.model.routing import Link
 from kptrace.parsers.json_limits import recursion_message, too_deep
 from kptrace.model.node import Address
 from kptrace.model.source import Source
@@ -76,3 +77,20 @@ def _parse_json(text: str, file: str) -> list[Address]:
             src = Source(file, 1, 1, f"[{i}].addr_info[{j}] {name} {addr}")
             out.append(Address(name, addr, src, str(a.get("scope", "global"))))
     return out
+
+
+def links_of_ip_addr(text: str, file: str) -> list[Link]:
+    """The devices `ip addr` shows (name, MAC, MTU, state, flags), as links without kind or bridge: that is
+    `ip -d link`'s to say. A VTEP's MAC from `ip addr show flannel.1` is what a peer's neighbour entry needs."""
+    from dataclasses import replace
+
+    from kptrace.parsers.ip_link import parse_ip_link
+
+    if text.lstrip().startswith("["):
+        return []
+    # Address lines blanked, not removed: every device line keeps its line number.
+    heads = "\n".join("" if ln.lstrip().startswith(("inet", "valid_lft", "altname")) else ln for ln in text.split("\n"))
+    try:
+        return [replace(lk, kind=None, vxlan=None) for lk in parse_ip_link(heads, file)]
+    except ParseError:
+        return []  # what `ip addr` says of addresses was read; its device lines are only a bonus

@@ -1285,6 +1285,7 @@ def apply_to_node(node: Node, res: PasteResult) -> None:
         elif sec.kind == "ip-addr":
             seen_a = {(a.iface, a.address) for a in node.addresses}
             node.addresses.extend(a for a in sec.model if (a.iface, a.address) not in seen_a)
+            _ip_addr_links(node, sec, res.file)
         elif sec.kind == "ip-link":
             names = {x.name for x in node.links}
             node.links.extend(x for x in sec.model if x.name not in names)
@@ -1444,6 +1445,28 @@ _SECTION_FACTS = {
 }
 
 
+def _names_a_device(cmd: str) -> bool:
+    words = [w for w in cmd.split("|", 1)[0].split() if not w.startswith("-")]
+    if "ip" not in words:
+        return False
+    rest = words[words.index("ip") + 2:]  # after `ip addr`
+    return any(w not in ("show", "list", "ls", "lst", "up", "dev") for w in rest)
+
+
+def _ip_addr_links(node: Node, sec: Section, file: str) -> None:
+    """The devices an `ip addr` section shows (MACs, MTUs), when the input has no `ip link`."""
+    from kptrace.parsers.ip_addr import links_of_ip_addr
+
+    if node.level("links") == COMPLETE:
+        return
+    text = "\n" * (sec.first - 1) + "\n".join(sec.lines)  # keep the paste's line numbers
+    known = {lk.name for lk in node.links}
+    links = [lk for lk in links_of_ip_addr(text, file) if lk.name not in known]
+    node.links.extend(links)
+    if links:
+        node.saw("links", EXCERPT, file)
+
+
 def _saw(node: Node, sec: Section, file: str) -> None:
     """What a pasted section shows, and how much: filtered (`| grep`) or a few keys is an excerpt."""
     if sec.kind in ("iptables-rules", "iptables-list"):
@@ -1468,6 +1491,8 @@ def _saw(node: Node, sec: Section, file: str) -> None:
     if fact is None:
         return
     excerpt = (sec.command is not None and sec.command.excerpt) or "elided" in sec.marks
+    if sec.kind in ("ip-addr", "ip-link") and sec.command is not None and _names_a_device(sec.command.text):
+        excerpt = True  # `ip addr show flannel.1`: one device, not the node's
     if sec.kind == "ip-route" and sec.command is not None and " get " in f" {sec.command.text} ":
         excerpt = True  # `ip route get`: the route one address takes, not the table
     if sec.kind == "ip-route" and sec.command is not None and sec.command.table not in (None, "all", "main", "254"):
@@ -1556,6 +1581,7 @@ def _legacy_hidden(node: Node, res: PasteResult) -> None:
     backend holds rules the paste does not show. They run on the kernel too: like a legacy dump that was not
     collected, they are unknown (load.py puts rules standing for them in the walk unless an input shows them)."""
     for src in res.legacy_hidden:
+        node.legacy_warnings.append(src)
         v6 = "ip6tables-legacy" in src.text
         name = "ip6tables-legacy-save.txt" if v6 else "iptables-legacy-save.txt"
         node.not_collected.setdefault(name, f"iptables says legacy tables are present ({src}), and the input does "

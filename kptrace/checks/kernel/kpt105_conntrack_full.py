@@ -33,6 +33,14 @@ def conntrack_full(ctx: CheckContext) -> Iterator[Outcome]:
                    f"the entries expire; clear {'it' if one else 'them'} with "
                    + "; ".join(f"`{s.command}`" for s in stale[:MAX_CITED]),
                    *(s.entry.source for s in stale[:MAX_CITED]))
+    full = [m for m in node.kernel_log or [] if m.kind == "conntrack-full"]
+    if full:
+        # The kernel said so itself: "nf_conntrack: table full, dropping packet".
+        when = f" ({full[0].time} … {full[-1].time})" if full[0].time and full[-1].time else ""
+        yield fail(f"the kernel log says the conntrack table was full and it dropped packets {len(full)} time(s){when}: "
+                   f"new connections (Service traffic included) are dropped while it is", *(m.source for m in full[:3]))
+        if count is None or limit is None:
+            return
     if count is None or limit is None or not count.value.isdigit() or not limit.value.isdigit() or int(limit.value) == 0:
         yield missing("sysctl.txt", why="net.netfilter.nf_conntrack_count and nf_conntrack_max are not both in it")
         return

@@ -74,6 +74,13 @@ def iptables_backends(ctx: CheckContext) -> Iterator[Outcome]:
             yield fail(f"{rs.file} says legacy tables are loaded next to its nf_tables rules (their rules are not in "
                        f"this dump; collect iptables-legacy-save.txt to see them)" + (f"; {hints}" if hints else ""),
                        _loc(warning))
+    shown = {(c.file, c.line) for rs in iptables_rulesets(node) for c in rs.comments}
+    for w in node.legacy_warnings:
+        if (w.file, w.line) not in shown:
+            # Said in a paste, beside a listing or a grep: no dump's own header.
+            found = True
+            yield fail(f"iptables says legacy tables are present next to the nf_tables rules shown ({w}): rules are "
+                       f"split between the two backends, and the legacy ones are not in the input", w)
     if found:
         return
     if main is None:

@@ -3,10 +3,31 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kptrace.checks.facts import CheckContext, dumped, has_assumed, kube_rules
-from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.checks.registry import Outcome, check, fail, missing, passed, warn
+from kptrace.model.netfilter import Ruleset
+from kptrace.model.node import Node
 from kptrace.model.finding import Severity
 
 BASE_JUMPS = (("PREROUTING", "KUBE-SERVICES"), ("OUTPUT", "KUBE-SERVICES"), ("POSTROUTING", "KUBE-POSTROUTING"))
+
+
+def _listed_base_chains(node: Node, fam: int, rs: Ruleset) -> Iterator[Outcome]:
+    cov = node.coverage[fam]
+    for base, target in BASE_JUMPS:
+        chain = rs.chain("nat", base)
+        if ("nat", base) not in cov.complete or chain is None:
+            continue
+        if any(r.target and r.target.name == target for r in dumped(chain)):
+            continue
+        if rs.chain("nat", target) is not None:
+            yield fail(f"nat {base}, listed whole ({chain.source}), has no jump to {target}: packets never reach "
+                       f"kube-proxy's Service rules", chain.source)
+        elif node.kube_nodes:
+            # No chain of kube-proxy's in what was pasted, on a node `kubectl get node` shows.
+            yield warn(f"nat {base}, listed whole ({chain.source}), has no jump to {target}, on a Kubernetes node: "
+                       f"kube-proxy in iptables or IPVS mode always adds it (nftables mode and kube-proxy replacements "
+                       f"such as Cilium do not), so unless one of those runs here, Services go nowhere; a firewalld "
+                       f"restart or an iptables-restore at boot flushes it", chain.source)
 
 
 @check(id="KPT206", name="kube-jumps-missing", severity=Severity.HIGH, needs=("rules",),
@@ -20,12 +41,14 @@ def kube_jumps(ctx: CheckContext) -> Iterator[Outcome]:
     found, checked = False, []
     for fam, rs in sorted(node.rulesets.items()):
         nat = rs.tables.get("nat")
-        if nat is None or "KUBE-SERVICES" not in nat.chains:
-            continue
-        if fam in node.coverage:
-            # A listing or an excerpt: the built-in chains may simply not have been pasted.
-            yield missing("iptables-save.txt", why=f"{rs.file} is a listing or excerpt, not a whole dump")
+        if fam in node.coverage and nat is not None:
+            # A listing or an excerpt: only a built-in chain listed whole shows a jump is not there.
+            outcomes = list(_listed_base_chains(node, fam, rs))
+            yield from outcomes or [missing("iptables-save.txt", why=f"{rs.file} is a listing or excerpt, not a "
+                                                                     f"whole dump")]
             found = True
+            continue
+        if nat is None or "KUBE-SERVICES" not in nat.chains:
             continue
         checked.append(rs.file)
         services = nat.chains["KUBE-SERVICES"]

@@ -13,6 +13,27 @@ def _main(node: Node) -> list[Route]:
     return [r for r in node.routes if r.table in ("main", "254") and r.type == "unicast"]
 
 
+def _stale_neighbours(ctx: CheckContext) -> Iterator[Outcome]:
+    """A VTEP neighbour entry (flannel.1's, programmed by flanneld from the peer's VtepMAC annotation) whose MAC
+    is not the MAC the peer's own device has: frames reach the peer and are dropped there (flannel#1155:
+    systemd >= 242 re-programs the device's MAC after flanneld published it). Needs no route: the entry's
+    address is the peer's device address."""
+    node = ctx.node
+    over = set(overlays(node))
+    for n in node.neighbors:
+        if not n.lladdr or not (n.dev in over or n.dev.startswith(("flannel", "vxlan"))):
+            continue
+        for peer in ctx.peers:
+            addr = next((a for a in peer.addresses if a.address.ip == n.dst and a.iface == n.dev), None)
+            link = next((lk for lk in peer.links if lk.name == n.dev and lk.mac), None)
+            if addr is None or link is None or link.mac is None or link.mac.lower() == n.lladdr.lower():
+                continue
+            yield fail(f"{n.dev}'s neighbour entry says {n.dst} is {n.lladdr}, but {peer.name}'s {link.name} (which "
+                       f"holds {n.dst}) has MAC {link.mac}: encapsulated packets reach {peer.name} and are dropped "
+                       f"there (its {link.name} was given another MAC after flanneld published it: flannel#1155, "
+                       f"systemd's MACAddressPolicy)", n.source, link.source, addr.source)
+
+
 @check(id="KPT402", name="overlay-peer-missing", severity=Severity.HIGH, needs=("routes", "neighbors", "fdb"),
        remediation="Restart flanneld (or the CNI agent) on this node so it re-programs the routes and the flannel.1 "
                    "neighbour and fdb entries from the nodes' annotations (flannel.alpha.coreos.com/backend-data holds "
@@ -20,11 +41,13 @@ def _main(node: Node) -> list[Route]:
 def overlay_peers(ctx: CheckContext) -> Iterator[Outcome]:
     """A remote node's pod subnet has no route, or flannel.1's neighbour or fdb entry for it is missing or stale."""
     node = ctx.node
-    assert node is not None
+    stale = list(_stale_neighbours(ctx))
+    yield from stale
     if not node.routes:
-        yield missing("ip-route.txt")
+        if not stale:
+            yield missing("ip-route.txt")
         return
-    main, found = _main(node), False
+    main, found = _main(node), bool(stale)
     for peer in ctx.peers:
         for subnet in local_pod_subnets(peer)[:1]:
             best = max((r for r in main if r.dst.version == subnet.version and subnet.network_address in r.dst),
@@ -57,6 +80,8 @@ def overlay_peers(ctx: CheckContext) -> Iterator[Outcome]:
             yield fail(f"route {r.dst} via {h.gateway} dev {h.dev}: no fdb entry for VTEP MAC {n.lladdr}, so the "
                        f"kernel does not know which node to send the encapsulated packet to", r.source, n.source)
             continue
+        if any(n.source in o.locations for o in stale if n.source is not None):
+            continue  # said above, from the peer's own device
         owner = next((p for p in ctx.peers if fdb.dst in p.local_addresses()), None)
         link = next((lk for lk in owner.links if lk.name == h.dev or lk.vxlan is not None), None) if owner else None
         if owner is not None and link is not None and link.mac and link.mac.lower() != n.lladdr.lower():

@@ -4,11 +4,12 @@ from collections.abc import Iterator
 
 from kptrace.checks.facts import (
     CheckContext,
+    evidence_gaps_of,
     dnat_targets,
     local_pod_subnets,
     pod_bridges,
 )
-from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.checks.registry import Outcome, check, fail, missing, passed, warn
 from kptrace.model.finding import Severity
 from kptrace.model.flow import IPAddress
 
@@ -23,8 +24,17 @@ def hairpin(ctx: CheckContext) -> Iterator[Outcome]:
     node = ctx.node
     assert node is not None
     bridges = pod_bridges(node)
-    ports = [p for p in node.bridge_ports if p.master in bridges]
+    # Without addresses the pod bridge is the CNI's usual one; a /sys brport value may not name its bridge.
+    pod_bridge = (lambda m: m in bridges) if bridges else (lambda m: m in ("cni0", "cbr0", ""))
+    ports = [p for p in node.bridge_ports if pod_bridge(p.master)]
     if not ports or all(p.hairpin is None for p in ports):
+        # `cat /sys/…/brif/*/hairpin_mode` prints the values without the ports' names.
+        values = [v for v in node.sys_values or [] if v.path.endswith("/hairpin_mode")]
+        if values and all(v.value.strip() == "0" for v in values):
+            yield warn(f"hairpin_mode is 0 on all {len(values)} bridge port(s) read ({values[0].path}): a pod that is "
+                       f"a Service endpoint cannot reach itself through the Service (the kubelet's --hairpin-mode "
+                       f"decides this for new pods)", *(v.source for v in values[:4]))
+            return
         yield missing("bridge-link.txt", why="hairpin is shown by `bridge -d link show` or `ip -d link show`")
         return
     subnets = local_pod_subnets(node)
@@ -33,6 +43,13 @@ def hairpin(ctx: CheckContext) -> Iterator[Outcome]:
         if any(ip.version == n.version and ip in n for n in subnets):
             endpoints.setdefault(ip, r.comment() or r.chain)
     off = {p.name: p for p in ports if p.hairpin is False}
+    if off and not endpoints and "rules" in evidence_gaps_of(node):
+        # Which pods are endpoints is in kube-proxy's rules, which the input does not show whole.
+        yield warn(f"hairpin is off on {len(off)} of {len(ports)} pod bridge port(s) ({', '.join(sorted(off)[:4])}"
+                   f"{', …' if len(off) > 4 else ''}): a pod behind one of them that is a Service endpoint cannot reach "
+                   f"itself through the Service (the kubelet's --hairpin-mode decides this for new pods)",
+                   *(p.source for p in list(off.values())[:4]))
+        return
     if not off or not endpoints:
         yield passed(f"hairpin is on for all {len(ports)} pod ports" if not off else
                      f"hairpin is off on {', '.join(sorted(off))}, but no Service endpoint runs on this node")

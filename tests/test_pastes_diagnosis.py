@@ -1,0 +1,56 @@
+"""Real pastes (tests/fixtures/pastes): the cause their thread confirmed is named, and never PASSed.
+
+Each fixture with a confirmed cause names the check whose subject it is (meta.yaml `check`). On the paste
+alone, that check must never PASS (a PASS there is the false confidence issue "Reasoning on partial
+evidence" is about), and across the corpus it must FAIL or give a diagnosis WARN on most of them. A
+fixture whose paste shows the state after the fix (`shows: after-fix`) is left out of both.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kptrace.checks.facts import contexts
+from kptrace.checks.run import run_all
+from kptrace.load import load_cluster
+
+PASTES = Path(__file__).resolve().parent / "fixtures" / "pastes"
+# Measured on this corpus: 19 of 28 (68 %). The issue's goal is 80 %: the rest are pastes cut before the
+# line that shows the cause, two snapshots of one node, or a paste that needs a node kptrace was not given.
+MIN_NAMED = 0.65
+
+
+def _cases() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for d in sorted(p for p in PASTES.iterdir() if p.is_dir()):
+        meta = yaml.safe_load((d / "meta.yaml").read_text())
+        if meta.get("confirmed") and meta.get("check") and meta.get("shows") != "after-fix":
+            out.append((d.name, meta))
+    return out
+
+
+CASES = _cases()
+
+
+@cache
+def _statuses(name: str, check: str) -> tuple[str, ...]:
+    d = PASTES / name
+    nodes = load_cluster(sorted(p for p in d.iterdir() if p.name != "meta.yaml"), keep_unusable=True)
+    return tuple(f.status.value for f in run_all(contexts(nodes)) if f.id == check)
+
+
+@pytest.mark.parametrize(("name", "meta"), CASES, ids=[n for n, _ in CASES])
+def test_no_check_passes_on_the_cause_it_is_about(name: str, meta: dict[str, Any]) -> None:
+    assert "PASS" not in _statuses(name, meta["check"]), f"{meta['check']} PASSes on {name}: {meta['cause']}"
+
+
+def test_most_confirmed_causes_are_named() -> None:
+    named = [n for n, m in CASES if {"FAIL", "WARN"} & set(_statuses(n, m["check"]))]
+    share = len(named) / len(CASES)
+    assert len(CASES) >= 25
+    assert share >= MIN_NAMED, f"{len(named)} of {len(CASES)} named; not: {sorted(set(n for n, _ in CASES) - set(named))}"

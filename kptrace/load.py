@@ -749,6 +749,10 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         _links_of_ip_addr(node, text, label)
     elif kind in _LIST_KINDS:
         parse, attr, key = _LIST_KINDS[kind]
+        if kind == "ip-link" and node.links_from_addr:
+            # `ip -d link` says what `ip addr` could not (kind, bridge, VXLAN): its entries replace those.
+            node.links[:] = [lk for lk in node.links if lk.name not in node.links_from_addr]
+            node.links_from_addr.clear()
         current = getattr(node, attr)
         seen_keys = {key(x) for x in current}
         # Text and JSON of one command, or `ip route show table all` and `ip -6 route` (which overlap):
@@ -946,8 +950,9 @@ def _links_of_ip_addr(node: Node, text: str, label: str) -> None:
     if node.level("links") == COMPLETE:
         return
     known = {lk.name for lk in node.links}
-    links = links_of_ip_addr(text, label)
-    node.links.extend(lk for lk in links if lk.name not in known)
+    links = [lk for lk in links_of_ip_addr(text, label) if lk.name not in known]
+    node.links.extend(links)
+    node.links_from_addr.update(lk.name for lk in links)
     if links:
         node.saw("links", EXCERPT, label)
 
@@ -1024,6 +1029,9 @@ def _uncollected_legacy(node: Node) -> None:
 
     for fam, name in ((4, "iptables-legacy-save.txt"), (6, "ip6tables-legacy-save.txt")):
         why = node.not_collected.get(name)
+        if why is not None and fam in node.legacy_rulesets and why.startswith("iptables says legacy tables"):
+            del node.not_collected[name]  # the warning said they exist, and the input does show them
+            continue
         if why is None or fam in node.legacy_rulesets or fam not in node.rulesets:
             continue
         prefix = "iptable_" if fam == 4 else "ip6table_"

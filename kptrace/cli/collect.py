@@ -35,6 +35,9 @@ def collect(
     node_ip: list[str] = typer.Option(None, "--node-ip", help="An address of this node for node.yaml; repeatable."),
     pod_cidr: str = typer.Option(None, "--pod-cidr", help="This node's pod CIDR (spec.podCIDR) for node.yaml."),
     timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds each command may take."),
+    host_root: str = typer.Option(None, "--host-root", envvar="KPTRACE_HOST_ROOT", help="The host's root "
+                                  "filesystem, mounted read-only (the DaemonSet mounts / at /host): iptables-save is "
+                                  "then the host's own, run in it with chroot; both versions go in manifest.json."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; warnings are still printed."),
 ) -> None:
     """Capture this node's netfilter rules, routes, links, neighbours and settings into a bundle.
@@ -79,7 +82,7 @@ def collect(
             "--redact: a host name too short or too common a word to replace inside the dumps is replaced only in "
             "the file name, hostname.txt, node.yaml and manifest.json"), highlight=False, soft_wrap=True)
     options = Options(include=frozenset(parts), timeout=timeout, node_name=node_name, node_ips=tuple(node_ip or ()),
-                      pod_cidr=pod_cidr)
+                      pod_cidr=pod_cidr, host_root=host_root or None)
     caps = _run(run_collect, options, err, quiet)
     meta = bundle.Meta(host, node_name or host, started, bundle.now() - started, tuple(parts))
     try:
@@ -93,6 +96,15 @@ def collect(
         raise KptraceError(f"{out} exists; kptrace collect does not overwrite files") from None
     except OSError as e:
         raise KptraceError(f"cannot write {out or 'stdout'}: {e.strerror or e}") from None
+    versions = next((c.facts["iptables_versions"] for c in caps if "iptables_versions" in c.facts), None)
+    if isinstance(versions, dict) and versions.get("mismatch"):
+        err.print(Text("warning: ", style="yellow") + Text(printable(
+            f"iptables: the host's is {versions.get('host')}, the one beside kptrace {versions.get('container')}; "
+            f"the rules were read with the {versions.get('used')}'s (manifest.json: iptables_versions)", one_line=True)),
+            highlight=False, soft_wrap=True)
+    elif isinstance(versions, dict) and host_root and versions.get("used") != "host":
+        err.print(Text("warning: ", style="yellow") + Text(printable(f"--host-root: {versions.get('note')}",
+                                                                      one_line=True)), highlight=False, soft_wrap=True)
     for note in redactor.crowded if redactor is not None else []:
         err.print(Text("warning: ", style="yellow") + Text(f"--redact: {note}"), highlight=False, soft_wrap=True)
     warns = [c for c in caps if c.warn]

@@ -85,8 +85,20 @@ def manifest(caps: list[Capture], meta: Meta, redactor: Redactor | None = None) 
         "include": list(meta.include),
         "redacted": redactor is not None,
         "warnings": [r(c.message) for c in caps if c.warn],
+        **{k: _redacted(v, r) for c in caps for k, v in c.facts.items()},
         "commands": commands,
     }
+
+
+def _redacted(value: Any, r: Any) -> Any:
+    """A manifest fact (strings, lists and mappings of them) with its text redacted."""
+    if isinstance(value, str):
+        return r(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v, r) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, r) for v in value]
+    return value
 
 
 def redact_captures(caps: list[Capture], redactor: Redactor) -> None:

@@ -36,7 +36,7 @@ class Capture:
 
     name: str
     command: tuple[str, ...]  # argv as run, or a description: ("read", "/proc/modules"), ("pyroute2", ...)
-    via: str  # command | file | pyroute2 | python-iptables | kptrace
+    via: str  # command | host (the host's own binary, chroot) | file | pyroute2 | python-iptables | kptrace
     status: str = OK
     exit_code: int | None = None
     duration: float = 0.0
@@ -44,6 +44,7 @@ class Capture:
     message: str = ""  # why it is not OK, for people
     data: bytes | None = None
     notes: list[str] = field(default_factory=list)
+    facts: dict[str, object] = field(default_factory=dict)  # top-level manifest entries (iptables_versions)
 
     @property
     def warn(self) -> bool:

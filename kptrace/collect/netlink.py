@@ -312,7 +312,7 @@ def fdb_json(links: list[Any], neigh: list[Any]) -> list[dict[str, Any]]:
 
 
 def _dump(what: str) -> list[dict[str, Any]]:
-    from pyroute2 import IPRoute  # type: ignore[import-not-found,unused-ignore]
+    from pyroute2 import IPRoute  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     with IPRoute() as ipr:
         links = list(ipr.get_links())
@@ -336,7 +336,7 @@ def _dump(what: str) -> list[dict[str, Any]]:
 
 def _pyroute2() -> bool:
     try:
-        import pyroute2  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+        import pyroute2  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means: not available
         return False
     return True
@@ -404,7 +404,7 @@ def _nla_dict(msg: Any, nla: str, prefix: str) -> dict[str, Any]:
 
 
 def _ipvs_dump() -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    from pyroute2 import IPVS, IPVSService  # type: ignore[import-not-found,unused-ignore]
+    from pyroute2 import IPVS, IPVSService  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     out = []
     with IPVS() as ipvs:
@@ -529,7 +529,7 @@ def _ipset_options(typename: str, data: Any) -> str:
 
 
 def _ipset_dump() -> str:
-    from pyroute2.ipset import IPSet  # type: ignore[import-not-found,unused-ignore]
+    from pyroute2.ipset import IPSet  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     with IPSet() as ips:
         return ipset_save(list(ips.list()))

@@ -166,7 +166,8 @@ class Node:
     # in the input, so no walk reads them (kptrace.model.nft.NftRuleset each).
     nft_fragments: list[object] = field(default_factory=list)
     conflicts: set[str] = field(default_factory=set)  # sysctl keys two inputs disagree on: unknown
-    legacy_warnings: list[Source] = field(default_factory=list)  # `# Warning: iptables-legacy tables present` lines
+    legacy_warnings: list[Source] = field(default_factory=list)
+    links_from_addr: set[str] = field(default_factory=set)  # links known only from `ip addr`: `ip link` replaces them  # `# Warning: iptables-legacy tables present` lines
 
     _local: tuple[int, int, set[IPAddress]] | None = field(default=None, repr=False, compare=False)
 

@@ -1287,6 +1287,9 @@ def apply_to_node(node: Node, res: PasteResult) -> None:
             node.addresses.extend(a for a in sec.model if (a.iface, a.address) not in seen_a)
             _ip_addr_links(node, sec, res.file)
         elif sec.kind == "ip-link":
+            if node.links_from_addr:  # `ip link` says what `ip addr` could not: its entries replace those
+                node.links[:] = [lk for lk in node.links if lk.name not in node.links_from_addr]
+                node.links_from_addr.clear()
             names = {x.name for x in node.links}
             node.links.extend(x for x in sec.model if x.name not in names)
         elif sec.kind == "ip-rule":
@@ -1463,6 +1466,7 @@ def _ip_addr_links(node: Node, sec: Section, file: str) -> None:
     known = {lk.name for lk in node.links}
     links = [lk for lk in links_of_ip_addr(text, file) if lk.name not in known]
     node.links.extend(links)
+    node.links_from_addr.update(lk.name for lk in links)
     if links:
         node.saw("links", EXCERPT, file)
 

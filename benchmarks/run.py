@@ -325,6 +325,81 @@ def bench_size(spec: str, cli: Cli | None, work: Path, repeat: int, netns: str |
 
 
 # --------------------------------------------------------------------------
+# kptrace sweep: every service port x every source kind, one process
+# --------------------------------------------------------------------------
+
+_SWEEP = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from kptrace import load
+from kptrace.load import load_cluster
+from kptrace.walkers.sweep import Sweeper
+load.STRICT[0] = True
+cluster = load_cluster([__import__("pathlib").Path(sys.argv[1])], [sys.argv[2]])
+t1 = time.perf_counter()
+result = Sweeper(cluster, checks=False).sweep()
+t2 = time.perf_counter()
+rows = result.rows
+print(json.dumps({"load_s": t1 - t0, "sweep_s": t2 - t1, "flows": len(rows),
+                  "ports": sum(n.service_ports for n in result.nodes),
+                  "broken": sum(r.status == "broken" for r in rows)}))
+"""
+
+
+@dataclass
+class SweepResultBench:
+    label: str
+    services: int
+    wall: float = 0.0
+    rss_mb: float = 0.0
+    load_s: float = 0.0
+    sweep_s: float = 0.0
+    flows: int = 0
+    ports: int = 0
+    broken: int = 0
+    restore_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def per_flow_ms(self) -> float:
+        return 1000 * self.sweep_s / self.flows if self.flows else 0.0
+
+
+def bench_sweep(spec: str, dump: Path, rs: GeneratedRuleset, restore: tuple[float, float] | None) -> SweepResultBench:
+    """A full sweep of the dump (every service port from pod, node and external sources; no peer in a
+    one-file input) in a child process: wall time, peak RSS, and the load/sweep split it reports."""
+    res = SweepResultBench(spec, int(spec.lower().split("x")[0]), restore_s=restore[0] if restore else None)
+    run = run_measured([sys.executable, "-c", _SWEEP, str(dump), rs.node_ips[0]], timeout=3600)
+    res.wall, res.rss_mb = run.wall, run.rss_mb
+    try:
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        res.load_s, res.sweep_s, res.flows = out["load_s"], out["sweep_s"], out["flows"]
+        res.ports, res.broken = out["ports"], out["broken"]
+    except (ValueError, IndexError, KeyError):
+        res.notes.append(f"sweep harness failed (rc={run.rc}): {run.stderr[-300:]!r}")
+    return res
+
+
+def sweep_table(results: list[SweepResultBench], why_inproc: dict[str, float | None]) -> str:
+    rows = [("size", "ports", "flows", "wall", "load", "sweep", "per flow", "peak RSS", "why loop/flow", "vs restore")]
+    for r in results:
+        loop = why_inproc.get(r.label)
+        rows.append((r.label, f"{r.ports:,}", f"{r.flows:,}", fmt_s(r.wall), fmt_s(r.load_s), fmt_s(r.sweep_s),
+                     f"{r.per_flow_ms:.2f} ms", f"{r.rss_mb:.0f} MB",
+                     "n/a" if loop is None else fmt_s(loop),
+                     "n/a" if not r.restore_s else f"{r.wall / r.restore_s:.1f}x"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if len(results) >= 2 and results[0].wall and results[-1].wall:
+        a, b = results[0], results[-1]
+        lines.append(f"sweep scaling {a.label} -> {b.label}: wall {b.wall / a.wall:.1f}x, "
+                     f"sweep {b.sweep_s / a.sweep_s:.1f}x, per flow {b.per_flow_ms / a.per_flow_ms:.1f}x "
+                     f"(target <= {TARGETS['scaling']:.0f}x)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
 # IPVS and nftables mode: the same services as a node bundle of that mode
 # --------------------------------------------------------------------------
 
@@ -506,6 +581,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="command to run kptrace (default: the kptrace script of this python, else python -m kptrace)")
     ap.add_argument("--workdir", help="keep dumps here (default: a temp dir, deleted)")
     ap.add_argument("--json", help="write raw results here")
+    ap.add_argument("--sweep", action="store_true", help="also time `kptrace sweep` of each iptables dump (one process)")
     ap.add_argument("--profile", action="store_true", help="cProfile one cold why on the largest size")
     ap.add_argument("--profile-top", type=int, default=20)
     return ap.parse_args(argv)
@@ -563,12 +639,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor = measure_floor(cli, work, args.repeat)
         modes = args.modes.split(",")
         mode_results: list[ModeResult] = []
+        sweeps: list[SweepResultBench] = []
         for spec in args.sizes.split(","):
             if "iptables" in modes:
                 print(f"== {spec}", file=sys.stderr, flush=True)
                 res, dump, rs = bench_size(spec, cli if ready else None, work, args.repeat, netns, args.seed)
                 results.append(res)
                 last = (dump, rs)
+                if args.sweep:
+                    print(f"== {spec} sweep", file=sys.stderr, flush=True)
+                    sweeps.append(bench_sweep(spec, dump, rs, res.restore))
             for mode in ("ipvs", "nftables"):
                 if mode in modes and ready:
                     print(f"== {spec} {mode}", file=sys.stderr, flush=True)
@@ -588,6 +668,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for m in mode_results:
                 for note in m.notes:
                     print(f"{m.label}: NOTE {note}")
+        if sweeps:
+            print("kptrace sweep (in one process; why loop/flow = the 2nd in-process why of the same run):")
+            print(sweep_table(sweeps, {r.label: r.warm_inproc for r in results}))
+            for sw in sweeps:
+                for note in sw.notes:
+                    print(f"{sw.label} sweep: NOTE {note}")
         if not netns:
             print("iptables-restore --test: n/a (needs root and ip netns)")
         if args.profile and ready and last:

@@ -60,7 +60,7 @@ def root(
     state["debug"] = debug or bool(os.environ.get("KPTRACE_DEBUG"))
 
 
-COMMANDS = ("why", "check", "explain", "collect", "graph", "services", "parse")
+COMMANDS = ("why", "check", "explain", "collect", "graph", "services", "parse", "sweep", "diff")
 
 
 def _register(argv: list[str] | None = None) -> None:

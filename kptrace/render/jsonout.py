@@ -65,7 +65,7 @@ def _egress(b: Branch) -> dict[str, Any]:
 
 def trace_json(t: Trace) -> dict[str, Any]:
     f = t.flow
-    return {
+    doc: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "kind": "trace",
         "kptrace_version": __version__,
@@ -76,9 +76,11 @@ def trace_json(t: Trace) -> dict[str, Any]:
         "endpoints": t.endpoints,
         "assumptions": list(t.assumptions),
         "branches": [branch_json(b) for b in t.branches],
-        # Past each unknown: what decides the packet if the unknown does not (conditions, not shares).
-        "conditional_branches": [{"conditions": list(b.conditions), **branch_json(b)} for b in t.conditional],
     }
+    if t.conditional:
+        # Past each unknown: what decides the packet if the unknown does not (conditions, not shares).
+        doc["conditional_branches"] = [{"conditions": list(b.conditions), **branch_json(b)} for b in t.conditional]
+    return doc
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 from kptrace.checks.facts import CheckContext, local_pod_subnets, overlays
 from kptrace.checks.registry import Outcome, check, fail, missing, passed
-from kptrace.model.finding import Severity
+from kptrace.model.finding import Location, Severity
 from kptrace.model.node import Node
 from kptrace.model.routing import Route
 
@@ -80,7 +80,7 @@ def overlay_peers(ctx: CheckContext) -> Iterator[Outcome]:
             yield fail(f"route {r.dst} via {h.gateway} dev {h.dev}: no fdb entry for VTEP MAC {n.lladdr}, so the "
                        f"kernel does not know which node to send the encapsulated packet to", r.source, n.source)
             continue
-        if any(n.source in o.locations for o in stale if n.source is not None):
+        if n.source is not None and any(Location(n.source.file, n.source.line) in o.locations for o in stale):
             continue  # said above, from the peer's own device
         owner = next((p for p in ctx.peers if fdb.dst in p.local_addresses()), None)
         link = next((lk for lk in owner.links if lk.name == h.dev or lk.vxlan is not None), None) if owner else None

@@ -25,8 +25,8 @@ def hairpin(ctx: CheckContext) -> Iterator[Outcome]:
     assert node is not None
     bridges = pod_bridges(node)
     # Without addresses the pod bridge is the CNI's usual one; a /sys brport value may not name its bridge.
-    pod_bridge = (lambda m: m in bridges) if bridges else (lambda m: m in ("cni0", "cbr0", ""))
-    ports = [p for p in node.bridge_ports if pod_bridge(p.master)]
+    masters = set(bridges) if bridges else {"cni0", "cbr0", ""}
+    ports = [p for p in node.bridge_ports if p.master in masters]
     if not ports or all(p.hairpin is None for p in ports):
         # `cat /sys/…/brif/*/hairpin_mode` prints the values without the ports' names.
         values = [v for v in node.sys_values or [] if v.path.endswith("/hairpin_mode")]

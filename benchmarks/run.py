@@ -336,6 +336,8 @@ from kptrace.load import load_cluster
 from kptrace.walkers.sweep import Sweeper
 load.STRICT[0] = True
 cluster = load_cluster([__import__("pathlib").Path(sys.argv[1])], [sys.argv[2]])
+# A bare iptables-save does not say the node's pod subnet (a bundle's node.yaml does): give the generator's.
+cluster[0].pod_subnet = __import__("ipaddress").ip_network(sys.argv[3])
 t1 = time.perf_counter()
 result = Sweeper(cluster, checks=False).sweep()
 t2 = time.perf_counter()
@@ -366,10 +368,11 @@ class SweepResultBench:
 
 
 def bench_sweep(spec: str, dump: Path, rs: GeneratedRuleset, restore: tuple[float, float] | None) -> SweepResultBench:
-    """A full sweep of the dump (every service port from pod, node and external sources; no peer in a
-    one-file input) in a child process: wall time, peak RSS, and the load/sweep split it reports."""
+    """A full sweep of the dump (every service port from a pod, the node and an external client; a one-file
+    input has no peer, so no remote flows) in a child process: wall time, peak RSS, the load/sweep split."""
     res = SweepResultBench(spec, int(spec.lower().split("x")[0]), restore_s=restore[0] if restore else None)
-    run = run_measured([sys.executable, "-c", _SWEEP, str(dump), rs.node_ips[0]], timeout=3600)
+    subnet = str(rs.params["local_node_pod_prefix"]) + "0/24"
+    run = run_measured([sys.executable, "-c", _SWEEP, str(dump), rs.node_ips[0], subnet], timeout=3600)
     res.wall, res.rss_mb = run.wall, run.rss_mb
     try:
         out = json.loads(run.stdout.strip().splitlines()[-1])

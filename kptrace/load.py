@@ -801,9 +801,9 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
             node.assumptions.append(f"{label} was not read: the nft ruleset is read from {getattr(node.nft, 'file', '?')}")
             return
         from kptrace.parsers.nft_json import parse_nft_json
-        from kptrace.parsers.nft_text import parse_nft_text
+        from kptrace.parsers.nft_scan import read_nft_text
 
-        node.nft = parse_nft_json(text, label) if is_nft_json(text) else parse_nft_text(text, label, lazy=not STRICT[0])
+        node.nft = parse_nft_json(text, label) if is_nft_json(text) else read_nft_text(text, label, lazy=not STRICT[0])
         node.assumptions.extend(node.nft.assumptions)  # a large dump read lazily says so
     elif kind == "ipset":
         # `ipset save` and `ipset list` of the same node name the same sets: the first read wins.

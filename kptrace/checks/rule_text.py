@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from kptrace.model.netfilter import Ruleset
 from kptrace.model.source import ASSUMED_FILE, Source
-from kptrace.parsers.iptables_s import NOT_SHOWN
+from kptrace.parsers.placeholders import NOT_SHOWN
 from kptrace.parsers.iptables_save import render_rule
 
 

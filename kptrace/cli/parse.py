@@ -152,7 +152,7 @@ def _section_record(s: Any) -> SectionRecord:
 
 def _rule_unknowns(rs: Ruleset, skip: set[int]) -> list[UnknownRecord]:
     """One record per rule that is read but not completely: what exactly is unknown about it."""
-    from kptrace.parsers.iptables_s import NOT_SHOWN
+    from kptrace.parsers.placeholders import NOT_SHOWN
 
     from kptrace.parsers.iptables_list import NO_IFACE
 
@@ -235,7 +235,8 @@ def parse_json(records: list[FileRecord], node: Node) -> dict[str, Any]:
 
 
 def model_json(node: Node) -> dict[str, Any]:
-    from kptrace.parsers.iptables_s import NOT_SHOWN, rendered
+    from kptrace.parsers.iptables_s import rendered
+    from kptrace.parsers.placeholders import NOT_SHOWN
 
     rulesets = []
     for fam, rs in sorted(node.rulesets.items()):

@@ -131,7 +131,7 @@ class RawRules(Protocol):
 
     def parse(self, i: int) -> Rule: ...
 
-    def candidates(self, dst: str, start: int, dport: int | None = None) -> Iterable[int]: ...
+    def candidates(self, dst: str, start: int, dport: int | None = None, src: str | None = None) -> Iterable[int]: ...
 
 
 class Chain:
@@ -166,12 +166,12 @@ class Chain:
         assert self._raw is not None
         return self._raw.parse(i)
 
-    def candidates(self, dst: str, start: int = 0, dport: int | None = None) -> Iterable[int]:
-        """Indexes of the rules, from start, that can match a packet to dst (and to dport, if given):
-        all of them unless the chain is indexed."""
+    def candidates(self, dst: str, start: int = 0, dport: int | None = None, src: str | None = None) -> Iterable[int]:
+        """Indexes of the rules, from start, that can match a packet to dst (and to dport, from src, if
+        given): all of them unless the chain is indexed."""
         if self._rules is not None or self._raw is None:
             return range(start, len(self))
-        return self._raw.candidates(dst, start, dport)
+        return self._raw.candidates(dst, start, dport, src)
 
 
 @dataclass(slots=True)

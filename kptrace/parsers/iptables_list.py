@@ -42,14 +42,8 @@ from dataclasses import dataclass, replace
 from kptrace.errors import ParseError
 from kptrace.model.netfilter import Cond, Match, Option, Rule, Target
 from kptrace.model.source import Source
-from kptrace.parsers.iptables_s import (
-    ListingResult,
-    PartialBuilder,
-    _ChainInfo,
-    checked,
-    not_shown_rule,
-    unreadable_rule,
-)
+from kptrace.parsers.iptables_s import ListingResult, PartialBuilder, _ChainInfo, checked
+from kptrace.parsers.placeholders import not_shown_rule, unreadable_rule
 from kptrace.parsers.iptables_save import POLICIES, PROTO_NUMBERS, parse_network
 from kptrace.parsers.numbers import is_num
 

@@ -31,12 +31,11 @@ import re
 from dataclasses import dataclass, field, replace
 
 from kptrace.errors import ParseError
-from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Match, Option, Rule, Ruleset, Table
+from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Rule, Ruleset, Table
 from kptrace.model.source import Source
 from kptrace.parsers.iptables_save import POLICIES, ParseResult, parse_rule_line, render_rule, tokenize
+from kptrace.parsers.placeholders import is_not_shown, not_shown_rule, unreadable_rule
 
-# A rule kptrace adds to say "what is here is not in the input": it never matches or misses, it is unknown.
-NOT_SHOWN = "kptrace-not-shown"
 # Tables in the order iptables lists built-in chains; used to break ties when inferring a table.
 TABLE_ORDER = ("filter", "nat", "mangle", "raw", "security")
 _CANON = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
@@ -76,23 +75,6 @@ class ListingResult(ParseResult):
     unparsed: list[Unparsed] = field(default_factory=list)
     first_line: int = 1
     last_line: int = 0
-
-
-def not_shown_rule(table: str, chain: str, source: Source, why: str) -> Rule:
-    """A rule standing for rules the input leaves out: a walk that reaches it is UNDETERMINED."""
-    return Rule(table=table, chain=chain, index=0, source=source,
-                matches=(Match(NOT_SHOWN, (), known=False, col=1, why_unknown=why),))
-
-
-def is_not_shown(rule: Rule) -> bool:
-    return any(m.module == NOT_SHOWN for m in rule.matches)
-
-
-def unreadable_rule(table: str, chain: str, source: Source, why: str) -> Rule:
-    """A rule the input shows but kptrace cannot read: it exists, so a walk that reaches it is UNDETERMINED."""
-    return Rule(table=table, chain=chain, index=0, source=source,
-                matches=(Match("unparsed", (Option("--text", (source.text.strip()[:200],)),), known=False, col=1,
-                               why_unknown=why),))
 
 
 # --- table inference ------------------------------------------------------------------------------

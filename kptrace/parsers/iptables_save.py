@@ -28,6 +28,7 @@ from kptrace.model.netfilter import (
     BUILTIN_CHAINS, Chain, Cond, IPNetwork, Match, Option, Rule, Ruleset, Table, Target,
 )
 from kptrace.model.source import Source
+from kptrace.parsers.placeholders import not_shown_rule, unreadable_rule
 from kptrace.parsers.numbers import is_num
 
 # Option name -> number of values, per match module. Aliases map to one spelling.
@@ -265,8 +266,6 @@ def parse_iptables_save(text: str, file: str = "iptables-save", family: int | No
                 continue
             rule = parse_rule_line(table.name, line, file, lineno)
         except ParseError as e:
-            from kptrace.parsers.iptables_s import unreadable_rule
-
             problem(e)
             chain = _chain_of(table, stripped, file, lineno, line)
             if chain is not None:
@@ -308,8 +307,6 @@ def _chain_of(table: Table, stripped: str, file: str, lineno: int, line: str) ->
 
 def _cut(table: Table, chain: Chain | None, file: str, lineno: int) -> None:
     """A table the input cuts short: its last chain may go on past the cut."""
-    from kptrace.parsers.iptables_s import not_shown_rule
-
     if chain is None:
         return
     src = Source(file, max(lineno, 1), 1, f"(not in the input: the rest of {table.name}/{chain.name}, cut before COMMIT)")

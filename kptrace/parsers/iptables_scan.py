@@ -482,7 +482,7 @@ class _Blocks:
 class _LazyRules:
     """Rule lines of one chain; `parse(i)` tokenizes line i on first use."""
 
-    __slots__ = ("lines", "linenos", "table", "chain", "file", "_parsed", "_hosts_of", "_ports", "_others")
+    __slots__ = ("lines", "linenos", "table", "chain", "file", "_parsed", "_hosts_of", "_ports", "_others", "_sources")
 
     def __init__(self, lines: list[str], linenos: Sequence[int], table: str, chain: str, file: str) -> None:
         self.lines, self.linenos = lines, linenos
@@ -491,6 +491,7 @@ class _LazyRules:
         self._hosts_of: list[str | None] | None = None
         self._ports: dict[int, list[int]] = {}
         self._others: list[int] = []
+        self._sources: dict[str, list[int]] = {}
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -503,7 +504,7 @@ class _LazyRules:
             self._parsed[i] = r
         return r
 
-    def candidates(self, dst: str, start: int, dport: int | None = None) -> list[int] | range:
+    def candidates(self, dst: str, start: int, dport: int | None = None, src: str | None = None) -> list[int] | range:
         if len(self.lines) < INDEX_MIN_RULES:
             return range(start, len(self.lines))
         if self._hosts_of is None:
@@ -514,6 +515,10 @@ class _LazyRules:
             hits += [i for rows in self._ports.values() for i in rows]
         else:
             hits += self._ports.get(dport, ())
+        if src is None:
+            hits += [i for rows in self._sources.values() for i in rows]
+        else:
+            hits += self._sources.get(src, ())
         # The lines for dst by list.index (a C loop): a query reads one or two hosts of thousands.
         i = start - 1
         try:
@@ -526,17 +531,24 @@ class _LazyRules:
 
     def _build_index(self) -> None:
         """Rules with a plain `-d HOST` can only match that host; of the others, rules with one plain
-        `--dport N` only match port N (kube-proxy's NodePort rules); every other rule stays a candidate."""
+        `--dport N` only match port N (kube-proxy's NodePort rules), rules with one plain `-s HOST` only
+        packets from HOST (a block list of a million sources); every other rule stays a candidate."""
         hosts = self._hosts()
         ports: dict[int, list[int]] = {}
+        sources: dict[str, list[int]] = {}
         others: list[int] = []
         for i in [i for i, h in enumerate(hosts) if not h]:
-            port = _plain_dport(self.lines[i])
+            line = self.lines[i]
+            port = _plain_dport(line)
             if port is not None:
                 ports.setdefault(port, []).append(i)
+                continue
+            host = _plain_src(line)
+            if host is not None:
+                sources.setdefault(host, []).append(i)
             else:
                 others.append(i)
-        self._hosts_of, self._ports, self._others = hosts, ports, others
+        self._hosts_of, self._ports, self._others, self._sources = hosts, ports, others, sources
 
     def _hosts(self) -> list[str | None]:
         """Per line, its one plain destination host, else '' or None."""
@@ -562,6 +574,16 @@ def _general_host(line: str) -> str | None:
         end = line.find(" ", p + 4)
         return _host_key(line[p + 4 : end if end >= 0 else len(line)].rstrip("\r"))
     return None
+
+
+def _plain_src(line: str) -> str | None:
+    """HOST of the rule's one plain `-s HOST` (or HOST/32, /128), not negated, outside quotes; else None."""
+    p = line.find(" -s ")
+    if p < 0 or line[p - 2 : p] == " !" or '"' in line[:p] or line.find(" -s ", p + 1) >= 0 \
+            or " --src " in line or " --source " in line:
+        return None
+    end = line.find(" ", p + 4)
+    return _host_key(line[p + 4 : end if end >= 0 else len(line)].rstrip("\r"))
 
 
 def _plain_dport(line: str) -> int | None:

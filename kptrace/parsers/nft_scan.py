@@ -16,7 +16,7 @@ import re
 from typing import cast
 
 from kptrace.model.nft import Diagnostic, LazyNftMap, NftChain, NftRuleset, NftSet, NftTable
-from kptrace.parsers.nft_text import _Parser, _Unparsable
+from kptrace.parsers.nft_text import _Parser, _Unparsable, parse_nft_text
 
 # Below this many lines the whole dump is parsed (KPTRACE_LAZY_MIN_LINES, shared with iptables-save).
 LAZY_MIN_LINES = int(os.environ.get("KPTRACE_LAZY_MIN_LINES") or 5000)
@@ -158,3 +158,12 @@ def _keep_diagnostics(rs: NftRuleset, one: NftRuleset) -> None:
         # A block parsed alone names chains it jumps to that its own small table does not declare.
         if "is never declared" not in d.message and (d.source, d.message) not in seen:
             rs.diagnostics.append(Diagnostic(d.source, d.message))
+
+
+def read_nft_text(text: str, file: str = "nft-ruleset.txt", lazy: bool = True) -> NftRuleset:
+    """`nft list ruleset`: a large one read lazily (scan_nft_text), any other parsed whole."""
+    if lazy:
+        scanned = scan_nft_text(text, file)
+        if scanned is not None:
+            return scanned
+    return parse_nft_text(text, file)

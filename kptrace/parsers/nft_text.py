@@ -1180,17 +1180,11 @@ def _renumber(chain: NftChain) -> None:
             chain.rules[k] = NftRule(r.family, r.table, r.chain, k + 1, r.source, r.stmts, r.text, r.comment, r.handle)
 
 
-def parse_nft_text(text: str, file: str = "nft-ruleset.txt", first_line: int = 1, lazy: bool = True) -> NftRuleset:
-    """Read `nft list ruleset` (or an `nft -f` file of `add …` commands) into an NftRuleset.
+def parse_nft_text(text: str, file: str = "nft-ruleset.txt", first_line: int = 1) -> NftRuleset:
+    """Read `nft list ruleset` (or an `nft -f` file of `add …` commands) into an NftRuleset, every block.
 
-    A large `nft list ruleset` (a 10k-service kube-proxy node prints 580k lines) is read lazily
-    (kptrace/parsers/nft_scan.py): its blocks are parsed when a walk reads them."""
-    if lazy and first_line == 1:
-        from kptrace.parsers.nft_scan import scan_nft_text
-
-        scanned = scan_nft_text(text, file)
-        if scanned is not None:
-            return scanned
+    A large ruleset is better read with kptrace.parsers.nft_scan.read_nft_text, which parses blocks
+    when a walk reads them (a 10k-service kube-proxy node prints 580k lines)."""
     # Millions of small objects and no cycles among them: the cyclic GC would only rescan them.
     enabled = gc.isenabled()
     gc.disable()

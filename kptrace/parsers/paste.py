@@ -56,13 +56,8 @@ from kptrace.parsers.conntrack import FOOTER_RE as CT_FOOTER_RE
 from kptrace.parsers.conntrack import HEAD_RE as CT_HEAD_RE
 from kptrace.parsers.conntrack import parse_conntrack
 from kptrace.parsers.iptables_list import CHAIN_RE, ELISION_RE, HEADER_RE as LIST_HEADER_RE, parse_iptables_list
-from kptrace.parsers.iptables_s import (
-    ListingResult,
-    Unparsed,
-    is_not_shown,
-    not_shown_rule,
-    parse_iptables_s,
-)
+from kptrace.parsers.iptables_s import ListingResult, Unparsed, parse_iptables_s
+from kptrace.parsers.placeholders import is_not_shown, not_shown_rule
 from kptrace.parsers.iptables_save import parse_iptables_save
 from kptrace.parsers.route_n import HEADER_RE as ROUTE_HEADER_RE
 from kptrace.parsers.route_n import TITLE_RE as ROUTE_TITLE_RE
@@ -915,7 +910,7 @@ def _parse_nft(sec: Section, body: str, file: str) -> None:
 
     if any(re.match(r"^\s*(table|add|insert|flush|delete)\s", ln) for ln in sec.lines):
         try:
-            rs = parse_nft_text(body, file, first_line=sec.first, lazy=False)
+            rs = parse_nft_text(body, file, first_line=sec.first)
         except ParseError as e:
             sec.unparsed.append(Unparsed(Source(e.file, e.line, e.col, e.text), e.message))
             return
@@ -928,7 +923,7 @@ def _parse_nft(sec: Section, body: str, file: str) -> None:
         head = sec.lines[start].strip()
         text = "\n".join([f"table ip {FRAGMENT_TABLE} {{", *sec.lines[start:end + 1], "}"])
         try:
-            rs = parse_nft_text(text, file, first_line=sec.first + start - 1, lazy=False)
+            rs = parse_nft_text(text, file, first_line=sec.first + start - 1)
         except ParseError as e:
             sec.unparsed.append(Unparsed(Source(e.file, e.line, e.col, e.text), e.message))
             continue

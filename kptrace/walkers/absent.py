@@ -9,7 +9,7 @@ from __future__ import annotations
 from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Ruleset, Table
 from kptrace.model.node import Node
 from kptrace.model.source import Source
-from kptrace.parsers.iptables_s import not_shown_rule
+from kptrace.parsers.placeholders import not_shown_rule
 
 NOT_GIVEN = "<not in the input>"  # the file the standing-in rules cite
 

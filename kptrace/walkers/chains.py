@@ -98,7 +98,7 @@ class ChainWalker:
         out: list[Outcome] = []
         # A large chain (KUBE-SERVICES, KUBE-EXTERNAL-SERVICES) is indexed by destination and port: rules for
         # other addresses and ports are never parsed.
-        for i in chain.candidates(str(path.packet.dst), start, path.packet.dport):
+        for i in chain.candidates(str(path.packet.dst), start, path.packet.dport, str(path.packet.src)):
             rule = chain.rule_at(i)
             self.ctx.assumptions.clear()
             result = eval_rule(rule, path.packet, self.ctx)

@@ -7,68 +7,25 @@ Unknown with the reason kptrace cannot decide it; the walker turns Unknown into 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Address, ip_address
 
 from kptrace.model.netfilter import Cond, Match, Option, Rule
+from kptrace.walkers.ipset import set_match
 from kptrace.walkers.packet import Packet
+from kptrace.walkers.results import (  # the shared types; walkers import them from here too
+    _FIRST_PACKET_FLAGS,
+    _MULTICAST4,
+    _MULTICAST6,
+    _TCP_FLAGS,
+    Chance,
+    MatchContext,
+    Result,
+    Unknown,
+    iface_matches,
+    neg,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class Chance:
-    p: float
-
-
-@dataclass(frozen=True, slots=True)
-class Unknown:
-    reason: str
-
-
-Result = bool | Chance | Unknown
-
-_LOOPBACK4 = IPv4Network("127.0.0.0/8")
-_MULTICAST4 = IPv4Network("224.0.0.0/4")
-_MULTICAST6 = IPv6Network("ff00::/8")
-# The first packet of a new TCP connection carries SYN alone.
-_TCP_FLAGS = {"FIN": 1, "SYN": 2, "RST": 4, "PSH": 8, "ACK": 16, "URG": 32, "ECE": 64, "CWR": 128}
-_FIRST_PACKET_FLAGS = _TCP_FLAGS["SYN"]
-
-
-@dataclass(slots=True)
-class MatchContext:
-    """What the walker knows at this point: the node's addresses, the hook, the assumptions made."""
-
-    local: set[IPv4Address] | set  # type: ignore[type-arg]
-    knows_local: bool
-    hook: str
-    assumptions: list[str]
-    sets: dict | None = None  # type: ignore[type-arg]  # the node's ipsets by name; None: no ipset dump in the input
-
-    def is_local(self, addr: object) -> bool | None:
-        if isinstance(addr, IPv4Address) and addr in _LOOPBACK4:
-            return True
-        if str(addr) == "::1":
-            return True
-        if addr in self.local:
-            return True
-        return False if self.knows_local else None
-
-
-def iface_matches(pattern: str, iface: str) -> bool:
-    # `cni+` in iptables matches any interface whose name starts with `cni`.
-    if pattern.endswith("+"):
-        return iface.startswith(pattern[:-1])
-    return iface == pattern
-
-
-def neg(result: Result, negated: bool) -> Result:
-    if not negated:
-        return result
-    if isinstance(result, bool):
-        return not result
-    if isinstance(result, Chance):
-        return Chance(1.0 - result.p)
-    return result
+__all__ = ["Chance", "MatchContext", "Result", "Unknown", "eval_match", "eval_rule", "iface_matches", "neg"]
 
 
 def eval_generic(rule: Rule, pkt: Packet) -> Result:
@@ -377,8 +334,6 @@ def _set_name(m: Match) -> str:
 
 
 def _set_match(m: Match, pkt: Packet, ctx: MatchContext) -> Result:
-    from kptrace.walkers.ipvs import set_match
-
     return set_match(m, pkt, ctx)
 
 

@@ -25,6 +25,7 @@ from kptrace.model.trace import Branch, Disposition, Egress, Reply, Step, Trace
 from kptrace.walkers import link
 from kptrace.walkers.chains import ACCEPT, DROP, REJECT, UNDETERMINED, ChainWalker
 from kptrace.walkers.matches import MatchContext
+from kptrace.walkers.hooks import HookEntry
 from kptrace.walkers.packet import Packet, Path
 from kptrace.walkers.routing import RouteResult, describe, lookup
 
@@ -41,14 +42,6 @@ _ROUTE_FAILURE = {"blackhole": Disposition.DROPPED, "prohibit": Disposition.REJE
 MAX_NODE_HOPS = 8  # a packet bouncing between nodes more often than this is a routing loop
 
 Final = tuple[Path, Disposition]
-
-
-@dataclass(frozen=True, slots=True)
-class HookEntry:
-    priority: int
-    label: str
-    nat: bool  # a nat chain: consulted only for a connection's first packet
-    walk: Callable[[Path], list[tuple[Path, str]]]
 
 
 def _assume_all(path: Path, notes: list[str]) -> Path:
@@ -100,7 +93,7 @@ class _Walk:
                 prio = table_priority(table, hook)
                 out.append(HookEntry(prio, f"{backend}:{table}", table == "nat", _bind(walker, table, hook)))
         if self.node.nft is not None:
-            from kptrace.walkers import nft  # type: ignore[attr-defined,unused-ignore]
+            from kptrace.walkers import nft  # imported on demand: most nodes have no nft ruleset of their own
 
             out.extend(nft.hook_entries(self.node.nft, hook, self.ruleset.family, lambda: self.ctx(hook), self.label))
         # Python's sort is stable: at equal priority iptables-nft, then legacy, then nft tables.

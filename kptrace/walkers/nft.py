@@ -65,7 +65,7 @@ from kptrace.walkers.chains import (
     merged,
 )
 from kptrace.walkers.matches import Chance, MatchContext, Unknown
-from kptrace.walkers.netfilter import HookEntry
+from kptrace.walkers.hooks import HookEntry
 from kptrace.walkers.nft_expr import (
     NOMATCH,
     TV,

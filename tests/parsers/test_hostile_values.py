@@ -75,7 +75,7 @@ def test_ip_link_index_of_5000_digits() -> None:
                                   "numgen random mod ٣ == 1 drop", "meta mark " + "& 1 " * 200 + "== 1 drop"])
 def test_nft_text_rules_with_hostile_numbers_are_kept_unknown(rule: str) -> None:
     rs = parse_nft_text("table ip t {\n chain c {\n  type filter hook prerouting priority 0;\n  " + rule + "\n }\n}\n",
-                        "nft.txt", lazy=False)
+                        "nft.txt")
     stmts = rs.tables[("ip", "t")].chains["c"].rules[0].stmts
     assert any(isinstance(s, UnknownStmt) for s in stmts)
 
@@ -83,14 +83,14 @@ def test_nft_text_rules_with_hostile_numbers_are_kept_unknown(rule: str) -> None
 def test_nft_text_priority_of_5000_digits() -> None:
     with pytest.raises(ParseError):
         parse_nft_text("table ip t {\n chain c {\n  type filter hook prerouting priority " + "9" * 5000 + ";\n }\n}\n",
-                       "nft.txt", lazy=False)
+                       "nft.txt")
 
 
 def test_nft_sets_nested_in_sets() -> None:
     nested = "{ " * 5000 + "1.2.3.4" + " }" * 5000
     text = f"table ip t {{\n set s {{\n  type ipv4_addr\n  elements = {nested}\n }}\n}}\n"
     with pytest.raises(ParseError) as e:
-        parse_nft_text(text, "nft.txt", lazy=False)
+        parse_nft_text(text, "nft.txt")
     assert e.value.line == 4 and "nested deeper than 16 levels" in e.value.message
 
 

@@ -22,7 +22,8 @@ from kptrace.model.netfilter import Rule, Ruleset
 from kptrace.model.node import Node
 from kptrace.model.trace import Disposition, Trace
 from kptrace.parsers.iptables_list import NO_IFACE, parse_iptables_list
-from kptrace.parsers.iptables_s import is_not_shown, rendered
+from kptrace.parsers.iptables_s import rendered
+from kptrace.parsers.placeholders import is_not_shown
 from kptrace.parsers.iptables_save import parse_iptables_save, parse_rule_line
 from kptrace.walkers.netfilter import trace_flow
 

@@ -6,15 +6,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kptrace.parsers.iptables_s import (
-    NOT_SHOWN,
-    default_table_of,
-    is_not_shown,
-    parse_iptables_s,
-    rendered,
-    table_of_builtins,
-    table_of_target,
-)
+from kptrace.parsers.iptables_s import (default_table_of, parse_iptables_s, rendered, table_of_builtins, table_of_target)
+from kptrace.parsers.placeholders import NOT_SHOWN, is_not_shown
 from kptrace.parsers.iptables_save import render_rule, tokenize
 
 S_FILTER = """\

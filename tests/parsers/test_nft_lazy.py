@@ -58,7 +58,7 @@ def test_lazy_tables_read_whole_when_listed(bundle: tuple[Path, object], monkeyp
     monkeypatch.setattr(nft_scan, "LAZY_MIN_LINES", 0)
     lazy = nft_scan.scan_nft_text(text, "f")
     assert lazy is not None
-    full = parse_nft_text(text, "f", lazy=False)
+    full = parse_nft_text(text, "f")
     for key, tbl in full.tables.items():
         other = lazy.tables[key]
         assert list(other.chains) == list(tbl.chains) and list(other.sets) == list(tbl.sets)

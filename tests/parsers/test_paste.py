@@ -12,7 +12,7 @@ from kptrace.load import MAX_LINE_BYTES, _load_one, decode, load_node, sniff
 from kptrace.model.flow import Flow
 from kptrace.model.node import Node
 from kptrace.model.trace import Disposition
-from kptrace.parsers.iptables_s import is_not_shown
+from kptrace.parsers.placeholders import is_not_shown
 from kptrace.parsers.paste import (
     apply_to_node,
     classify,

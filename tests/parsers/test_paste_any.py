@@ -230,7 +230,7 @@ def test_nft_chains_without_their_table_are_read_apart() -> None:
 
 
 def test_old_nft_dnat_without_to() -> None:
-    rs = parse_nft_text("table ip nat {\n chain x {\n  ip daddr 10.96.0.1 dnat 10.0.0.1:80\n }\n}\n", "n", lazy=False)
+    rs = parse_nft_text("table ip nat {\n chain x {\n  ip daddr 10.96.0.1 dnat 10.0.0.1:80\n }\n}\n", "n")
     [rule] = rs.all_rules()
     assert "Nat(kind='dnat'" in repr(rule.stmts) and "10.0.0.1" in repr(rule.stmts)
 

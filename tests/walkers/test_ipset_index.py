@@ -1,4 +1,4 @@
-"""The ipset index (walkers/ipvs.py) answers exactly like testing every element in order."""
+"""The ipset index (walkers/ipset.py) answers exactly like testing every element in order."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ipaddress import ip_address
 import pytest
 
 from kptrace.parsers.ipset import parse_ipset
-from kptrace.walkers import ipvs
+from kptrace.walkers import ipset as ipvs_sets
 from kptrace.walkers.matches import MatchContext
 from kptrace.walkers.packet import Packet
 
@@ -44,9 +44,9 @@ def test_indexed_set_lookup_equals_the_element_by_element_test(seed: int, monkey
         for name, s in sets.items():
             for nomatch in (False, True):
                 ctx = MatchContext(set(), False, "PREROUTING", [], sets)
-                indexed = ipvs._test(s, flags[name], pkt, ctx, nomatch, sets, 0)
+                indexed = ipvs_sets._test(s, flags[name], pkt, ctx, nomatch, sets, 0)
                 with monkeypatch.context() as m:
-                    m.setattr(ipvs, "_candidates", lambda s, values: list(s.members))
-                    plain = ipvs._test(s, flags[name], pkt, MatchContext(set(), False, "PREROUTING", [], sets),
+                    m.setattr(ipvs_sets, "_candidates", lambda s, values: list(s.members))
+                    plain = ipvs_sets._test(s, flags[name], pkt, MatchContext(set(), False, "PREROUTING", [], sets),
                                        nomatch, sets, 0)
                 assert indexed == plain, (name, pkt, nomatch)

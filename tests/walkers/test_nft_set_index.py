@@ -39,7 +39,7 @@ def _ruleset(rng: random.Random) -> str:
 @pytest.mark.parametrize("seed", range(4))
 def test_indexed_lookup_finds_the_first_matching_element(seed: int) -> None:
     rng = random.Random(seed)
-    rs = parse_nft_text(_ruleset(rng), "t.nft", lazy=False)
+    rs = parse_nft_text(_ruleset(rng), "t.nft")
     sets = rs.tables[("ip", "t")].sets
     assert all(len(s.elements) >= 16 for s in sets.values())
     for _ in range(300):

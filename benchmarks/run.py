@@ -331,11 +331,9 @@ def bench_size(spec: str, cli: Cli | None, work: Path, repeat: int, netns: str |
 _SWEEP = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from kptrace import load
-from kptrace.load import load_cluster
+from kptrace.load import LoadOptions, load_cluster
 from kptrace.walkers.sweep import Sweeper
-load.STRICT[0] = True
-cluster = load_cluster([__import__("pathlib").Path(sys.argv[1])], [sys.argv[2]])
+cluster = load_cluster([__import__("pathlib").Path(sys.argv[1])], [sys.argv[2]], options=LoadOptions(strict=True))
 # A bare iptables-save does not say the node's pod subnet (a bundle's node.yaml does): give the generator's.
 cluster[0].pod_subnet = __import__("ipaddress").ip_network(sys.argv[3])
 t1 = time.perf_counter()

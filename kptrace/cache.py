@@ -37,7 +37,9 @@ from typing import Any
 
 from kptrace import __version__
 
-ENABLED = [os.environ.get("KPTRACE_NO_CACHE", "") in ("", "0")]
+def enabled_by_default() -> bool:
+    """KPTRACE_NO_CACHE=1 turns the cache off; `--no-cache` does for one run (LoadOptions.cache)."""
+    return os.environ.get("KPTRACE_NO_CACHE", "") in ("", "0")
 RACY_NS = 100_000_000  # 0.1 s: well above any kernel's file-time granularity (a jiffy)
 MAX_ENTRIES = 256
 MAX_BYTES = 64 << 20  # all entries together; a 10k-service node's scan entry is a few MB
@@ -216,16 +218,16 @@ def _scan_name(digest: str) -> str:
     return f"scan-{__version__}-{digest}.cache"
 
 
-def get(digest: str) -> dict[str, Any] | None:
+def get(digest: str, use: bool = True) -> dict[str, Any] | None:
     """The scan structure cached for the dump whose sha256 is `digest`, if a verified entry holds one."""
-    if not ENABLED[0]:
+    if not use:
         return None
     data = _get(_scan_name(digest))
     return data if isinstance(data, dict) else None
 
 
-def put(digest: str, hints: dict[str, Any]) -> None:
-    if ENABLED[0]:
+def put(digest: str, hints: dict[str, Any], use: bool = True) -> None:
+    if use:
         _put(_scan_name(digest), hints)
 
 
@@ -233,14 +235,14 @@ def _identity(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def file_digest(path: str, st: os.stat_result, data: Any) -> str:
+def file_digest(path: str, st: os.stat_result, data: Any, use: bool = True) -> str:
     """sha256 of a file's bytes (`data`, as read from `path` after `st` was taken)."""
     record = f"file-{hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:40]}.cache"
-    if ENABLED[0]:
+    if use:
         known = _get(record)
         if isinstance(known, list) and len(known) == 2 and known[0] == _identity(st) and isinstance(known[1], str):
             return known[1]
     digest = hashlib.sha256(data).hexdigest()
-    if ENABLED[0] and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
+    if use and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
         _put(record, [_identity(st), digest])
     return digest

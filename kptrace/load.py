@@ -18,6 +18,7 @@ import sys
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from itertools import islice
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
@@ -59,7 +60,15 @@ def is_nft_json(text: str) -> bool:
     return check(text)
 
 
-STRICT = [False]  # --strict: parse every rule of every dump, whatever its size
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """How inputs are read, passed down from the command line (no module-level switches)."""
+
+    strict: bool = False  # --strict: parse every rule of every dump, whatever its size
+    cache: bool = field(default_factory=cache.enabled_by_default)  # --no-cache / KPTRACE_NO_CACHE=1
+
+
+DEFAULT = LoadOptions()
 MAX_INPUT_BYTES = 512 * 1024 * 1024  # past this a "dump" is not one; refuse rather than exhaust memory
 MAX_LINE_BYTES = 1024 * 1024  # no command prints a longer line; one would only make every parser slow
 # Plain files this large are mapped, not read (MappedFile); all of them when every dump is read lazily.
@@ -144,10 +153,10 @@ def _is_dump_header(first: str) -> bool:
         re.fullmatch(r"\*(filter|nat|mangle|raw|security)\s*", first) is not None
 
 
-def _large_dump_kind(name: str, label: str, f: MappedFile) -> str | None:
+def _large_dump_kind(name: str, label: str, f: MappedFile, options: LoadOptions = DEFAULT) -> str | None:
     """The kind of a large file when its head alone tells it is an iptables-save dump (read lazily,
     from the mapped bytes); None sends it through the full decode and sniff."""
-    if STRICT[0]:
+    if options.strict:
         return None
     _check_bytes(f.mm, label)
     head = f.mm[:262144].decode("utf-8", "ignore")
@@ -494,7 +503,7 @@ def _node_dirs(path: Path) -> list[Path]:
 
 
 def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None,
-                 keep_unusable: bool = False) -> list[Node]:
+                 keep_unusable: bool = False, options: LoadOptions = DEFAULT) -> list[Node]:
     """One Node per bundle directory; loose files (pasted dumps) together make one more node.
 
     A bundle with nothing kptrace can read is left out (kept, with its errors, for `check` with
@@ -518,7 +527,7 @@ def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs
     nodes = []
     for i, group in enumerate(groups):
         ips = node_ips if i == 0 else None
-        nodes.append(load_node(group, ips, pod_cidrs, must_be_usable=False))
+        nodes.append(load_node(group, ips, pod_cidrs, must_be_usable=False, options=options))
     same_node(nodes, groups)
     for i, n in enumerate(nodes):
         if n.name == "node":
@@ -585,12 +594,12 @@ def _name_from(group: list[Path], i: int) -> str:
 
 
 def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: list[str] | None = None,
-              must_be_usable: bool = True) -> Node:
+              must_be_usable: bool = True, options: LoadOptions = DEFAULT) -> Node:
     node = _new_node(node_ips, pod_cidrs)
     for p in paths:
         try:
             for label, data in _read_entries(p, mapped=True):
-                _load_safely(node, _short(label, p), data, in_bundle=p.is_dir() or label != str(p))
+                _load_safely(node, _short(label, p), data, in_bundle=p.is_dir() or label != str(p), options=options)
         except KptraceError as e:
             node.errors.append(_as_parse_error(e, str(p)))
     node = _finish_node(node, ", ".join(str(p) for p in paths))
@@ -600,7 +609,8 @@ def load_node(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs: l
 
 
 def load_node_from_texts(files: dict[str, bytes], node_ips: list[str] | None = None,
-                         pod_cidrs: list[str] | None = None, labels: dict[str, str] | None = None) -> Node:
+                         pod_cidrs: list[str] | None = None, labels: dict[str, str] | None = None,
+                         options: LoadOptions = DEFAULT) -> Node:
     """A Node from bundle files held in memory (bundle file name -> bytes), in the order given.
 
     `kptrace collect` and the live `why` capture the same texts a bundle holds and hand them here,
@@ -611,7 +621,7 @@ def load_node_from_texts(files: dict[str, bytes], node_ips: list[str] | None = N
     node.not_collected["<collector>"] = "kptrace"  # kptrace's own capture (collect, live), as its manifest says
     labels = labels or {}
     for name, data in files.items():
-        _load_safely(node, labels.get(name, name), data, in_bundle=True, name=name)
+        _load_safely(node, labels.get(name, name), data, in_bundle=True, name=name, options=options)
     node = _finish_node(node, ", ".join(labels.get(n, n) for n in files) or "no files")
     if not node.usable:
         raise _nothing_usable(node, "the node")
@@ -633,13 +643,13 @@ def _as_parse_error(e: KptraceError, label: str) -> ParseError:
 
 
 def _load_safely(node: Node, label: str, data: bytes | MappedFile | KptraceError, in_bundle: bool = False,
-                 name: str | None = None) -> None:
+                 name: str | None = None, options: LoadOptions = DEFAULT) -> None:
     """Load one input; one that cannot be read is recorded (KPT001) and the others still load."""
     if isinstance(data, KptraceError):
         node.errors.append(_as_parse_error(data, label))
         return
     try:
-        _load_one(node, label, data, in_bundle, name)
+        _load_one(node, label, data, in_bundle, name, options)
     except KptraceError as e:
         if not isinstance(e, ParseError) and "claim the same node" in str(e):
             raise  # two inputs of one node that contradict each other: the user must say which is which
@@ -651,9 +661,9 @@ def _load_safely(node: Node, label: str, data: bytes | MappedFile | KptraceError
         node.inputs.append(InputFile(label, "unreadable", _digest(data)))
 
 
-def _digest(data: bytes | MappedFile) -> str:
+def _digest(data: bytes | MappedFile, use_cache: bool = True) -> str:
     if isinstance(data, MappedFile):
-        return cache.file_digest(data.path, data.stat, data.mm)
+        return cache.file_digest(data.path, data.stat, data.mm, use_cache)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -709,8 +719,9 @@ def _short(label: str, root: Path) -> str:
     return label
 
 
-def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool = False, name: str | None = None) -> None:
-    digest = _digest(data)
+def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool = False, name: str | None = None,
+              options: LoadOptions = DEFAULT) -> None:
+    digest = _digest(data, options.cache)
     base = (name or label).rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     if base.startswith("manifest"):
         _manifest(node, decode(data, label), label)
@@ -727,9 +738,9 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         node.inputs.append(InputFile(label, "hostname", digest))
         return
     if isinstance(data, MappedFile):
-        kind = _large_dump_kind(name or label, label, data)
+        kind = _large_dump_kind(name or label, label, data, options)
         if kind is not None:
-            _load_dump(node, label, kind, data.mm, digest)
+            _load_dump(node, label, kind, data.mm, digest, options)
             node.inputs.append(InputFile(label, kind, digest))
             return
     text = decode(data, label)
@@ -741,7 +752,7 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         raise ParseError(label, 1, 1, "cannot tell what command produced this file (docs/bundle.md lists the "
                                       "outputs kptrace reads)")
     if kind in DUMP_KINDS:
-        _load_dump(node, label, kind, text, digest)
+        _load_dump(node, label, kind, text, digest, options)
     elif kind == "ip-addr":
         # A bundle may hold `ip addr` both as text and as JSON: the same address counts once.
         seen = {(a.iface, a.address) for a in node.addresses}
@@ -803,7 +814,7 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         from kptrace.parsers.nft_json import parse_nft_json
         from kptrace.parsers.nft_scan import read_nft_text
 
-        node.nft = parse_nft_json(text, label) if is_nft_json(text) else read_nft_text(text, label, lazy=not STRICT[0])
+        node.nft = parse_nft_json(text, label) if is_nft_json(text) else read_nft_text(text, label, lazy=not options.strict)
         node.assumptions.extend(node.nft.assumptions)  # a large dump read lazily says so
     elif kind == "ipset":
         # `ipset save` and `ipset list` of the same node name the same sets: the first read wins.
@@ -957,7 +968,8 @@ def _links_of_ip_addr(node: Node, text: str, label: str) -> None:
         node.saw("links", EXCERPT, label)
 
 
-def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest: str) -> bool:
+def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest: str,
+               options: LoadOptions = DEFAULT) -> bool:
     """An iptables-save dump into node.rulesets (or legacy_rulesets); False if it adds nothing."""
     if digest in {i.sha256 for i in node.inputs}:
         # iptables-save.txt is whichever backend the node's iptables points at: a copy of one we read.
@@ -966,15 +978,15 @@ def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest:
     family = 6 if kind.startswith("ip6") else None
     level = COMPLETE
     try:
-        if STRICT[0]:
+        if options.strict:
             rs = parse_iptables_save(data if isinstance(data, str) else decode(data[:], label), label, family).ruleset
         else:
-            hints = cache.get(digest)
+            hints = cache.get(digest, options.cache)
             if hints is not None and hints.get("format") != HINTS_FORMAT:
                 hints = None  # written by another version of the scanner: scan again, and replace it
             rs = scan_iptables_save(data, label, family, hints)
             if rs.scan_hints is not None and hints is None:
-                cache.put(digest, rs.scan_hints)
+                cache.put(digest, rs.scan_hints, options.cache)
     except ParseError:
         # An edited, redacted or cut dump: read what can be read, say what could not (KPT001).
         problems: list[ParseError] = []

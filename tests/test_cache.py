@@ -22,15 +22,16 @@ def dump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, object]
     monkeypatch.setenv("KPTRACE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(iptables_save, "LAZY_MIN_LINES", 0)
     monkeypatch.setattr(load, "MAP_MIN_BYTES", 0)  # read as a large file is: mapped, hashed via the cache
-    monkeypatch.setattr(cache, "ENABLED", [True])
+    monkeypatch.delenv("KPTRACE_NO_CACHE", raising=False)
     gen = generate_iptables(60, 3, seed=3)
     p = tmp_path / "iptables-save.txt"
     p.write_text(gen.text)
     return p, gen
 
 
-def _doc(p: Path, flow: Flow) -> str:
-    return json.dumps(trace_json(trace_flow(load_node([p], ["192.168.0.2"]), flow)), sort_keys=True)
+def _doc(p: Path, flow: Flow, use_cache: bool = True) -> str:
+    node = load_node([p], ["192.168.0.2"], options=load.LoadOptions(cache=use_cache))
+    return json.dumps(trace_json(trace_flow(node, flow)), sort_keys=True)
 
 
 def test_second_run_uses_the_cache_and_answers_the_same(dump: tuple[Path, object], tmp_path: Path) -> None:
@@ -48,9 +49,8 @@ def test_second_run_uses_the_cache_and_answers_the_same(dump: tuple[Path, object
 
 def test_disabled_cache_writes_nothing(dump: tuple[Path, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p, gen = dump
-    monkeypatch.setattr(cache, "ENABLED", [False])
     svc = gen.services[0]  # type: ignore[attr-defined]
-    _doc(p, Flow(ip_address("10.244.1.5"), ip_address(svc.cluster_ip), svc.proto, None, svc.port))
+    _doc(p, Flow(ip_address("10.244.1.5"), ip_address(svc.cluster_ip), svc.proto, None, svc.port), use_cache=False)
     assert not (tmp_path / "cache").exists()
 
 

@@ -33,7 +33,7 @@ def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KPTRACE_CACHE_DIR", str(root))
     monkeypatch.setattr(iptables_scan, "LAZY_MIN_LINES", 0)
     monkeypatch.setattr(load, "MAP_MIN_BYTES", 0)  # read as a large file is: mapped, scanned, cached
-    monkeypatch.setattr(cache, "ENABLED", [True])
+    monkeypatch.delenv("KPTRACE_NO_CACHE", raising=False)
     return root
 
 
@@ -92,7 +92,7 @@ def test_the_edit_would_flip_the_answer(rejecting: tuple[Path, Flow], cache_root
     _, _, hints = _split(_entry(cache_root))
     edited = _without_filter(hints, p.read_bytes())
     assert iptables_scan._hints_fit(edited, p.read_bytes())  # it still fits the file's bytes
-    monkeypatch.setattr(cache, "get", lambda digest: edited)
+    monkeypatch.setattr(cache, "get", lambda digest, use=True: edited)
     assert _answer(p, flow)[0] is Disposition.FORWARDED
 
 

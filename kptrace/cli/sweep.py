@@ -36,17 +36,15 @@ def load_for_sweep(dump: list[Path] | None, demo: bool, node_ip: list[str] | Non
                    pod_cidr: list[str] | None = None, strict: bool = True) -> list[Node]:
     """The input, loaded once for every flow. A sweep reads every rule of a large dump anyway, and the full
     parser does that faster than rule by rule (--no-strict: read lazily, as `why` does)."""
-    from kptrace import load
-    from kptrace.load import demo_path, load_cluster
+    from kptrace.load import LoadOptions, demo_path, load_cluster
 
-    load.STRICT[0] = strict
     paths = list(dump or [])
     if demo:
         paths.insert(0, demo_path())
     if not paths:
         raise KptraceError("no input: give --dump PATH (a file, a bundle directory, a directory of node bundles "
                            "or .tar.gz) or --demo")
-    return load_cluster(paths, list(node_ip or []), list(pod_cidr or []))
+    return load_cluster(paths, list(node_ip or []), list(pod_cidr or []), options=LoadOptions(strict=strict))
 
 
 def progress_bar(enabled: bool) -> Callable[[str, int, int], None] | None:

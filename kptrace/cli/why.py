@@ -85,12 +85,9 @@ def why(
 
       kptrace why 192.168.0.2:30080 --from 203.0.113.7 --dump node-a/ -o json
     """
-    from kptrace import cache, load
-    from kptrace.load import demo_path, load_cluster
+    from kptrace.load import LoadOptions, demo_path, load_cluster
 
-    load.STRICT[0] = strict
-    if no_cache:
-        cache.ENABLED[0] = False
+    options = LoadOptions(strict=strict, cache=not no_cache and LoadOptions().cache)
     from kptrace.render.jsonout import dumps, trace_json
     from kptrace.walkers.netfilter import trace_flow
 
@@ -104,7 +101,7 @@ def why(
     if demo:
         paths.insert(0, demo_path())
     if paths:
-        cluster = load_cluster(paths, list(node_ip or []), list(pod_cidr or []))
+        cluster = load_cluster(paths, list(node_ip or []), list(pod_cidr or []), options=options)
     else:
         from kptrace.cli.collect import live_node
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import ip_address
+from typing import Any
 
 from kptrace.errors import ParseError
 from kptrace.model.flow import IPAddress
@@ -29,21 +30,84 @@ FOOTER_RE = re.compile(r"^\s*conntrack v[0-9.]+ \(conntrack-tools\):")
 _IGNORED = frozenset({"use", "id", "delta-time", "secctx", "labels", "timestamp", "portid", "helper", "ctlabels"})
 
 
+# The shape `conntrack -L` prints for TCP, UDP and SCTP (and /proc/net/nf_conntrack, with its family prefix),
+# read in one match; any other line takes the general path below, which reads it into the same entry.
+FAST_RE = re.compile(
+    r"(?:(ipv[46]) +([0-9]{1,3}) +)?(tcp|udp|sctp|udplite|dccp) +([0-9]{1,3}) +([0-9]{1,20}) +(?:([A-Z_]{1,30}) +)?"
+    r"src=([0-9a-f.:]{2,45}) dst=([0-9a-f.:]{2,45}) sport=([0-9]{1,5}) dport=([0-9]{1,5}) (?:\[(UNREPLIED)\] )?"
+    r"src=([0-9a-f.:]{2,45}) dst=([0-9a-f.:]{2,45}) sport=([0-9]{1,5}) dport=([0-9]{1,5})(?: \[(ASSURED)\])?"
+    r"(?: mark=([0-9]{1,10}))?(?: zone=([0-9]{1,5}))?( use=[0-9]{1,10})? *$")
+
+
+class _Shared:
+    """Values a million entries repeat (addresses, ports, flags, words), made once: the table's memory is
+    its entries, not a million copies of `10.96.0.10` and `use=1`."""
+
+    def __init__(self) -> None:
+        self.addrs: dict[str, IPAddress] = {}
+        self.ints: dict[str, int] = {}
+        self.words: dict[object, object] = {}
+
+    def addr(self, text: str) -> IPAddress | None:
+        a = self.addrs.get(text)
+        if a is None:
+            try:
+                a = self.addrs[text] = ip_address(text)
+            except ValueError:
+                return None
+        return a
+
+    def int(self, text: str) -> int:
+        v = self.ints.get(text)
+        if v is None:
+            v = self.ints[text] = int(text)
+        return v
+
+    def same(self, value: Any) -> Any:
+        return self.words.setdefault(value, value)
+
+
 def parse_conntrack(text: str, file: str = "conntrack.txt", errors: list[ParseError] | None = None,
                     first_line: int = 1) -> list[ConntrackEntry]:
     out: list[ConntrackEntry] = []
+    shared = _Shared()
     for n, raw in enumerate(text.split("\n")):
         lineno = first_line + n
         line = raw.rstrip("\r")
         if not line.strip() or FOOTER_RE.match(line):
             continue
         try:
-            out.append(_entry(line, lineno, file))
+            e = _fast(line, lineno, file, shared)
+            out.append(e if e is not None else _entry(line, lineno, file))
         except ParseError as e:
             if errors is None:
                 raise
             errors.append(e)
     return out
+
+
+def _fast(line: str, lineno: int, file: str, shared: _Shared) -> ConntrackEntry | None:
+    """The entry of a line of the usual shape, as _entry reads it, or None (the general path reads it)."""
+    m = FAST_RE.match(line, len(line) - len(line.lstrip(" ")))
+    if m is None:
+        return None
+    (fam, _, proto, _, timeout, state, s1, d1, sp1, dp1, unreplied, s2, d2, sp2, dp2, assured, mark, zone,
+     use) = m.groups()
+    addrs = [shared.addr(a) for a in (s1, d1, s2, d2)]
+    ports = [shared.int(p) for p in (sp1, dp1, sp2, dp2)]
+    if any(a is None for a in addrs) or any(p > 65535 for p in ports):
+        return None  # the general path says what is wrong, where
+    a1, b1, a2, b2 = addrs
+    assert a1 is not None and b1 is not None and a2 is not None and b2 is not None
+    flags = shared.same(tuple(f for f in (unreplied, assured) if f))
+    family = 6 if fam == "ipv6" or a1.version == 6 else 4
+    return ConntrackEntry(
+        proto=shared.same(proto), original=ConntrackTuple(a1, b1, ports[0], ports[1]),
+        reply=ConntrackTuple(a2, b2, ports[2], ports[3]), timeout=shared.int(timeout), state=shared.same(state),
+        flags=flags, mark=shared.int(mark) if mark is not None else None,
+        zone=shared.int(zone) if zone is not None else None, family=family, source=Source(file, lineno, 1, line),
+        unknown=shared.same((use.strip(),) if use else ()),
+    )
 
 
 def _entry(line: str, lineno: int, file: str) -> ConntrackEntry:

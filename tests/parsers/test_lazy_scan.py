@@ -172,11 +172,10 @@ def test_lazy_reports_bad_utf8_where_it_is_read(tmp_path: Path, monkeypatch: pyt
     row = next(i for i, x in enumerate(lines) if x.startswith(f"-A {sep} "))
     dump.write_bytes(_with_bad_byte(gen.text, row, 5))
     trace_flow(load.load_node([dump], ["192.168.0.2"]), flow)
-    monkeypatch.setattr(load, "STRICT", [True])
     # Strict: the whole file is decoded first; a file that does not decode is not read, and with nothing
     # else in the input that is the one-line error (exit 2).
     with pytest.raises(KptraceError, match=rf"iptables-save.txt:{row + 1}:5: invalid UTF-8 byte 0xff"):
-        load.load_node([dump], ["192.168.0.2"])
+        load.load_node([dump], ["192.168.0.2"], options=load.LoadOptions(strict=True))
 
 
 @pytest.mark.parametrize(("line", "port"), [

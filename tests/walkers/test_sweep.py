@@ -154,8 +154,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_rows_equal_a_fresh_trace_on_a_generated_1k_dump(generated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(load, "STRICT", [True])
-    cluster = load_cluster([generated], ["192.168.0.2"], ["10.244.0.0/16"])
+    cluster = load_cluster([generated], ["192.168.0.2"], ["10.244.0.0/16"], options=load.LoadOptions(strict=True))
     from ipaddress import ip_network
 
     cluster[0].pod_subnet = ip_network("10.244.1.0/24")  # the generator's node; a bare dump does not say it

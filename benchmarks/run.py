@@ -446,6 +446,91 @@ def bench_mode(mode: str, spec: str, cli: Cli, work: Path, repeat: int, seed: in
     return res
 
 
+# --------------------------------------------------------------------------
+# Plausible large inputs (issue 20, item 4): one huge chain, one huge conntrack table, one Service of
+# 100k IPVS real servers, each added to the demo node. Not timed tests: measured here, recorded in
+# docs/performance.md (`python benchmarks/run.py --large`).
+# --------------------------------------------------------------------------
+
+LARGE_CASES = ("chain-1m", "conntrack-1m", "ipvs-100k")
+
+
+def _demo(name: str) -> Path:
+    return ROOT / "kptrace" / "demo" / name
+
+
+def make_large(case: str, work: Path, scale: float = 1.0) -> tuple[Path, list[str]]:
+    """A node bundle holding one large input, and the `why` arguments that walk through it."""
+    dest = work / case
+    shutil.rmtree(dest, ignore_errors=True)
+    if case == "chain-1m":
+        # A block list: 1M `-s HOST/32 -j DROP` rules in one chain FORWARD jumps to first, in iptables-save's
+        # order (user chains sorted by name, each chain's rules together).
+        shutil.copytree(_demo("cluster") / "node-a", dest)
+        n = int(1_000_000 * scale)
+        text = (dest / "iptables-save.txt").read_text()
+        i = text.index("*filter")
+        head, body = text[:i], text[i:]
+        body = body.replace(":FLANNEL-FWD - [0:0]\n", ":FLANNEL-FWD - [0:0]\n:KPT-BLOCK - [0:0]\n", 1)
+        k = body.index("-A FORWARD")
+        body = body[:k] + "-A FORWARD -j KPT-BLOCK\n" + body[k:]
+        k = body.index("-A KUBE-EXTERNAL-SERVICES")
+        with (dest / "iptables-save.txt").open("w") as f:
+            f.write(head + body[:k])
+            for m in range(n):
+                f.write(f"-A KPT-BLOCK -s 198.{18 + (m >> 16 & 1)}.{m >> 8 & 255}.{m & 255}/32 -j DROP\n")
+            f.write(body[k:])
+        return dest, ["why", "10.96.0.10:53", "--proto", "udp", "--from", "10.244.1.5"]
+    if case == "conntrack-1m":
+        import random
+
+        shutil.copytree(_demo("cluster") / "node-a", dest)
+        rng = random.Random(1)
+        with (dest / "conntrack.txt").open("w") as f:
+            for _ in range(int(1_000_000 * scale)):
+                src, dst = f"10.244.{rng.randrange(1, 3)}.{rng.randrange(2, 250)}", f"10.96.{rng.randrange(4)}.{rng.randrange(1, 250)}"
+                ep, sp = f"10.244.{rng.randrange(1, 3)}.{rng.randrange(2, 250)}", rng.randrange(32768, 61000)
+                f.write(f"tcp      6 431999 ESTABLISHED src={src} dst={dst} sport={sp} dport=80 src={ep} dst={src} "
+                        f"sport=8080 dport={sp} [ASSURED] mark=0 use=1\n")
+        return dest, ["why", "10.96.0.10:53", "--proto", "udp", "--from", "10.244.1.5"]
+    if case == "ipvs-100k":
+        # kube-dns's TCP virtual service with 100k real servers (ipvsadm -Ln of the IPVS demo node).
+        shutil.copytree(_demo("ipvs-node"), dest)
+        p = dest / "ipvsadm.txt"
+        lines = p.read_text().split("\n")
+        i = next(k for k, line in enumerate(lines) if line.startswith("TCP  10.96.0.10:53"))
+        j = i + 1
+        while j < len(lines) and lines[j].startswith("  ->"):
+            j += 1
+        lines[i + 1:j] = [f"  -> 10.{64 + (m >> 16)}.{m >> 8 & 255}.{m & 255}:53{'':12}Masq    1      0          0"
+                          for m in range(int(100_000 * scale))]
+        p.write_text("\n".join(lines))
+        return dest, ["why", "10.96.0.10:53", "--from", "10.244.1.5", "--detail", "minimal"]
+    raise ValueError(case)
+
+
+def bench_large(cli: Cli, work: Path, cases: Sequence[str], scale: float, timeout: float) -> list[tuple[str, Run, float]]:
+    out = []
+    for case in cases:
+        print(f"== large {case}", file=sys.stderr, flush=True)
+        bundle, argv = make_large(case, work, scale)
+        mb = sum(f.stat().st_size for f in bundle.iterdir()) / 1e6
+        run = run_measured([*cli.base, *argv, "--dump", str(bundle)], timeout=timeout)
+        out.append((case, run, mb))
+        shutil.rmtree(bundle, ignore_errors=True)
+    return out
+
+
+def large_table(results: list[tuple[str, Run, float]]) -> str:
+    rows = [("input", "bundle", "kptrace why", "peak RSS", "exit", "target")]
+    for case, run, mb in results:
+        ok = run.rss_mb <= TARGETS["rss_mb"] and run.rc in (0, 1, 4)
+        rows.append((case, f"{mb:.1f} MB", fmt_s(run.wall), f"{run.rss_mb:.0f} MB", str(run.rc),
+                     f"RSS <= 400 MB {verdict(ok)}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
 def mode_table(results: list[ModeResult]) -> str:
     rows = [("size / mode", "metric", "time", "peak RSS", "target", "")]
     for r in results:
@@ -585,6 +670,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--sweep", action="store_true", help="also time `kptrace sweep` of each iptables dump (one process)")
     ap.add_argument("--profile", action="store_true", help="cProfile one cold why on the largest size")
     ap.add_argument("--profile-top", type=int, default=20)
+    ap.add_argument("--large", nargs="?", const=",".join(LARGE_CASES), default=None,
+                    help=f"only the large-input cases ({', '.join(LARGE_CASES)}; comma list to choose)")
+    ap.add_argument("--large-scale", type=float, default=1.0, help="scale the large inputs (0.1: a tenth)")
+    ap.add_argument("--large-timeout", type=float, default=900.0, help="seconds one large case may take")
     return ap.parse_args(argv)
 
 
@@ -633,6 +722,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kptrace why is not usable yet: kptrace rows are 'pending core'", file=sys.stderr)
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="kptrace-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.large:
+        try:
+            res_large = bench_large(cli, work, args.large.split(","), args.large_scale, args.large_timeout)
+            print(f"command: {' '.join(cli.base)}")
+            print(large_table(res_large))
+        finally:
+            if not args.workdir:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
     netns = make_netns()
     results: list[SizeResult] = []
     last: tuple[Path, GeneratedRuleset] | None = None

@@ -633,6 +633,9 @@ def _as_parse_error(e: KptraceError, label: str) -> ParseError:
     if isinstance(e, ParseError):
         return e
     text = str(e)
+    first, _, rest = text.partition(": ")
+    if rest and first != label and first.endswith("/" + label.rsplit("/", 1)[-1]):
+        text = f"{label}: {rest}"  # the full path the reader saw, cited as the bundle cites the file
     if text.startswith(label + ":"):
         rest = text[len(label) + 1:].lstrip()
         m = re.match(r"(\d+):(\d+): (.*)", rest, re.S)

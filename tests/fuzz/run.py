@@ -49,7 +49,13 @@ WORDS = [
 
 
 def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
-    """One to eight random edits: the first byte (the target) is kept unless the edit picks it."""
+    """One to eight random edits: the first byte (the target) is kept unless the edit picks it. Inputs of the
+    structured targets (archive, node-yaml, json, branch) mostly get their own mutator (tests/fuzz/mutators.py)."""
+    from tests.fuzz.mutators import MUTATORS
+
+    name = target_of(data) if data else ""
+    if name in MUTATORS and rng.random() < 0.7:
+        return (data[:1] + MUTATORS[name](rng, data[1:]))[: 64 * 1024]
     out = bytearray(data)
     for _ in range(rng.randint(1, 8)):
         op = rng.random()

@@ -71,6 +71,56 @@ def _load(text: str, data: bytes) -> object:
     return node
 
 
+def _traced(node: Node, label: str) -> Node:
+    from kptrace.load import _finish_node
+    from kptrace.walkers.netfilter import trace_flow
+
+    try:
+        node = _finish_node(node, label)
+    except KptraceError:
+        return node
+    for flow in FLOWS:
+        try:
+            trace_flow(node, flow)
+        except KptraceError:
+            pass
+    return node
+
+
+def _archive(body: bytes) -> object:
+    """A bundle tarball as `--dump bundle.tar.gz` (or a pipe holding one) reads it: every member within the
+    limits, loaded into one node, then traced."""
+    from kptrace.load import _tar_entries
+
+    node = Node(node_ips=[ip_address("192.168.0.2")])
+    for label, data in _tar_entries(Path("fuzz.tar.gz"), body):
+        if isinstance(data, KptraceError):
+            continue
+        try:
+            _load_one(node, label, data, in_bundle=True)
+        except KptraceError:
+            pass
+    return _traced(node, "fuzz.tar.gz")
+
+
+def _node_yaml(text: str) -> object:
+    node = Node()
+    _load_one(node, "node.yaml", text.encode())
+    return node
+
+
+def _json(body: bytes) -> object:
+    """An `ip -j` / `nft -j` document under the bundle name body[0] picks, loaded and traced."""
+    from tests.fuzz.mutators import JSON_NAMES
+
+    if not body:
+        return None
+    name = JSON_NAMES[body[0] % len(JSON_NAMES)]
+    node = Node(node_ips=[ip_address("192.168.0.2")])
+    _load_one(node, name, body[1:])
+    return _traced(node, name)
+
+
 def _scan(text: str) -> object:
     from kptrace.parsers import iptables_scan as iptables_save
 
@@ -127,6 +177,12 @@ for _name, (_mod, _fn) in {"ipvsadm": ("kptrace.parsers.ipvsadm", "parse_ipvsadm
     _f = _optional(_mod, _fn)
     if _f is not None:
         TARGETS[_name] = _f
+# Structured targets (tests/fuzz/mutators.py): their inputs are tarballs, YAML, JSON, rulesets built to branch.
+TARGETS["archive"] = lambda t: None  # takes bytes: run_one calls _archive
+TARGETS["node-yaml"] = _node_yaml
+TARGETS["json"] = lambda t: None  # takes bytes: run_one calls _json
+TARGETS["branch"] = lambda t: _load(t, t.encode())
+BYTE_TARGETS = {"archive": _archive, "json": _json}
 NAMES = list(TARGETS)
 
 # Exceptions still raised by modules outside the listing/paste parsers, as (module, exception type):
@@ -169,6 +225,9 @@ def run_one(data: bytes) -> str:
     body = data[1:MAX_INPUT + 1]
     STATS[name] += 1
     try:
+        if name in BYTE_TARGETS:
+            BYTE_TARGETS[name](body)
+            return name
         text = decode(body, "fuzz.txt")
         if name == "load":
             _load(text, body)
@@ -196,6 +255,11 @@ def seeds() -> Iterator[tuple[str, bytes]]:
         for name in NAMES:
             if name in ("load", "paste", "sniff") or name in p.name or name.split("-")[0] in p.name:
                 yield name, encode(name, data)
+    from tests.fuzz.mutators import SEEDS
+
+    for name, make in SEEDS.items():
+        for data in make():
+            yield name, encode(name, data)
     for p in corpus_files():
         if "open" not in p.parts:  # inputs that still crash (in other modules) would stop libFuzzer at once
             yield target_of(p.read_bytes()), p.read_bytes()

@@ -42,7 +42,7 @@ from kptrace.parsers.ip_route import (
     is_json,
     jaddr,
     jint,
-    json_entries,
+    json_each,
     jstr,
     jwords,
     tok_addr,
@@ -63,7 +63,7 @@ FDB_SKIPPED = frozenset({"port", "vni", "src_vni", "via", "nhid", "link-netnsid"
 
 def parse_bridge_fdb(text: str, file: str = "bridge-fdb.txt") -> list[FdbEntry]:
     if is_json(text):
-        return [_json_fdb(i, e, src) for i, e, src in json_entries(text, file, "bridge -j fdb show")]
+        return json_each(text, file, "bridge -j fdb show", _json_fdb)
     out: list[FdbEntry] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r")
@@ -129,7 +129,7 @@ def _json_fdb(i: int, e: dict[str, Any], src: Source) -> FdbEntry:
 
 def parse_bridge_link(text: str, file: str = "bridge-link.txt") -> list[BridgePort]:
     if is_json(text):
-        ports = (_json_port(e, src) for _, e, src in json_entries(text, file, "bridge -j link show"))
+        ports = iter(json_each(text, file, "bridge -j link show", lambda _, e, src: _json_port(e, src)))
         return [p for p in ports if p is not None]
     out: list[BridgePort] = []
     draft: tuple[str, dict[str, str], Source] | None = None

@@ -66,7 +66,10 @@ def _parse_json(text: str, file: str) -> list[Address]:
         if not isinstance(link, dict):
             raise ParseError(file, 1, 1, f"entry [{i}] is not an object")
         name = str(link.get("ifname", "?"))
-        for j, a in enumerate(link.get("addr_info", []) or []):
+        infos = link.get("addr_info", []) or []
+        if not isinstance(infos, list):
+            raise ParseError(file, 1, 1, f"entry [{i}]: addr_info is not a list")
+        for j, a in enumerate(infos):
             if not isinstance(a, dict) or "local" not in a or "prefixlen" not in a:
                 continue
             try:

@@ -38,7 +38,7 @@ from kptrace.parsers.ip_route import (
     is_json,
     jaddr,
     jint,
-    json_entries,
+    json_each,
     jstr,
     jwords,
     tok_addr,
@@ -56,7 +56,7 @@ DEFAULT_VXLAN_PORT = 8472  # what Linux uses when no dstport is given
 
 def parse_ip_link(text: str, file: str = "ip-link.txt") -> list[Link]:
     if is_json(text):
-        return [_json_link(i, e, src) for i, e, src in json_entries(text, file, "ip -j -d link")]
+        return json_each(text, file, "ip -j -d link", _json_link)
     out: list[Link] = []
     current: _Draft | None = None
     for lineno, raw in enumerate(text.splitlines(), start=1):

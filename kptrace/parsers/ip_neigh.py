@@ -29,7 +29,7 @@ from kptrace.parsers.ip_route import (
     Tok,
     is_json,
     jaddr,
-    json_entries,
+    json_each,
     jstr,
     jwords,
     tok_addr,
@@ -42,7 +42,7 @@ STATE_RE = re.compile(r"^[A-Z_]+$")  # NUD states print in capitals: PERMANENT R
 
 def parse_ip_neigh(text: str, file: str = "ip-neigh.txt") -> list[Neighbor]:
     if is_json(text):
-        return [_json_neigh(i, e, src) for i, e, src in json_entries(text, file, "ip -j neigh")]
+        return json_each(text, file, "ip -j neigh", _json_neigh)
     out: list[Neighbor] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r")

@@ -35,15 +35,17 @@ import json
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address, ip_address, ip_network
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 from kptrace.errors import ParseError
-from kptrace.parsers.json_limits import recursion_message, too_deep
+from kptrace.parsers.json_limits import MALFORMED, malformed, recursion_message, too_deep
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import IPNetwork
 from kptrace.model.routing import Nexthop, Route
 from kptrace.model.source import Source
 
+T = TypeVar("T")
 ROUTE_TYPES = frozenset(
     {"unicast", "local", "broadcast", "anycast", "multicast", "blackhole", "unreachable", "prohibit", "throw", "nat",
      "xresolve"}
@@ -122,6 +124,18 @@ def json_entries(text: str, file: str, what: str) -> list[tuple[int, dict[str, A
                 pos = _skip_ws(text, pos + 1)
                 break
             raise _error_at(text, pos, file, "expected ',' or ']' after a JSON entry")
+    return out
+
+
+def json_each(text: str, file: str, what: str, read: Callable[[int, dict[str, Any], Source], T]) -> list[T]:
+    """`read` of every entry json_entries gives; an entry whose shape is not what `what` prints (a key
+    missing, a number where a list belongs) is one located error: `ip-link.json:3:5: entry [2]: …`."""
+    out: list[T] = []
+    for i, e, src in json_entries(text, file, what):
+        try:
+            out.append(read(i, e, src))
+        except MALFORMED as err:
+            raise ParseError(src.file, src.line, src.col, f"entry [{i}]: {malformed(err)}", src.text) from None
     return out
 
 
@@ -374,7 +388,7 @@ _JSON_TEXT_WORD = {"src": "from"}
 
 
 def _parse_json(text: str, file: str) -> list[Route]:
-    return [_json_route(i, e, src) for i, e, src in json_entries(text, file, "ip -j route")]
+    return json_each(text, file, "ip -j route", _json_route)
 
 
 def _json_route(i: int, e: dict[str, Any], src: Source) -> Route:

@@ -35,7 +35,7 @@ from kptrace.errors import ParseError
 from kptrace.model.netfilter import IPNetwork
 from kptrace.model.routing import PolicyRule
 from kptrace.model.source import Source
-from kptrace.parsers.ip_route import Tok, is_json, jint, json_entries, jstr, tokens
+from kptrace.parsers.ip_route import Tok, is_json, jint, json_each, jstr, tokens
 
 ACTIONS = frozenset({"blackhole", "unreachable", "prohibit", "nop"})
 ONE_VALUE = frozenset({"from", "to", "iif", "oif", "fwmark", "lookup", "table", "goto", "suppress_prefixlength"})
@@ -45,7 +45,7 @@ _PRIO_RE = re.compile(r"^([0-9]{1,20}):$")
 
 def parse_ip_rule(text: str, file: str = "ip-rule.txt") -> list[PolicyRule]:
     if is_json(text):
-        return [_json_rule(i, e, src) for i, e, src in json_entries(text, file, "ip -j rule")]
+        return json_each(text, file, "ip -j rule", _json_rule)
     out: list[PolicyRule] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r")

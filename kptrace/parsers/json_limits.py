@@ -46,3 +46,16 @@ def recursion_message(e: BaseException) -> str:
     if isinstance(e, RecursionError):
         return "invalid JSON: nested too deeply to read (no command kptrace reads prints that)"
     return f"invalid JSON: {str(e)[:160]}"
+
+
+# What a parser meets in JSON whose shape is wrong (a key missing, a number where a list belongs).
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def malformed(e: Exception) -> str:
+    """One line for a MALFORMED exception met while reading a JSON entry."""
+    if isinstance(e, KeyError):
+        return f"the key {str(e)[:60]} is missing"
+    if isinstance(e, (TypeError, AttributeError)):
+        return "a value is not of the type the command prints"
+    return f"a value kptrace cannot read ({str(e)[:80]})"

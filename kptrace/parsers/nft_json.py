@@ -70,7 +70,7 @@ from kptrace.model.nft import (
     Xt,
 )
 from kptrace.model.source import Source
-from kptrace.parsers.json_limits import recursion_message, too_deep
+from kptrace.parsers.json_limits import MALFORMED, malformed, recursion_message, too_deep
 from kptrace.parsers.nft_text import (
     render_element,
     render_expr,
@@ -155,16 +155,11 @@ def parse_nft_json(text: str, file: str = "nft-ruleset.json") -> NftRuleset:
     return rs
 
 
-# What malformed JSON (a key missing, a list where an object belongs) raises in the code below.
-_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+_MALFORMED = MALFORMED
 
 
 def _malformed(e: Exception) -> str:
-    if isinstance(e, KeyError):
-        return f"the key {str(e)[:60]} is missing"
-    if isinstance(e, (TypeError, AttributeError)):
-        return "a value is not of the type `nft -j` prints"
-    return f"a value kptrace cannot read ({str(e)[:80]})"
+    return malformed(e).replace("the command prints", "`nft -j` prints")
 
 
 def _object(rs: NftRuleset, index: int, obj: dict[str, Any], src: Source,

@@ -1127,6 +1127,7 @@ _LIST_KINDS: dict[str, tuple[Callable[[str, str], list[Any]], str, Callable[[Any
 
 
 MAX_YAML_DEPTH = 20  # node.yaml is a flat mapping with a list or two
+MAX_YAML_BYTES = 256 * 1024  # … of a few lines
 
 
 def _yaml_mapping(text: str, label: str) -> tuple[dict[Any, Any], dict[str, tuple[int, int]]]:
@@ -1138,6 +1139,8 @@ def _yaml_mapping(text: str, label: str) -> tuple[dict[Any, Any], dict[str, tupl
     def at(mark: Any) -> tuple[int, int]:
         return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
+    if len(text) > MAX_YAML_BYTES:
+        raise ParseError(label, 1, 1, f"{len(text)} characters: node.yaml holds a few lines ({MAX_YAML_BYTES // 1024} KiB max)")
     try:
         depth = 0
         for ev in yaml.parse(io.StringIO(text), Loader=yaml.SafeLoader):
@@ -1149,11 +1152,21 @@ def _yaml_mapping(text: str, label: str) -> tuple[dict[Any, Any], dict[str, tupl
                     raise ParseError(label, *at(ev.start_mark), f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
             elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 depth -= 1
-        root = yaml.compose(io.StringIO(text), Loader=yaml.SafeLoader)
-        meta = yaml.safe_load(io.StringIO(text)) if root is not None else {}
+            elif isinstance(ev, yaml.ScalarEvent) and ev.style is None and len(ev.value) > 40 \
+                    and re.fullmatch(r"[-+]?[0-9a-fA-FxXoObB_:.eE]+", ev.value):
+                # YAML makes ints of such words: Python refuses to convert more than 4,300 digits.
+                raise ParseError(label, *at(ev.start_mark), f"a number of {len(ev.value)} characters")
+        loader = yaml.SafeLoader(io.StringIO(text))
+        try:
+            root = loader.get_single_node()
+            meta = loader.construct_document(root) if root is not None else {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ParseError(label, *at(mark), "invalid YAML") from None
+    except (ValueError, OverflowError) as e:  # a value the YAML constructors cannot convert
+        raise ParseError(label, 1, 1, f"a value YAML cannot convert ({str(e)[:80]})") from None
     if not isinstance(meta, dict) or not isinstance(root, (yaml.MappingNode, type(None))):
         raise ParseError(label, 1, 1, "expected a mapping (name, node_ips, pod_cidr)")
     where: dict[str, tuple[int, int]] = {}

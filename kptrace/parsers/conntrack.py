@@ -20,6 +20,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from kptrace.errors import ParseError
+from kptrace.parsers.numbers import ascii_int
 from kptrace.model.flow import IPAddress
 from kptrace.model.node import ConntrackEntry, ConntrackTuple
 from kptrace.model.source import Source
@@ -177,6 +178,6 @@ def _tuple(t: dict[str, str], file: str, lineno: int, line: str) -> ConntrackTup
 
 def _int(v: str, col: int, file: str, lineno: int, line: str) -> int:
     try:
-        return int(v, 0)
+        return ascii_int(v)
     except ValueError:
         raise ParseError(file, lineno, col, f"expected a number, got '{v}'", line) from None

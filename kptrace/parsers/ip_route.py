@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from kptrace.errors import ParseError
+from kptrace.parsers.numbers import ascii_int
 from kptrace.parsers.json_limits import MALFORMED, malformed, recursion_message, too_deep
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import IPNetwork
@@ -160,7 +161,7 @@ def jint(entry: dict[str, Any], key: str, src: Source) -> int | None:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         raise ParseError(src.file, src.line, src.col, f"'{key}' should be a number, got {json.dumps(v)[:40]}", src.text)
     try:
-        return int(v, 0) if isinstance(v, str) else v
+        return ascii_int(v) if isinstance(v, str) else v
     except ValueError:
         raise ParseError(src.file, src.line, src.col, f"'{key}' should be a number, got '{v}'", src.text) from None
 
@@ -370,9 +371,9 @@ def tok_addr(tok: Tok, file: str, lineno: int, line: str) -> IPAddress:
 
 def tok_int(tok: Tok, file: str, lineno: int, line: str) -> int:
     try:
-        return int(tok.text, 0)
+        return ascii_int(tok.text)
     except ValueError:
-        raise ParseError(file, lineno, tok.col, f"expected a number, got '{tok.text}'", line) from None
+        raise ParseError(file, lineno, tok.col, f"expected a number, got '{tok.text[:40]}'", line) from None
 
 
 # ---------------------------------------------------------------------------------------------

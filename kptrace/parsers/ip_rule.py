@@ -32,6 +32,7 @@ from ipaddress import ip_network
 from typing import Any
 
 from kptrace.errors import ParseError
+from kptrace.parsers.numbers import ascii_int
 from kptrace.model.netfilter import IPNetwork
 from kptrace.model.routing import PolicyRule
 from kptrace.model.source import Source
@@ -109,15 +110,15 @@ def _number(tok: Tok | None, file: str, lineno: int, line: str) -> int | None:
     if tok is None:
         return None
     try:
-        return int(tok.text, 0)
+        return ascii_int(tok.text)
     except ValueError:
-        raise ParseError(file, lineno, tok.col, f"expected a number, got '{tok.text}'", line) from None
+        raise ParseError(file, lineno, tok.col, f"expected a number, got '{tok.text[:40]}'", line) from None
 
 
 def _fwmark(text: str, src: Source) -> tuple[int, int]:
     value, _, mask = text.partition("/")
     try:
-        return int(value, 0), int(mask, 0) if mask else FULL_MASK
+        return ascii_int(value), ascii_int(mask) if mask else FULL_MASK
     except ValueError:
         raise ParseError(src.file, src.line, src.col, f"invalid fwmark '{text}'", src.text) from None
 

@@ -489,7 +489,9 @@ def _join_wrapped(b: PartialBuilder, prev: tuple[_ChainInfo, int, str, str | Non
     return None
 
 
-_MARK_RE = re.compile(r"^(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})(/(0x[0-9a-fA-F]{1,8}|[0-9]{1,10}))?$")
+# iptables reads marks with strtoul(…, 0) and prints them in hex; a leading 0 would be octal, which the walk
+# (Python's int(…, 0)) does not read: 0x…, 0 or a decimal without a leading zero.
+_MARK_RE = re.compile(r"^(0x[0-9a-fA-F]{1,8}|0|[1-9][0-9]{0,9})(/(0x[0-9a-fA-F]{1,8}|0|[1-9][0-9]{0,9}))?$")
 _PROB_RE = re.compile(r"^[0-9]{1,3}(\.[0-9]{0,20})?$")
 _NTH_RE = re.compile(r"^[0-9]{1,10}$")
 _TO_PORT_RE = re.compile(r"^[0-9]{1,5}(-[0-9]{1,5})?$")

@@ -591,7 +591,8 @@ _NAT_PORTS_RE = re.compile(r"[0-9]{1,5}(-[0-9]{1,5})?(/[0-9]{1,5})?")
 # `10.0.0.1`, `10.0.0.1-10.0.0.9:80-90`, `[fd00::1]:80`, `fd00::1`, `:80` (xt_DNAT / libxt_SNAT's forms)
 _NAT_TO_RE = re.compile(r"(?:[0-9.]{7,15}(?:-[0-9.]{7,15})?|\[[0-9a-fA-F:.]{2,45}\](?:-\[[0-9a-fA-F:.]{2,45}\])?)?"
                         r"(?::[0-9]{1,5}(?:-[0-9]{1,5})?(?:/[0-9]{1,5})?)?|[0-9a-fA-F:.]{2,45}(?:-[0-9a-fA-F:.]{2,45})?")
-_MARK_RE = re.compile(r"(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})(/(0x[0-9a-fA-F]{1,8}|[0-9]{1,10}))?")
+# iptables prints marks in hex; a leading 0 reads as octal there, not in the walk's int(…, 0): 0x…, 0 or 1-9….
+_MARK_RE = re.compile(r"(0x[0-9a-fA-F]{1,8}|0|[1-9][0-9]{0,9})(/(0x[0-9a-fA-F]{1,8}|0|[1-9][0-9]{0,9}))?")
 _VALUE_RES = {
     ("mark", "--mark"): _MARK_RE, ("connmark", "--mark"): _MARK_RE,
     ("statistic", "--probability"): re.compile(r"[0-9]{0,3}(\.[0-9]{1,20})?"),

@@ -31,6 +31,10 @@ MAX_DEPTH = 64  # the kernel refuses deeper jump stacks; a loop in a dump is rep
 MIN_BRANCH_SHARE = 1 / 4096
 # The reply shows its first way back (netfilter._reply); random splits of a reply are followed down to 1/4.
 MIN_REPLY_SHARE = 1 / 4
+# Rule evaluations the random branches of one hook's walk may take in all (Pending.floor bounds how many there
+# are at once; this, how far they go): well under a second of walking.
+MAX_SPLIT_STEPS = 50_000
+SPENT = f"random branches took more than {MAX_SPLIT_STEPS} rule evaluations"
 MAX_SMALL_ENDS = 64  # shares under the floor that end at once (a rare DROP) are kept as branches, up to this many
 ENDS = (DROP, REJECT, UNDETERMINED)
 _RESUME = "RESUME"  # a jump's sub-walk fell off its chain: the caller goes on at its next rule
@@ -55,11 +59,33 @@ def _condition(rule: Rule, why: str) -> str:
     return f"{rule.source} ({why.rstrip('.')}): it does not match"
 
 
+class SplitBudget:
+    """Rule evaluations spent on the random branches of one hook's walk (a path split off the one that
+    entered it). The floor bounds how many branches live at once; this bounds how far they go, so a
+    ruleset of thousands of random rules in series ends, UNDETERMINED and said, instead of running for
+    minutes. The path that entered the walk is never counted: a chain of a million rules is read whole."""
+
+    __slots__ = ("root", "steps")
+
+    def __init__(self, path: Path) -> None:
+        self.root, self.steps = path.probability, 0
+
+    def spend(self, path: Path) -> bool:
+        """Count one rule for this path; False once the budget is spent."""
+        if path.probability >= self.root:
+            return True
+        self.steps += 1
+        return self.steps <= MAX_SPLIT_STEPS
+
+
 class ChainWalker:
     def __init__(self, ruleset: Ruleset, ctx: MatchContext, hook: str, node: str | None = None) -> None:
         self.ruleset, self.ctx, self.hook, self.node = ruleset, ctx, hook, node
+        self.budget: SplitBudget | None = None
 
     def walk(self, table: str, chain_name: str, path: Path, depth: int = 0, ref: object = None) -> list[Outcome]:
+        if depth == 0 or self.budget is None:
+            self.budget = SplitBudget(path)
         chain = self.ruleset.chain(table, chain_name)
         if chain is None:
             reason = f"chain {table}/{chain_name} is not in the input" + (f" (referenced at {ref})" if ref else "")
@@ -100,6 +126,9 @@ class ChainWalker:
         # other addresses and ports are never parsed.
         for i in chain.candidates(str(path.packet.dst), start, path.packet.dport, str(path.packet.src)):
             rule = chain.rule_at(i)
+            if self.budget is not None and not self.budget.spend(path):
+                pending.lump(path, self._step(rule, UNDETERMINED, depth), str(rule.source), SPENT)
+                return out
             self.ctx.assumptions.clear()
             result = eval_rule(rule, path.packet, self.ctx)
             for a in self.ctx.assumptions:
@@ -239,6 +268,7 @@ class Pending:
         self.deferred: tuple[int, Path] | None = None  # a random rule's non-matching share, pushed after the matching one
         self.cut: tuple[Path, Step, str] | None = None  # the first share cut: its path, the step and source cited
         self.cut_p = 0.0
+        self.why: str | None = None  # SPENT when the budget ended it, else the floor
         self.small_ends = 0
 
     def __bool__(self) -> bool:
@@ -269,10 +299,11 @@ class Pending:
         self.small_ends += 1
         return self.small_ends <= MAX_SMALL_ENDS
 
-    def lump(self, path: Path, step: Step, source: str) -> None:
+    def lump(self, path: Path, step: Step, source: str, why: str | None = None) -> None:
         """Leave this share of the packets out (it is said by `lumped`, with the rule that split it first)."""
         if self.cut is None:
             self.cut = (path, step, source)
+        self.why = self.why or why
         self.cut_p += path.probability
 
     def lumped(self) -> list[Outcome]:
@@ -280,8 +311,8 @@ class Pending:
             return []
         path, step, source = self.cut
         n = round(1 / self.floor)
-        reason = (f"{source}: random rules split the packets into more than {n} branches (each under 1/{n} of "
-                  f"them); {self.cut_p:.4%} of the packets, in the smaller branches, are not followed")
+        why = self.why or f"random rules split the packets into more than {n} branches (each under 1/{n} of them)"
+        reason = f"{source}: {why}; {self.cut_p:.4%} of the packets, in those branches, are not followed further"
         whole = Path(self.cut_p, path.packet, path.steps, path.assumptions, path.unknowns, path.conditions)
         return [(whole.step(step).unknown(reason), UNDETERMINED)]
 

@@ -59,8 +59,10 @@ from kptrace.walkers.chains import (
     DROP,
     ENDS,
     REJECT,
+    SPENT,
     UNDETERMINED,
     Pending,
+    SplitBudget,
     apply_nat,
     merged,
 )
@@ -142,6 +144,7 @@ class ChainWalk:
         prio = chain.priority if chain.priority is not None else 0
         self.ct_seen = not (hook in ("PREROUTING", "OUTPUT") and prio < CONNTRACK_PRIORITY)
         self.ctx: MatchContext = ctx_factory()
+        self.budget: SplitBudget | None = None
 
     def walk(self, path: Path) -> list[Outcome]:
         if self.base.type == "nat" and nat_bound(path, self.hook):
@@ -149,6 +152,7 @@ class ChainWalk:
             path = self._tie(path)
             return [(path.step(self._step(None, self.base, "SKIP", text, 0, self.base.source)), ACCEPT)]
         self.ctx = self.ctx_factory()
+        self.budget = SplitBudget(path)
         out: list[Outcome] = []
         for p, v in self.chain(self.base, 0, path, 0):
             if v == CONTINUE:
@@ -216,6 +220,9 @@ class ChainWalk:
         out: list[Outcome] = []
         for i in range(start, len(chain.rules)):
             rule = chain.rules[i]
+            if self.budget is not None and not self.budget.spend(path):
+                pending.lump(path, self._rule_step(rule, UNDETERMINED, depth), str(rule.source), SPENT)
+                return out
             results = self.rule(rule, path, depth)
             nexts: list[Path] = []
             for p, rr in results:

@@ -299,9 +299,24 @@ def _binop(b: Binop, env: Env) -> Read:
     right = const_int(b.right, left.kind)
     if isinstance(right, Unknown):
         return right
-    v = int(left.value)
-    r = {"&": v & right, "|": v | right, "^": v ^ right, "<<": v << right, ">>": v >> right}[b.op]
-    return TV(left.kind, r & 0xFFFFFFFF)
+    r = int_op(b.op, int(left.value), right)
+    return r if isinstance(r, Unknown) else TV(left.kind, r & 0xFFFFFFFF)
+
+
+def int_op(op: str, a: int, b: int) -> int | Unknown:
+    """A 32-bit register operation of nft's bitwise expression, computed only for the operator asked (a shift
+    by 2^31 would otherwise build a number of 2^31 bits); the kernel refuses shifts of 32 or more."""
+    if op in ("<<", ">>"):
+        if not 0 <= b < 32:
+            return Unknown(f"a shift by {b} (nft shifts a 32-bit register by less than 32)")
+        return (a << b) & 0xFFFFFFFF if op == "<<" else a >> b
+    if op == "&":
+        return a & b
+    if op == "|":
+        return a | b
+    if op == "^":
+        return a ^ b
+    return Unknown(f"operator '{op}'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +349,7 @@ def const_int(e: Expr, kind: str) -> int | Unknown:
             return a
         if isinstance(b, Unknown):
             return b
-        return {"&": a & b, "|": a | b, "^": a ^ b, "<<": a << b, ">>": a >> b}[e.op]
+        return int_op(e.op, a, b)
     return Unknown(f"'{type(e).__name__}' is not a number")
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -95,6 +96,10 @@ def save_crasher(data: bytes, exc: BaseException) -> Path:
     return p
 
 
+SLOWEST: list[tuple[float, str]] = []  # the slowest inputs of the run: (seconds, target)
+RSS_JUMPS: list[tuple[int, str]] = []  # inputs that raised the peak RSS by more than 50 MB: (MB, target)
+
+
 def python_engine(seconds: float, inputs: int | None, seed: int, timeout: float) -> tuple[int, list[Path]]:
     rng = random.Random(seed)
     pool = [d for _, d in seeds()] or [bytes([0])]
@@ -105,6 +110,8 @@ def python_engine(seconds: float, inputs: int | None, seed: int, timeout: float)
     queue = list(pool)
     while (inputs is None and time.monotonic() < end) or (inputs is not None and done < inputs):
         data = queue.pop() if queue else mutate(rng, rng.choice(pool), pool)
+        started = time.monotonic()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             with time_limit(timeout):
                 run_one(data)
@@ -116,6 +123,16 @@ def python_engine(seconds: float, inputs: int | None, seed: int, timeout: float)
                 continue
             crashes.append(save_crasher(data, e))
             print(f"CRASH {target_of(data)}: {type(e).__name__}: {str(e)[:200]} -> {crashes[-1]}", file=sys.stderr)
+        took = time.monotonic() - started
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+        if grew > 50 * 1024:  # KiB: an input that raised the process's peak by more than 50 MB is kept to look at
+            RSS_JUMPS.append((round(grew / 1024), target_of(data)))
+            CRASHERS.mkdir(parents=True, exist_ok=True)
+            (CRASHERS / f"rss-{target_of(data)}-{hashlib.sha256(data).hexdigest()[:16]}").write_bytes(data)
+        if len(SLOWEST) < 5 or took > SLOWEST[-1][0]:
+            SLOWEST.append((took, target_of(data)))
+            SLOWEST.sort(reverse=True)
+            del SLOWEST[5:]
         done += 1
     return done, crashes
 
@@ -190,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         kinds[k] = kinds.get(k, 0) + 1
     summary = {"engine": engine, "seconds": round(time.monotonic() - start, 1), "inputs": total,
                "crashes": len(crashes), "crash_kinds": kinds, "targets": len(NAMES),
+               # Every input runs in this process: its peak RSS bounds each input's (python engine).
+               "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "slowest_inputs_s": [(round(t, 2), n) for t, n in SLOWEST],
+               "rss_jumps_mb": RSS_JUMPS[:20],
                "open_bugs_hit": OPEN_HITS if engine == "python" else
                dict(Counter(p.name.split("-")[1] for p in CRASHERS.glob("open-*"))),
                "per_target": {k: v for k, v in sorted(STATS.items())} if engine == "python" else None}

@@ -82,3 +82,18 @@ def test_generated_junk_every_target(name: str, text: str) -> None:
 @given(st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
     _run_tolerating_open(data)
+
+
+@pytest.mark.parametrize("target", ["archive", "node-yaml", "json", "branch"])
+def test_structured_mutators(target: str) -> None:
+    """A few dozen inputs of each structured mutator (tests/fuzz/mutators.py): tarballs that lie, YAML alias
+    bombs, JSON of the wrong shape or nested thousands deep, rulesets built to branch. Nothing but a
+    KptraceError, each within the time limit."""
+    from tests.fuzz.mutators import MUTATORS, SEEDS
+
+    rng = random.Random(f"structured-{target}")
+    pool = SEEDS[target]()
+    for _ in range(12 if target == "branch" else 40):
+        body = MUTATORS[target](rng, rng.choice(pool))
+        with time_limit(10.0):
+            run_one(encode(target, body))

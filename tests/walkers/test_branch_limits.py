@@ -14,7 +14,7 @@ from kptrace.load import load_node
 from kptrace.model.flow import Flow
 from kptrace.model.trace import Disposition, Trace
 from kptrace.testing.generator import generate_iptables
-from kptrace.walkers.chains import MIN_BRANCH_SHARE
+from kptrace.walkers.chains import MAX_SPLIT_STEPS, MIN_BRANCH_SHARE
 from kptrace.walkers.netfilter import trace_flow
 
 NODE_IP = "192.168.0.2"
@@ -147,3 +147,16 @@ def test_nft_long_chain_of_returning_jumps(tmp_path: Path) -> None:
                               "\t\ttype filter hook prerouting priority 0; policy accept;\n" + rules + "\t}\n}\n"})
     t = trace(node)
     assert len(t.branches) == 1
+
+
+def test_random_branches_have_a_budget_of_rule_evaluations(tmp_path: Path) -> None:
+    """12 splits into 4,096 distinct packets (each at the floor), then 1,000 more rules each of them walks:
+    4M rule evaluations. The branches stop after MAX_SPLIT_STEPS of them, said as UNDETERMINED."""
+    rules = [f"-A PREROUTING -m statistic --mode random --probability 0.5 -j MARK --set-xmark {1 << i:#x}/{1 << i:#x}"
+             for i in range(12)] + [f"-A PREROUTING -j LOG --log-prefix r{k}" for k in range(1000)]
+    node = node_of(tmp_path, {"iptables-save.txt": mangle(rules)})
+    start = time.monotonic()
+    t = trace(node)
+    assert time.monotonic() - start < 10
+    assert abs(total(t) - 1) < 1e-9
+    assert any(f"more than {MAX_SPLIT_STEPS} rule evaluations" in u for b in t.branches for u in b.unknowns)

@@ -496,7 +496,8 @@ def _node_dirs(path: Path) -> list[Path]:
     if not path.is_dir():
         return [path]
     files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
+    # A link to a directory is not a node of this cluster: followed, it would read whatever it points at.
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
     if files or not subdirs:
         return [path]
     return subdirs

@@ -386,3 +386,16 @@ def test_a_bad_node_yaml_in_a_bundle_is_a_note_and_the_run_goes_on(tmp_path: Pat
     code, out, err = kptrace(*WHY, "--dump", str(d))
     assert code in (0, 1, 4), err
     assert "node.yaml:2:12: node_ips: '1.2.3.4/24' is not an IP address" in " ".join(out.split())
+
+
+def test_a_link_to_a_directory_in_a_cluster_directory_is_not_a_node(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "iptables-save.txt").write_text("*filter\nroot:$6$SECRET-HASH-do-not-echo:19000\n")
+    cluster = tmp_path / "cluster"
+    cluster.mkdir()
+    copy_bundle(cluster)
+    (cluster / "evil").symlink_to(outside)
+    code, out, err = kptrace(*WHY, "--dump", str(cluster), "-o", "json")
+    assert code in (0, 1, 4), err
+    assert "SECRET-HASH" not in out + err and "evil/" not in out

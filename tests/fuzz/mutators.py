@@ -278,7 +278,9 @@ def _iptables_explosion(rng: random.Random, text: str) -> str:
     if table not in text:
         return text
     i = text.index(table)
-    j = text.index("COMMIT", i)
+    j = text.find("COMMIT", i)
+    if j < 0:
+        return text
     chain = {"*mangle": "PREROUTING", "*filter": "FORWARD", "*nat": "PREROUTING", "*raw": "PREROUTING"}[table]
     n = rng.choice([5, 12, 20, 40, 300])
     kind = rng.randrange(5)

@@ -19,7 +19,6 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from itertools import islice
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
@@ -100,6 +99,9 @@ BUNDLE_NAMES = {
     "ipset-save.txt": "ipset", "ipset-list.txt": "ipset",
     "ipvsadm.txt": "ipvsadm", "ipvsadm-save.txt": "ipvsadm",
     "services.txt": "services", "conntrack.txt": "conntrack",
+    # The node's DNS: /etc/resolv.conf, systemd-resolved's file, kubelet's resolvConf (kptrace/parsers/dns_files.py).
+    "resolv.conf": "resolv-conf", "etc-resolv.conf": "resolv-conf", "systemd-resolved-resolv.conf": "resolv-conf",
+    "kubelet-config.yaml": "kubelet-config", "kubelet-cmdline.txt": "kubelet-cmdline",
 }
 # Files a bundle may hold that `why` does not read (checks read some of them); listed, not parsed.
 PASSIVE_KINDS = {
@@ -108,8 +110,11 @@ PASSIVE_KINDS = {
 
 
 def demo_path() -> Path:
-    """The demo cluster (node-a and node-b); traces start on node-a unless the source says otherwise."""
-    return Path(str(resources.files("kptrace") / "demo" / "cluster"))
+    """The demo `--demo NAME` selected (kptrace/demos.py): the cluster (node-a and node-b; traces start on
+    node-a unless the source says otherwise), broken, ipvs or nft."""
+    from kptrace import demos
+
+    return demos.path()
 
 
 def decode(data: bytes | MappedFile, label: str) -> str:
@@ -188,6 +193,13 @@ def sniff(name: str, text: str) -> str | None:
     if _is_dump_header(first):
         dump = "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in first else "iptables-save"
         return bundle if bundle in DUMP_KINDS else dump
+    if bundle in ("resolv-conf", "kubelet-config", "kubelet-cmdline", None) and \
+            ("kubelet" in head[:65536] or bundle is not None):
+        from kptrace.parsers.dns_files import sniff_dns
+
+        dns = sniff_dns(bundle, text)
+        if dns is not None:
+            return dns
     # `nft list ruleset` (or an `nft -f` file of `add …` commands) and `nft -j list ruleset`.
     if is_nft_json(head) or re.match(r"^(#[^\n]*\n\s*)*(table|add table|add chain|add rule) (ip|ip6|inet|arp|bridge|netdev) \S+", head):
         return "nft-ruleset"
@@ -281,6 +293,24 @@ def _read_stream(f: IO[bytes], label: str, limit: int, archive_ok: bool = False)
 
 def _is_stream(st: os.stat_result) -> bool:
     return stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISSOCK(st.st_mode)
+
+
+def is_stream_path(path: Path) -> bool:
+    """`-`, /dev/stdin, a FIFO (`<(…)`) or a device: read once, in this process (a worker process started
+    for it would find its standard input closed and the pipe already read or still to be read)."""
+    if str(path) == "-":
+        return True
+    try:
+        return _is_stream(path.stat())
+    except OSError:
+        return False
+
+
+def stdin_once(paths: list[Path]) -> None:
+    """Standard input can be read once: `--dump -` given twice (or with /dev/stdin) is an error, not an
+    empty second input."""
+    if sum(str(p) in ("-", "/dev/stdin", "/proc/self/fd/0", "/dev/fd/0") for p in paths) > 1:
+        raise InputError("- (standard input) given twice: it can be read once (give the other input as a file)")
 
 
 def _open_stream(path: Path) -> IO[bytes]:
@@ -510,6 +540,7 @@ def load_cluster(paths: list[Path], node_ips: list[str] | None = None, pod_cidrs
     A bundle with nothing kptrace can read is left out (kept, with its errors, for `check` with
     keep_unusable) while another one can be read; with none, the first one's reason is the error.
     """
+    stdin_once(paths)
     groups: list[list[Path]] = []
     loose: list[Path] = []
     for p in paths:
@@ -802,6 +833,10 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         # The paste recorded what each of its parts shows, and how much (Node.evidence).
         node.inputs.append(InputFile(label, paste_kind(pasted), digest))
         return
+    elif kind in ("resolv-conf", "kubelet-config", "kubelet-cmdline"):
+        from kptrace.parsers.dns_files import load_dns_file
+
+        load_dns_file(node, kind, text, label, base)
     elif kind == "kube-node":
         from kptrace.parsers.kube_node import parse_kube_nodes
         from kptrace.parsers.paste import apply_observed
@@ -875,7 +910,8 @@ KIND_FACTS = {
     "ip-neigh": "neighbors", "bridge-fdb": "fdb", "bridge-link": "bridge_ports", "brctl-show": "bridge_ports",
     "flannel-subnet": "flannel", "modules": "modules", "sysctl": "sysctls", "node-meta": "node_meta",
     "services": "services", "conntrack": "conntrack", "nft-ruleset": "nft", "ipset": "ipsets", "ipvsadm": "ipvs",
-    "kube-node": "kube_nodes",
+    "kube-node": "kube_nodes", "resolv-conf": "resolv_conf", "kubelet-config": "kubelet_dns",
+    "kubelet-cmdline": "kubelet_dns",
 }
 
 
@@ -949,6 +985,9 @@ def _manifest(node: Node, text: str, label: str) -> None:
         entries = [{"file": k, **(v if isinstance(v, dict) else {"status": "missing" if v is None else "ok"})}
                    for k, v in entries.items()]
     for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("status") == "absent" and isinstance(entry.get("absent_file"), str):
+            # The node has no such file (no systemd-resolved): known, and said, not unknown (dns checks).
+            node.absent[entry["absent_file"]] = str(entry.get("message") or "absent")[:200]
         if not isinstance(entry, dict) or str(entry.get("status", "ok")) in ("ok", "absent", "skipped"):
             continue  # absent: the node has no such thing (no IPVS); skipped: not asked for
         command = entry.get("command") or [""]

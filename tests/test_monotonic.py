@@ -136,3 +136,35 @@ def test_a_grep_of_the_dump_never_changes_an_answer(bundle: Path, tmp_path: Path
         what = f"{bundle.name} with {len(kept)} of {len(rules)} rules (a grep)"
         _assert_less_determined(full, _statuses([d]), what)
         _assert_branches(full_branches, _branches([d], flows), flows, what)
+
+
+def test_the_kernel_labs_thinning_finds_a_changed_answer(tmp_path: Path) -> None:
+    """tests/lab/thinning.py (what every kernel-lab scenario runs after its comparison): a bundle less one file
+    or one chain, run again, is held to the whole bundle's answer. On a demo bundle the real answers pass, and
+    an answer doctored to something the thinned bundles never say is caught, for `why` and for `check`."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.lab import thinning
+
+    bundle = tmp_path / "node-a"
+    shutil.copytree(DEMO / "cluster" / "node-a", bundle)
+    chains = thinning._chains(bundle)
+    assert chains, "the demo bundle declares user chains"
+    assert ("iptables-save.txt", "nat", "KUBE-SERVICES") in chains
+    thinning._without_chain(bundle / "iptables-save.txt", "nat", "KUBE-SERVICES")
+    left = thinning._chains(bundle)
+    assert ("iptables-save.txt", "nat", "KUBE-SERVICES") not in left and len(left) == len(chains) - 1
+    assert "-j KUBE-SERVICES" in (bundle / "iptables-save.txt").read_text()  # the jumps to it stay
+    whole = DEMO / "cluster" / "node-a"
+    for args in (["why", "10.244.2.7:80", "--from", "10.244.1.5", "--dump", str(whole), "-o", "json"],
+                 ["check", "--dump", str(whole), "-o", "json"]):
+        argv = [sys.executable, "-m", "kptrace", *args]
+        doc = json.loads(subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False).stdout)
+        assert thinning.thinned_disagreements(argv, doc, count=2) == []
+        if args[0] == "why":
+            doctored = {**doc, "branches": [{**b, "disposition": "REJECTED"} for b in doc["branches"]]}
+        else:
+            doctored = {**doc, "results": [{**r, "status": "INFO"} for r in doc["results"]]}
+        assert thinning.thinned_disagreements(argv, doctored, count=2), f"{args[0]}: a changed answer went unnoticed"

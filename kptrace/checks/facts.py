@@ -18,6 +18,7 @@ from ipaddress import ip_address
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import Chain, Cond, IPNetwork, Rule, Ruleset
 from kptrace.model.node import Node
+from kptrace.model.routing import Link
 from kptrace.checks.rule_text import RuleText, rule_text
 from kptrace.model.source import ASSUMED_FILE, Source
 
@@ -121,10 +122,22 @@ def pod_bridges(node: Node) -> list[str]:
 
 def overlays(node: Node) -> list[str]:
     """Tunnel devices pod traffic to other nodes leaves through (flannel.1, vxlan.calico, …)."""
-    names = {link.name for link in node.links if link.vxlan is not None or link.kind in ("vxlan", "geneve", "ipip")}
+    names = {link.name for link in node.links if (link.vxlan is not None or link.kind in ("vxlan", "geneve", "ipip"))
+             and not _carries_nothing(node, link)}
     if node.flannel is not None:
         names |= {a.iface for a in node.addresses if a.iface.startswith("flannel")}
     return sorted(names)
+
+
+def _carries_nothing(node: Node, link: Link) -> bool:
+    """A tunnel device that is down, has no address and no route through it: the ipip module's
+    fallback device `tunl0` (and `gre0`, …) that every namespace gets when the module is loaded.
+    It sends nothing, so no packet leaves through it and its MTU or forwarding setting cannot matter."""
+    if not link.flags or "UP" in link.flags:
+        return False
+    if any(a.iface == link.name for a in node.addresses):
+        return False
+    return not any(h.dev == link.name for r in node.routes for h in r.nexthops)
 
 
 def node_ifaces(node: Node) -> list[str]:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kptrace.model.finding import Location, Severity, Status
+from kptrace.model.flow import Flow
 from kptrace.model.source import ASSUMED_FILE, Source
 
 if TYPE_CHECKING:
     from kptrace.checks.facts import CheckContext
 
-GROUPS = ("input", "kernel", "netfilter", "ipvs", "routing", "host")
+GROUPS = ("input", "kernel", "netfilter", "ipvs", "routing", "host", "dns")
 ID_RE = re.compile(r"^KPT\d{3}$")
 DOCS_URL = "docs/checks/{id}.md"
 
@@ -35,6 +36,10 @@ class Outcome:
     locations: tuple[Location, ...] = ()
     missing: tuple[str, ...] = ()  # inputs that would settle a CANNOT_TELL (KPT002 and the summary list them)
     needs: tuple[str, ...] | None = None  # what this PASS must have seen whole, when not the check's `needs`
+    # The remediation in machine form: --what-if changes (docs/what-if.md) that fix this FAIL, and the flows it
+    # concerns when the check knows them (otherwise `kptrace check` finds them by sweeping the node).
+    fix: tuple[str, ...] = ()
+    flows: tuple[Flow, ...] = ()
 
 
 CheckFn = Callable[["CheckContext"], Iterable[Outcome]]
@@ -123,8 +128,9 @@ def locations(*where: Where) -> tuple[Location, ...]:
     return tuple(out)
 
 
-def fail(message: str, *where: Where) -> Outcome:
-    return Outcome(Status.FAIL, message, locations(*where))
+def fail(message: str, *where: Where, fix: tuple[str, ...] = (), flows: tuple[Flow, ...] = ()) -> Outcome:
+    """fix: the remediation as --what-if changes, which `kptrace check` verifies on the model."""
+    return Outcome(Status.FAIL, message, locations(*where), fix=fix, flows=flows)
 
 
 def passed(message: str, *where: Where, needs: tuple[str, ...] | None = None) -> Outcome:

@@ -70,7 +70,7 @@ def _proven(spec: CheckSpec, o: Outcome, ctx: CheckContext) -> Outcome:
 
 def _finding(spec: CheckSpec, o: Outcome, ctx: CheckContext, node: str | None) -> Finding:
     return Finding(spec.id, spec.name, spec.severity, o.status, o.message, o.locations, spec.remediation, spec.docs_url,
-                   node, o.missing)
+                   node, o.missing, o.fix, o.flows)
 
 
 def _crash(spec: CheckSpec, e: Exception, node: str | None) -> Finding:

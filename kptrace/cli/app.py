@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -20,6 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     add_completion=True,
+    # kubectl's habits: -h as well as --help, in every command (click's contexts inherit it).
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 state = {"debug": False}
 
@@ -36,14 +40,11 @@ def _print_error(prefix: str, message: str) -> None:
 
 
 def _show_usage_error(e: Exception) -> None:
-    """click's own usage message, with any control character of the arguments it quotes escaped."""
-    import io
-
-    from kptrace.render.safe import printable
-
-    buf = io.StringIO()
-    e.show(file=buf)  # type: ignore[attr-defined]
-    sys.stderr.write(printable(buf.getvalue()))
+    """A usage error in kptrace's one-line style: `error: No such option: --frm (kptrace why --help)`."""
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None else "kptrace"
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    _print_error("error: ", f"{message} ({path} --help)")
 
 
 def _version(value: bool) -> None:
@@ -60,7 +61,7 @@ def root(
     state["debug"] = debug or bool(os.environ.get("KPTRACE_DEBUG"))
 
 
-COMMANDS = ("why", "check", "explain", "collect", "graph", "services", "parse", "sweep", "diff")
+COMMANDS = ("why", "check", "explain", "collect", "graph", "services", "parse", "sweep", "diff", "dns")
 
 
 def _register(argv: list[str] | None = None) -> None:
@@ -81,12 +82,65 @@ def _check_dump_args(argv: list[str]) -> None:
             raise KptraceError("--dump '': an empty path (give a file, a bundle directory, a .tar.gz or - for stdin)")
 
 
-def main() -> None:
-    _register(sys.argv[1:])
+class _QuietClosedPipe(io.RawIOBase):
+    """stdout's file descriptor, written until the reader goes away (`kptrace … | head -1`); after that
+    output is discarded, so the command still ends with its own exit code, not a BrokenPipeError."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.reader_gone = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        if self.reader_gone:
+            return len(data)
+        try:
+            return os.write(self.fd, data)
+        except BrokenPipeError:
+            self.reader_gone = True
+            return len(data)
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def _guard_stdout() -> None:
+    out = sys.stdout
     try:
-        _check_dump_args(sys.argv[1:])
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test runner's buffer)
+    out.flush()
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_QuietClosedPipe(fd)), encoding=out.encoding,
+                                  errors=out.errors, line_buffering=bool(out.line_buffering))
+
+
+def _hoist_debug(argv: list[str]) -> list[str]:
+    """`--debug` anywhere before `--` (kubectl takes global flags after the subcommand) moves to the front."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    if "--debug" not in argv[:cut]:
+        return argv
+    return ["--debug", *[a for a in argv[:cut] if a != "--debug"], *argv[cut:]]
+
+
+def main() -> None:
+    argv = _hoist_debug(sys.argv[1:])
+    _register(argv)
+    _guard_stdout()
+    try:
+        from kptrace import demos
+
+        argv = demos.hoist(argv)
+        _check_dump_args(argv)
         # Without standalone mode click returns the command's exit code instead of exiting.
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except KptraceError as e:
         if state["debug"]:

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kptrace.cli.why import OutputFormat
 from kptrace.errors import KptraceError
-from kptrace.model.finding import Severity
+from kptrace.model.finding import Finding, Severity
 
 if TYPE_CHECKING:
     from kptrace.checks.facts import CheckContext
@@ -30,6 +29,15 @@ class FailOn(str, Enum):
     high = "high"
     medium = "medium"
     low = "low"
+    info = "info"
+
+
+class CheckFormat(str, Enum):
+    human = "human"
+    json = "json"
+    yaml = "yaml"
+    junit = "junit"
+    sarif = "sarif"
 
 
 def check(
@@ -39,9 +47,20 @@ def check(
     pod_cidr: list[str] = typer.Option(None, "--pod-cidr", help="The cluster's pod CIDR (default: node.yaml, or "
                                        "kube-proxy's rules)."),
     demo: bool = typer.Option(False, "--demo", help="Check the demo cluster shipped with kptrace."),
-    fail_on: FailOn = typer.Option(FailOn.high, "--fail-on", help="Exit 1 on a FAIL of this severity or higher."),
-    output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
+    fail_on: FailOn = typer.Option(FailOn.high, "--fail-on", case_sensitive=False,
+                                   help="Exit 1 on a FAIL of this severity or higher: high, medium, low or info."),
+    output: CheckFormat = typer.Option(CheckFormat.human, "--output", "-o", case_sensitive=False,
+                                       help="human, json, yaml, junit (XML) or sarif (2.1.0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show PASS results too."),
+    only: list[str] = typer.Option(None, "--only", help="Only these checks: IDs or names, comma-separated or "
+                                   "repeated (KPT001 and KPT003 always show)."),
+    skip: list[str] = typer.Option(None, "--skip", help="Not these checks: IDs or names, comma-separated or repeated."),
+    baseline: Path = typer.Option(None, "--baseline", help="Known findings: a `kptrace check -o json` document or a "
+                                  "file of fingerprints, one a line; they are left out of the output and exit code."),
+    what_if: list[str] = typer.Option(None, "--what-if", help="A change tried on the model before the checks run, never "
+                                      "on the node (docs/what-if.md); repeatable."),
+    verify_fixes: bool = typer.Option(True, "--verify-fixes/--no-verify-fixes", help="Try each FAIL's remediation on "
+                                      "the model and re-trace the flows it concerns (docs/what-if.md)."),
 ) -> None:
     """Run every check on a node's bundle: the runbook step before tracing single packets.
 
@@ -50,6 +69,7 @@ def check(
 
     Exit codes: 0 no FAIL at or above --fail-on and no WARN, 1 a FAIL at or above --fail-on,
     2 usage error or an input that does not parse (KPT001), 3 a check crashed (KPT003), 4 only WARN.
+    Findings in --baseline count for none of them.
 
     Examples:
 
@@ -58,6 +78,10 @@ def check(
       kptrace check --dump node-a/ --fail-on medium -o json
 
       kptrace check --dump bundles/        (a directory of node bundles: a row per node at the end)
+
+      kptrace check --dump node-a/ -o junit --baseline known.json --skip KPT105 > report.xml
+
+      kptrace check --dump node-a/ --what-if 'sysctl -w net.ipv4.ip_forward=1'
 
       kptrace explain KPT101
     """
@@ -73,16 +97,54 @@ def check(
     if not paths:
         raise KptraceError("no input: give --dump PATH (a file, a bundle directory or .tar.gz) or --demo")
     named = load_contexts(paths, list(node_ip or []), list(pod_cidr or []), progress=sys.stderr.isatty())
+    if what_if:
+        from kptrace.checks.facts import contexts as make_contexts
+        from kptrace.whatif.cli import what_if as apply_what_if
+
+        changed = apply_what_if([ctx.node for _, ctx in named], what_if)
+        assert changed is not None
+        named = [(name, ctx) for (name, _), ctx in zip(named, make_contexts(changed.cluster))]
     contexts = [ctx for _, ctx in named]
     several = len(named) > 1
     findings = [f for name, ctx in named
                 for f in run_checks(ctx, node_name=name if several else None, debug=bool(state["debug"]))]
-    if output == OutputFormat.json:
-        typer.echo(dumps(check_json(findings, [i for c in contexts for i in c.node.inputs])))
-    else:
-        from kptrace.render.safe import safe_console
+    from kptrace.render import pipeline
 
-        render_findings(findings, safe_console(), verbose)
+    findings = pipeline.select(findings, only, skip)
+    known: list[Finding] = []
+    if baseline is not None:
+        findings, known = pipeline.apply_baseline(findings, pipeline.read_baseline(baseline))
+    from kptrace.whatif.verify import Verifier
+
+    verified = Verifier(contexts).verify_all(findings) if verify_fixes else []
+    if output in (CheckFormat.json, CheckFormat.yaml):
+        from kptrace.whatif.verify import add_verifications
+
+        doc = check_json(findings, [i for c in contexts for i in c.node.inputs])
+        if what_if:
+            from kptrace.whatif.cli import inputs_with_changes
+
+            doc["inputs"] = inputs_with_changes(doc["inputs"], changed)
+        typer.echo(dumps(add_verifications(doc, findings, verified), output.value))
+    elif output == CheckFormat.junit:
+        typer.echo(pipeline.junit(findings), nl=False)
+    elif output == CheckFormat.sarif:
+        typer.echo(dumps(pipeline.sarif(findings)))
+    else:
+        from kptrace.render.human import make_console
+
+        console = make_console()
+        if what_if:
+            from kptrace.whatif.cli import render_applied
+
+            render_applied(changed, console)
+        render_findings(findings, console, verbose)
+        from kptrace.whatif.verify import render_verifications
+
+        render_verifications(verified, console)
+        if known:
+            console.print(f"{len(known)} known finding{'s' if len(known) != 1 else ''} left out (--baseline {baseline})",
+                          soft_wrap=True, highlight=False)
     raise typer.Exit(int(exit_code(findings, Severity(fail_on.value.upper()))))
 
 
@@ -111,12 +173,14 @@ def _load_parallel(bundles: list[Path], node_ips: list[str], pod_cidrs: list[str
                    progress: bool) -> list[tuple[str, CheckContext]]:
     from kptrace.checks.facts import contexts
     from kptrace.collect.cluster import _bar
-    from kptrace.load import same_node
+    from kptrace.load import is_stream_path, same_node
 
     # --node-ip names the first node, as load_cluster has it.
     jobs = [(b, node_ips if i == 0 else [], pod_cidrs) for i, b in enumerate(bundles)]
     results: dict[int, Loaded] = {}
     n = max(1, min(workers or os.cpu_count() or 1, len(bundles)))
+    if any(is_stream_path(b) for b in bundles):
+        n = 1  # `-`, /dev/stdin or a FIFO is read here, once: a worker's standard input is closed
     if n == 1:
         with _bar(progress, len(bundles)) as advance:
             for i, job in enumerate(jobs):

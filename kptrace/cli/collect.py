@@ -39,6 +39,9 @@ def collect(
                                   "filesystem, mounted read-only (the DaemonSet mounts / at /host): iptables-save is "
                                   "then the host's own, run in it with chroot; both versions go in manifest.json."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar; warnings are still printed."),
+    script: bool = typer.Option(False, "--script", help="Print a POSIX sh script that writes the same bundle with "
+                                "only the shell, coreutils and the node's own tools (for nodes whose Python is older "
+                                "than 3.11): `kptrace collect --script > collect.sh`, then `sudo sh collect.sh` there."),
 ) -> None:
     """Capture this node's netfilter rules, routes, links, neighbours and settings into a bundle.
 
@@ -55,7 +58,14 @@ def collect(
       sudo kptrace collect -o node-a.tar.gz
 
       kptrace why 10.96.0.10:53 --proto udp --dump node-a.tar.gz
+
+      kptrace collect --script > collect.sh; scp collect.sh node-a:; ssh node-a sudo sh collect.sh -o /tmp/b
     """
+    if script:
+        from kptrace.collect.script import script as collect_script
+
+        typer.echo(collect_script(), nl=False)
+        return
     from kptrace.collect import bundle
     from kptrace.collect.live import INCLUDABLE, Options, hostname
     from kptrace.collect.live import collect as run_collect

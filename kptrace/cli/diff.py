@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class DiffFormat(str, Enum):
     human = "human"
     json = "json"
+    yaml = "yaml"
 
 
 def _pick(cluster: list[Node], name: str | None, what: str) -> Node:
@@ -39,11 +40,13 @@ def diff(
     service: str = typer.Option(None, "--service", help="Only this Service: ns/name, or ns/name:port-name."),
     source: list[str] = typer.Option(None, "--source", help="Only these source kinds: pod, remote, node, external; "
                                      "repeatable."),
-    output: DiffFormat = typer.Option(DiffFormat.human, "--output", "-o", help="human or json."),
+    output: DiffFormat = typer.Option(DiffFormat.human, "--output", "-o", help="human, json or yaml."),
     checks: bool = typer.Option(False, "--checks/--no-checks", help="Name the checks that explain each flow that "
                                 "does not arrive."),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Parse every rule up front (default)."),
     width: int = typer.Option(None, "--width", min=40, help="Columns for the human view."),
+    what_if: list[str] = typer.Option(None, "--what-if", help="With one input (or --dump/--demo): A is the input, B the "
+                                      "input with these changes (docs/what-if.md); repeatable."),
 ) -> None:
     """Sweep two inputs (or two nodes of one) and list every flow whose fate, endpoints, shares, masquerade or
     egress differ, with what differs on its path on each side.
@@ -58,13 +61,32 @@ def diff(
       kptrace diff yesterday/node-a.tar.gz today/node-a.tar.gz
 
       kptrace diff --dump bundles/ --node node-b --vs node-c
+
+      kptrace diff node-a/ --what-if 'iptables -P FORWARD ACCEPT'     (what else the change opens)
     """
     from kptrace.cli.sweep import load_for_sweep, sources_option
     from kptrace.walkers.sweep import Sweeper, diff_rows
 
     kinds = sources_option(source)
     paths = list(inputs or [])
-    if vs is not None:
+    changed = None
+    if what_if:
+        if vs is not None or len(paths) + len(dump or []) + int(demo) != 1:
+            raise KptraceError("diff --what-if takes one input (kptrace diff INPUT --what-if CHANGE, or --dump/--demo): "
+                               "A is the input, B the input with the changes")
+        from kptrace.whatif.cli import what_if as apply_what_if
+
+        ca = load_for_sweep(list(dump or []) + paths, demo, strict=strict)
+        changed = apply_what_if(ca, what_if)
+        assert changed is not None
+        cb = changed.cluster
+        na, nb = _pick(ca, node, "--node"), _pick(cb, node, "--node")
+        sa = Sweeper(ca, checks=checks).sweep_node(na, service, kinds)
+        sb = Sweeper(cb, checks=checks).sweep_node(nb, service, kinds)
+        label_a = ", ".join(str(p) for p in (list(dump or []) + paths)) or "demo"
+        label_b = f"{label_a} with " + "; ".join(f"{c.cite} {c.text}" for c in changed.changes)
+        all_inputs = [i for n in cb for i in n.inputs]
+    elif vs is not None:
         if paths and dump:
             raise KptraceError("--vs compares two nodes of one input: give it with --dump (or --demo), not as arguments")
         cluster = load_for_sweep(list(dump or []) + paths, demo, strict=strict)
@@ -79,6 +101,9 @@ def diff(
         if len(paths) != 2 or dump or demo:
             raise KptraceError("diff takes two inputs (kptrace diff A B), or one input and two of its nodes "
                                "(kptrace diff --dump bundles/ --node X --vs Y)")
+        from kptrace.load import stdin_once
+
+        stdin_once(paths)
         ca = load_for_sweep([paths[0]], False, strict=strict)
         cb = load_for_sweep([paths[1]], False, strict=strict)
         na, nb = _pick(ca, node, "--node"), _pick(cb, node, "--node")
@@ -89,16 +114,25 @@ def diff(
     changes = diff_rows(sa.rows, sb.rows)
     side_a = (label_a, na.name, sa.rows, sa.service_ports)
     side_b = (label_b, nb.name, sb.rows, sb.service_ports)
-    if output == DiffFormat.json:
+    if output in (DiffFormat.json, DiffFormat.yaml):
         from kptrace.render.jsonout import dumps
         from kptrace.render.sweep import diff_json
 
-        typer.echo(dumps(diff_json(changes, side_a, side_b, all_inputs)))
+        doc = diff_json(changes, side_a, side_b, all_inputs)
+        if changed is not None:
+            from kptrace.whatif.cli import inputs_with_changes
+
+            doc["inputs"] = inputs_with_changes(doc["inputs"], changed)
+        typer.echo(dumps(doc, output.value))
     else:
         from kptrace.render.human import make_console
         from kptrace.render.sweep import render_diff
 
-        render_diff(changes, side_a, side_b, make_console(width))
+        from kptrace.whatif.cli import render_applied
+
+        console = make_console(width)
+        render_applied(changed, console)
+        render_diff(changes, side_a, side_b, console)
     raise typer.Exit(int(ExitCode.FAIL if changes else ExitCode.OK))
 
 

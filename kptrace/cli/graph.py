@@ -15,6 +15,7 @@ class GraphFormat(str, Enum):
     dot = "dot"
     mermaid = "mermaid"
     json = "json"
+    yaml = "yaml"
     svg = "svg"
 
 
@@ -29,7 +30,8 @@ def graph(
     to: str = typer.Option(None, "--to", help="The trace's destination, IP:PORT (as `kptrace why DEST`)."),
     proto: str = typer.Option(None, "--proto", "-p", help="The trace's protocol: tcp, udp, sctp or icmp."),
     family: int = typer.Option(None, "--family", help="4 or 6 (default: --to's, else 4).", min=4, max=6),
-    output: GraphFormat = typer.Option(GraphFormat.dot, "--output", "-o", help="dot, mermaid, json or svg."),
+    output: GraphFormat = typer.Option(GraphFormat.dot, "--output", "-o", case_sensitive=False,
+                                       help="dot, mermaid, json, yaml or svg."),
 ) -> None:
     """Draw the chain graph: hooks → built-in chains → user chains, one edge per jump rule.
 
@@ -95,8 +97,8 @@ def graph(
         view = render.service_view(g, rs, service)
     else:
         view = render.whole_view(g)
-    if output == GraphFormat.json:
-        typer.echo(dumps(render.to_json(g, view)))
+    if output in (GraphFormat.json, GraphFormat.yaml):
+        typer.echo(dumps(render.to_json(g, view), output.value))
     elif output == GraphFormat.mermaid:
         typer.echo(render.to_mermaid(g, view), nl=False)
     elif output == GraphFormat.svg:

@@ -52,7 +52,8 @@ class FileRecord(TypedDict):
 
 def parse(
     files: list[Path] = typer.Argument(..., help="Files, bundle directories or .tar.gz bundles to read."),
-    output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
+    output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", case_sensitive=False,
+                                        help="human, json or yaml."),
 ) -> None:
     """Show what kptrace recognised in each input: sections, counts, and every line it could not read.
 
@@ -71,11 +72,20 @@ def parse(
     from kptrace.parsers.paste import parse_paste, paste_kind
 
     node = Node()
+    # A cluster directory holds one bundle per node: each is read into its own Node, as the loader
+    # reads them (two nodes' iptables-save are not one node's contradiction).
+    per_bundle: dict[str, Node] = {}
+    owner: dict[str, Node] = {}
     records: list[FileRecord] = []
     for p in files:
-        for label, data in _read_entries(p):
+        entries = list(_read_entries(p))
+        dirs = {_short(label, p).rsplit("/", 1)[0] for label, _ in entries if "/" in _short(label, p)}
+        for label, data in entries:
             short = _short(label, p)
             in_bundle = p.is_dir() or label != str(p)
+            if p.is_dir() and len(dirs) > 1 and "/" in short:
+                node = per_bundle.setdefault(short.rsplit("/", 1)[0], Node())
+            owner[short] = node
             if isinstance(data, KptraceError):
                 records.append(FileRecord(file=short, kind=None, sha256="", lines=0, sections=[],
                                           unrecognised=[_from_error(data, short)]))
@@ -101,17 +111,25 @@ def parse(
                 rec["unrecognised"].append(_from_error(e, short, text.split("\n", 1)[0]))
                 records.append(rec)
                 continue
-            rec["unrecognised"] += [_from_error(e, short) for e in node.errors[errors_before:]]
+            # A paste's unrecognised lines are also the loader's errors (KPT001 reads those): said once.
+            said = {(u["file"], u["line"], u["reason"]) for u in rec["unrecognised"]}
+            rec["unrecognised"] += [u for e in node.errors[errors_before:]
+                                    if ((u := _from_error(e, short))["file"], u["line"], u["reason"]) not in said]
+            if kind is None:
+                # A bundle file the loader reads by its name alone (hostname.txt, the manifest).
+                kind = next((i.kind for i in reversed(node.inputs) if i.file == short), None)
+                rec["kind"] = kind
             if kind != "paste" and kind is not None:
                 rec["sections"] = [_whole_file_section(node, before, kind, rec["lines"])]
             records.append(rec)
     for rec in records:
-        rec["evidence"] = {fact: ev.level for fact, ev in sorted(node.evidence.items()) if rec["file"] in ev.files}
+        mine = owner.get(rec["file"], node)
+        rec["evidence"] = {fact: ev.level for fact, ev in sorted(mine.evidence.items()) if rec["file"] in ev.files}
     doc = parse_json(records, node)
-    if output == OutputFormat.json:
+    if output in (OutputFormat.json, OutputFormat.yaml):
         from kptrace.render.jsonout import dumps
 
-        typer.echo(dumps(doc))
+        typer.echo(dumps(doc, output.value))
     else:
         from kptrace.render.safe import safe_console
 

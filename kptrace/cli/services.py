@@ -11,9 +11,11 @@ from kptrace.errors import KptraceError
 
 
 class ServicesFormat(str, Enum):
-    table = "table"
+    human = "human"
+    table = "table"  # the human table, by its older name
     wide = "wide"
     json = "json"
+    yaml = "yaml"
 
 
 def services(
@@ -21,7 +23,8 @@ def services(
                                     "bundles) or bundle .tar.gz; repeatable."),
     demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace."),
     namespace: str = typer.Option(None, "--namespace", "-n", help="Only Services in this namespace."),
-    output: ServicesFormat = typer.Option(ServicesFormat.table, "--output", "-o", help="table, wide or json."),
+    output: ServicesFormat = typer.Option(ServicesFormat.human, "--output", "-o", case_sensitive=False,
+                                          help="human (or table), wide, json or yaml."),
     width: int = typer.Option(None, "--width", help="Columns to render to (default: COLUMNS or the terminal's).",
                               min=40),
 ) -> None:
@@ -58,9 +61,9 @@ def services(
         raise KptraceError("no input: give --dump PATH (a file, a bundle directory or .tar.gz) or --demo")
     cluster = load_cluster(paths)
     found = [s for s in collect(cluster) if namespace is None or s.namespace == namespace]
-    if output == ServicesFormat.json:
+    if output in (ServicesFormat.json, ServicesFormat.yaml):
         inputs = [i for n in cluster for i in n.inputs]
-        typer.echo(dumps(services_json(found, inputs)))
+        typer.echo(dumps(services_json(found, inputs), output.value))
     else:
         render_services(found, make_console(width), wide=output == ServicesFormat.wide)
 

@@ -21,6 +21,7 @@ SOURCES = ("pod", "remote", "node", "external")
 class SweepFormat(str, Enum):
     human = "human"
     json = "json"
+    yaml = "yaml"
     csv = "csv"
 
 
@@ -83,13 +84,15 @@ def sweep(
     node_ip: list[str] = typer.Option(None, "--node-ip", help="An address of this node; repeatable."),
     pod_cidr: list[str] = typer.Option(None, "--pod-cidr", help="The cluster's pod CIDR (default: node.yaml, or "
                                        "kube-proxy's rules)."),
-    output: SweepFormat = typer.Option(SweepFormat.human, "--output", "-o", help="human, json or csv."),
+    output: SweepFormat = typer.Option(SweepFormat.human, "--output", "-o", help="human, json, yaml or csv."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Name the checks that explain each flow that does "
                                 "not arrive (large dumps read lazily: left to `kptrace check`)."),
     strict: bool = typer.Option(True, "--strict/--no-strict", help="Parse every rule up front (default; a sweep reads "
                                 "them all) or as the walk reads them."),
     width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the "
                               "terminal)."),
+    what_if: list[str] = typer.Option(None, "--what-if", help="A change tried on the model before the sweep, never "
+                                      "on the node (docs/what-if.md); repeatable."),
 ) -> None:
     """Trace every Service port the node knows, from a pod on it, a pod on another node, the node itself and a
     client outside: one row per flow, broken ones first.
@@ -114,6 +117,11 @@ def sweep(
 
     kinds = sources_option(source)
     cluster = load_for_sweep(dump, demo, node_ip, pod_cidr, strict)
+    from kptrace.whatif.cli import what_if as apply_what_if
+
+    changed = apply_what_if(cluster, what_if)
+    if changed is not None:
+        cluster = changed.cluster
     targets = cluster
     if node is not None:
         targets = [n for n in cluster if n.name == node]
@@ -123,11 +131,15 @@ def sweep(
     result = sweeper.sweep(service, kinds, targets)
     if service is not None and not any(n.service_ports for n in result.nodes):
         raise KptraceError(f"--service '{service}': no such Service port in the input (kptrace services lists them)")
-    if output == SweepFormat.json:
+    if output in (SweepFormat.json, SweepFormat.yaml):
         from kptrace.render.jsonout import dumps
         from kptrace.render.sweep import sweep_json
 
-        typer.echo(dumps(sweep_json(result, [i for n in cluster for i in n.inputs])))
+        from kptrace.whatif.cli import inputs_with_changes
+
+        doc = sweep_json(result, [i for n in cluster for i in n.inputs])
+        doc["inputs"] = inputs_with_changes(doc["inputs"], changed)
+        typer.echo(dumps(doc, output.value))
     elif output == SweepFormat.csv:
         from kptrace.render.sweep import sweep_csv
 
@@ -136,7 +148,11 @@ def sweep(
         from kptrace.render.human import make_console
         from kptrace.render.sweep import render_sweep
 
-        render_sweep(result, make_console(width))
+        from kptrace.whatif.cli import render_applied
+
+        console = make_console(width)
+        render_applied(changed, console)
+        render_sweep(result, console)
     statuses = {r.status for r in result.rows}
     if not result.rows and any(n.service_ports for n in result.nodes):
         statuses.add("undetermined")  # Service ports, but no source the input could give: nothing was shown to work

@@ -15,6 +15,7 @@ from kptrace.model.node import Node
 from kptrace.model.finding import Finding
 from kptrace.model.trace import Disposition, Trace
 from kptrace.render.detail import Detail
+from kptrace.whatif.cli import HELP as WHAT_IF_HELP
 
 PROTOS = ("tcp", "udp", "sctp", "icmp")
 
@@ -22,6 +23,7 @@ PROTOS = ("tcp", "udp", "sctp", "icmp")
 class OutputFormat(str, Enum):
     human = "human"
     json = "json"
+    yaml = "yaml"
 
 
 def parse_dest(text: str) -> tuple[str, int | None]:
@@ -53,7 +55,8 @@ def exit_code(t: Trace) -> ExitCode:
 
 
 def why(
-    dest: str = typer.Argument(..., help="Destination: IP:PORT, IP (icmp) or [IPv6]:PORT."),
+    dest: str = typer.Argument(..., help="Destination: IP:PORT, IP:PORT/PROTO, IP (icmp), [IPv6]:PORT, or a Service: "
+                               "ns/name:port or svc/ns/name:port (resolved from the rules' comments)."),
     src: str = typer.Option(None, "--from", help="Source address (default: a node address, i.e. locally generated)."),
     proto: str = typer.Option(None, "--proto", "-p", help="tcp, udp, sctp or icmp (default tcp, icmp without a port)."),
     sport: int = typer.Option(None, "--sport", help="Source port, for rules that test it.", min=1, max=65535),
@@ -69,13 +72,15 @@ def why(
     service_cidr: list[str] = typer.Option(None, "--service-cidr", help="The cluster's Service range (default: node.yaml); "
                                            "a destination in it that no Service has is answered NO_SERVICE."),
     demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace (flannel VXLAN, node-a and node-b)."),
-    output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", help="human or json."),
+    output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", case_sensitive=False,
+                                        help="human, json or yaml."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect (inputs under 4 MiB; "
                                 "`kptrace check` for larger ones)."),
     strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large iptables-save and nft dumps are otherwise read lazily)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache of large dumps (KPTRACE_NO_CACHE=1)."),
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
     width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the terminal)."),
+    what_if: list[str] = typer.Option(None, "--what-if", help=WHAT_IF_HELP),
 ) -> None:
     """Trace one packet: which rule, route or setting decides its fate, step by step.
 
@@ -84,6 +89,13 @@ def why(
       kptrace why 10.96.0.10:53 --proto udp --from 10.244.1.5 --demo
 
       kptrace why 192.168.0.2:30080 --from 203.0.113.7 --dump node-a/ -o json
+
+      kptrace why svc/kube-system/kube-dns:dns --from 10.244.1.5 --demo
+
+      kptrace why 10.244.2.5:8080 --from 10.244.1.5 --dump node-a/ --what-if 'iptables -P FORWARD ACCEPT'
+
+    Exit codes: 0 accepted, delivered or forwarded; 1 dropped, rejected, no route or no Service (on any
+    branch, or its reply fails); 2 usage error or unusable input; 3 internal error; 4 undetermined.
     """
     from kptrace.load import LoadOptions, demo_path, load_cluster
 
@@ -91,12 +103,21 @@ def why(
     from kptrace.render.jsonout import dumps, trace_json
     from kptrace.walkers.netfilter import trace_flow
 
-    host, port = parse_dest(dest)
-    p = (proto or ("tcp" if port is not None else "icmp")).lower()
-    if p not in PROTOS:
-        raise KptraceError(f"--proto '{proto}': expected one of {', '.join(PROTOS)}")
-    if p != "icmp" and port is None:
-        raise KptraceError(f"destination '{dest}' needs a port for {p}")
+    from kptrace.cli.dest import is_service_ref, resolve_service, split_proto
+
+    service_ref = is_service_ref(dest)
+    if not service_ref:
+        dest, suffix = split_proto(dest)  # 10.96.0.10:53/udp, as kptrace prints it
+        if suffix and proto and suffix != proto.lower():
+            raise KptraceError(f"destination '{dest}/{suffix}' and --proto {proto} disagree")
+        if not proto and suffix:
+            proto = suffix
+        host, port = parse_dest(dest)
+        p = (proto or ("tcp" if port is not None else "icmp")).lower()
+        if p not in PROTOS:
+            raise KptraceError(f"--proto '{proto}': expected one of {', '.join(PROTOS)}")
+        if p != "icmp" and port is None:
+            raise KptraceError(f"destination '{dest}' needs a port for {p}")
     paths = list(dump or [])
     if demo:
         paths.insert(0, demo_path())
@@ -107,10 +128,20 @@ def why(
 
         # No --dump and no --demo: this node, read live (read-only), through the same loader.
         cluster = [live_node(list(node_ip or []), list(pod_cidr or []))]
+    if service_ref:
+        # ns/name:port, svc/ns/name:port: the Service's cluster IP and port, from the input's own rules.
+        host, resolved, p = resolve_service(dest, cluster, proto)
+        port = resolved
     st = (state or "new").lower()
     if st not in STATES:
         raise KptraceError(f"--state '{state}': expected one of {', '.join(STATES)}")
     mark_value = _mark(mark)
+    from kptrace.whatif.cli import what_if as apply_what_if
+
+    changed = apply_what_if(cluster, what_if)
+    before = cluster
+    if changed is not None:
+        cluster = changed.cluster
     cidrs = tuple(_network(c) for c in service_cidr or ())
     dst_ip = ip_address(host)
     src_ip = _source(src, cluster, dst_ip)
@@ -118,22 +149,35 @@ def why(
     flow = Flow(src_ip, dst_ip, p, sport, port, in_iface, st, mark_value)
     trace = trace_flow(node, flow, cluster, tuple(notes), cidrs)
     findings = _findings(trace, node, cluster, paths, node_ip, pod_cidr) if checks else []
-    if output == OutputFormat.json:
+    # With --what-if, the same packet on the input as it is: what the changes change for it.
+    was = trace_flow(before[next(i for i, n in enumerate(cluster) if n is node)], flow, before, tuple(notes), cidrs) \
+        if changed is not None else None
+    if output in (OutputFormat.json, OutputFormat.yaml):
         from kptrace.render.findings import finding_json
 
         doc = trace_json(trace)
         doc["findings"] = [finding_json(f) for f in findings]
-        typer.echo(dumps(doc))
+        if changed is not None and was is not None:
+            from kptrace.whatif.cli import inputs_with_changes
+
+            doc["inputs"] = inputs_with_changes(doc["inputs"], changed)
+            doc["without_what_if"] = {"disposition": was.disposition.value}
+        typer.echo(dumps(doc, output.value))
     else:
         from kptrace.render.human import make_console, render_trace
 
         console = make_console(width)
-        render_trace(trace, console, detail)
-        if findings:
-            from kptrace.render.findings import render_findings
+        from kptrace.whatif.cli import render_applied
 
-            console.print("findings at the steps of this trace (kptrace explain ID for details):")
-            render_findings(findings, console, verbose=False)
+        render_applied(changed, console)
+        render_trace(trace, console, detail)
+        if was is not None:
+            from kptrace.whatif.verify import fate
+
+            console.print(f"without the what-if changes: {fate(was)}", highlight=False)
+        from kptrace.render.findings import render_trace_findings
+
+        render_trace_findings(findings, trace, console, detail.value)
     raise typer.Exit(int(exit_code(trace)))
 
 

@@ -67,6 +67,8 @@ def manifest(caps: list[Capture], meta: Meta, redactor: Redactor | None = None) 
         }
         if c.message:
             entry["message"] = r(c.message)
+        if c.status == "absent":
+            entry["absent_file"] = c.name  # the bundle file the node has nothing for (no such file)
         if c.notes:
             entry["notes"] = [r(n) for n in c.notes]
         if c.data is not None:

@@ -30,6 +30,9 @@ def bundle_paths(paths: list[Path]) -> list[Path]:
     A directory holding plain files is one bundle itself; a directory holding only bundles (the
     DaemonSet's output directory) is a cluster. Hidden entries are skipped.
     """
+    from kptrace.load import stdin_once
+
+    stdin_once(paths)
     out: list[Path] = []
     for p in paths:
         if not p.is_dir():
@@ -76,6 +79,10 @@ def load_bundles_parallel(
         raise KptraceError("no input: give --dump PATH (a bundle, or a directory of node bundles)")
     results: dict[int, list[Node] | KptraceError] = {}
     n = max(1, min(workers or os.cpu_count() or 1, len(bundles)))
+    from kptrace.load import is_stream_path
+
+    if any(is_stream_path(b) for b in bundles):
+        n = 1  # `-`, /dev/stdin or a FIFO is read here, once: a worker's standard input is closed
     if n == 1:
         with _bar(progress, len(bundles)) as advance:
             for i, b in enumerate(bundles):

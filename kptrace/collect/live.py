@@ -402,6 +402,96 @@ def flannel(o: Options) -> list[Capture]:
     return [read_file("flannel-subnet.env", FLANNEL_SUBNET)]
 
 
+# --- DNS: the node's resolv.conf files and kubelet's resolvConf -----------------------------------
+
+DNS_ROOT = Path("/")  # where the node's /etc and /var/lib live (the host root when mounted); tests use a fake tree
+RESOLV_FILES = (("resolv.conf", "etc/resolv.conf"), ("systemd-resolved-resolv.conf", "run/systemd/resolve/resolv.conf"))
+KUBELET_CONFIG = "var/lib/kubelet/config.yaml"  # kubelet's default --config (kubeadm's too)
+_MAX_LINKS = 16
+
+
+def _host_path(root: Path, rel: str) -> tuple[Path | None, list[str]]:
+    """`rel` inside the node's root, its symlinks followed inside that root (an absolute link names the
+    node's own path, not this container's), and the links met ("/etc/resolv.conf -> …")."""
+    parts = [p for p in rel.strip("/").split("/") if p]
+    done: list[str] = []
+    links: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        if name == ".":
+            continue
+        here = root.joinpath(*done, name)
+        if here.is_symlink():
+            hops += 1
+            if hops > _MAX_LINKS:
+                return None, links
+            target = os.readlink(here)
+            links.append(f"/{'/'.join([*done, name])} -> {target}")
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        done.append(name)
+    return root.joinpath(*done), links
+
+
+def _read_host_file(name: str, rel: str, root: Path) -> Capture:
+    path, links = _host_path(root, rel)
+    if path is None:
+        cap = Capture(name, ("read", "/" + rel), "file", FAILED, message=f"/{rel}: more than {_MAX_LINKS} symlinks")
+        return cap
+    cap = read_file(name, path)
+    cap.command = ("read", "/" + rel)  # cited as the node's path, wherever the root is mounted here
+    if cap.status == ABSENT:
+        cap.message = f"/{rel}: not present on this node"
+    cap.notes.extend(f"symlink: {ln}" for ln in links)
+    return cap
+
+
+def _kubelet_pid() -> str | None:
+    """The kubelet process (its /proc/PID/comm says `kubelet`); None when none is visible (no hostPID)."""
+    try:
+        pids = sorted((p for p in PROC.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    except OSError:
+        return None
+    for p in pids:
+        try:
+            if (p / "comm").read_text().strip() == "kubelet":
+                return p.name
+        except OSError:
+            continue
+    return None
+
+
+def dns(o: Options) -> list[Capture]:
+    """resolv.conf, systemd-resolved's resolv.conf, kubelet's command line and config file: what decides the
+    upstream servers CoreDNS and `dnsPolicy: Default` pods get (docs/how-it-works.md, DNS). Read only."""
+    root = Path(o.host_root) if o.host_root else DNS_ROOT
+    caps = [_read_host_file(name, rel, root) for name, rel in RESOLV_FILES]
+    pid = _kubelet_pid()
+    config = KUBELET_CONFIG
+    if pid is None:
+        caps.append(Capture("kubelet-cmdline.txt", ("read", "/proc/PID/cmdline"), "file", ABSENT,
+                            message="no kubelet process visible here (not a node, or no host PID namespace)"))
+    else:
+        cap = read_file("kubelet-cmdline.txt", PROC / pid / "cmdline")
+        if cap.data is not None:
+            args = cap.data.rstrip(b"\0").split(b"\0")
+            cap.data = b"".join(a + b"\n" for a in args)  # one argument per line (docs/bundle.md)
+            flag = next((a.split(b"=", 1)[1] if b"=" in a else args[i + 1] if i + 1 < len(args) else b""
+                         for i, a in enumerate(args) if a == b"--config" or a.startswith(b"--config=")), None)
+            if flag:
+                config = flag.decode("utf-8", "replace").lstrip("/")
+        caps.append(cap)
+    caps.append(_read_host_file("kubelet-config.yaml", config, root))
+    return caps
+
+
 def hostname() -> str:
     return socket.gethostname()
 
@@ -437,6 +527,7 @@ STEPS: tuple[Step, ...] = (
     Step("/proc/sys", sysctl),
     Step("/proc/modules", modules),
     Step("/run/flannel/subnet.env", flannel),
+    Step("resolv.conf, kubelet", dns),
     Step("hostname", hostname_file),
     Step("node.yaml", node_meta),
 )
@@ -480,4 +571,7 @@ def live_node(node_ips: list[str] | None = None, pod_cidrs: list[str] | None = N
                          "(or with CAP_NET_ADMIN), or give --dump PATH")
     files = files_of(caps)
     labels = {c.name: c.label for c in caps if c.data is not None}
-    return load_node_from_texts(files, node_ips, pod_cidrs, labels), caps
+    node = load_node_from_texts(files, node_ips, pod_cidrs, labels)
+    # What the node does not have, as a bundle's manifest says it (`absent_file`): known, not unknown.
+    node.absent.update({c.name: c.message[:200] or "absent" for c in caps if c.status == ABSENT})
+    return node, caps

@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from enum import Enum
 
+from kptrace.model.flow import Flow
+
 
 class Severity(str, Enum):
     """Impact if the check fails; `--fail-on` compares against this order."""
@@ -63,6 +65,8 @@ class Finding:
     docs_url: str = ""
     node: str | None = None  # which node's bundle, when several are checked together
     settle: tuple[str, ...] = ()  # CANNOT_TELL: the inputs that would settle it
+    fix: tuple[str, ...] = ()  # FAIL: the remediation as --what-if changes (kptrace/whatif), when it can be one
+    flows: tuple[Flow, ...] = ()  # FAIL: the flows it concerns, when the check names them
 
     def fingerprint(self) -> str:
         """sha256 of id, first cited file and line, and message: stable across runs on the same inputs."""

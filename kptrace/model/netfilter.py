@@ -160,6 +160,11 @@ class Chain:
     def __len__(self) -> int:
         return len(self._rules) if self._rules is not None else len(self._raw or ())
 
+    @property
+    def parsed(self) -> bool:
+        """Whether every rule is parsed already (`rules` costs nothing more)."""
+        return self._rules is not None
+
     def rule_at(self, i: int) -> Rule:
         if self._rules is not None:
             return self._rules[i]
@@ -169,9 +174,9 @@ class Chain:
     def candidates(self, dst: str, start: int = 0, dport: int | None = None, src: str | None = None) -> Iterable[int]:
         """Indexes of the rules, from start, that can match a packet to dst (and to dport, from src, if
         given): all of them unless the chain is indexed."""
-        if self._rules is not None or self._raw is None:
-            return range(start, len(self))
-        return self._raw.candidates(dst, start, dport, src)
+        if self._raw is None or (self._rules is not None and len(self._rules) != len(self._raw)):
+            return range(start, len(self))  # (a parsed chain: walkers/rule_index.py indexes its rules)
+        return self._raw.candidates(dst, start, dport, src)  # parsed from these lines, or still lines
 
 
 @dataclass(slots=True)

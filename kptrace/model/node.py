@@ -9,7 +9,7 @@ from ipaddress import IPv4Interface, IPv6Interface, IPv4Network, IPv6Network
 from kptrace.errors import ParseError
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import Ruleset
-from kptrace.model.observed import KernelMessage, KubeNode, ResolvConf, SysValue, TraceEvent
+from kptrace.model.observed import KernelMessage, KubeletDNS, KubeNode, ResolvConf, SysValue, TraceEvent
 from kptrace.model.routing import BridgePort, FdbEntry, FlannelSubnet, KernelModule, Link, Neighbor, PolicyRule, Route
 from kptrace.model.source import Source
 from kptrace.model.trace import InputFile
@@ -109,6 +109,7 @@ FACTS: dict[str, str] = {
     # Observations without a bundle file of their own (what a paste or a log shows).
     "ipvs_connections": "ipvsadm -Lnc", "trace": "the kernel's TRACE log", "kernel_log": "dmesg",
     "resolv_conf": "/etc/resolv.conf", "kube_nodes": "kubectl get node -o yaml",
+    "kubelet_dns": "kubelet-config.yaml",  # kubelet's resolvConf/clusterDNS (or kubelet-cmdline.txt)
 }
 
 
@@ -119,6 +120,8 @@ class Coverage:
     complete: set[tuple[str, str]] = field(default_factory=set)  # (table, chain) listed in full
     fragments: set[tuple[str, str]] = field(default_factory=set)  # chains of which only some rules are shown
     files: list[str] = field(default_factory=list)
+    # `iptables-save | grep PATTERN` shown whole: every rule holding PATTERN is in the input (the command cited).
+    greps: list[tuple[str, Source]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -160,6 +163,9 @@ class Node:
     sys_values: list[SysValue] | None = None  # single /proc and /sys values as read (also put in sysctls, bridge_ports)
     resolv_conf: list[ResolvConf] = field(default_factory=list)  # the node's, or pods' read with kubectl exec
     kube_nodes: list[KubeNode] = field(default_factory=list)  # `kubectl get node -o yaml`: this node or its peers
+    # kubelet's DNS settings, from its config file and its command line (flags win); None: not in the input.
+    kubelet_dns: list[KubeletDNS] | None = None
+    absent: dict[str, str] = field(default_factory=dict)  # bundle file -> why the node has no such thing (manifest)
     # Modules a filtered module list shows are not loaded (`lsmod | grep br_netfilter` printing nothing).
     modules_not_loaded: dict[str, Source] = field(default_factory=dict)
     # nft chains shown without their `table` line: which table (and so which hook) they belong to is not

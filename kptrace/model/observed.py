@@ -79,6 +79,26 @@ class ResolvConf:
     options: tuple[str, ...]
     source: Source
     whose: str | None = None  # None: not said (the node's, when read on the node); "pod busybox", …
+    path: str | None = None  # the file it is: /etc/resolv.conf, /run/systemd/resolve/resolv.conf; None: not said
+    # The line each nameserver was read from (parallel to `nameservers`), and the search/domain line in effect.
+    nameserver_sources: tuple[Source, ...] = ()
+    search_source: Source | None = None
+    options_sources: tuple[Source, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KubeletDNS:
+    """What kubelet's config file (`resolvConf:`, `clusterDNS:`, `clusterDomain:`) or its command line
+    (`--resolv-conf`, `--cluster-dns`, `--cluster-domain`) says about the DNS it gives pods.
+
+    None: not said by this input (kubelet's default then applies: resolvConf /etc/resolv.conf)."""
+
+    resolv_conf: tuple[str, Source] | None = None  # "" turns the host file off (kubelet: no DNS inherited)
+    cluster_dns: tuple[tuple[str, Source], ...] = ()
+    cluster_domain: tuple[str, Source] | None = None
+    config_path: tuple[str, Source] | None = None  # the command line's --config FILE
+    origin: str = "config"  # "config": a KubeletConfiguration file; "flags": kubelet's command line
+    source: Source | None = None  # the input's first line: cited for what the file says by leaving a key out
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,22 +40,29 @@ FAST_RE = re.compile(
     r"(?: mark=([0-9]{1,10}))?(?: zone=([0-9]{1,5}))?( use=[0-9]{1,10})? *$")
 
 
+FAST_AT = re.compile(r" *" + FAST_RE.pattern)  # the same, from a line's start in the whole text
+MAX_KEPT_ERRORS = 1000  # unreadable lines kept (the caller says the first few); the others are only counted
+
+
 class _Shared:
     """Values a million entries repeat (addresses, ports, flags, words), made once: the table's memory is
     its entries, not a million copies of `10.96.0.10` and `use=1`."""
 
     def __init__(self) -> None:
-        self.addrs: dict[str, IPAddress] = {}
+        self.addrs: dict[str, IPAddress | None] = {}
         self.ints: dict[str, int] = {}
         self.words: dict[object, object] = {}
 
     def addr(self, text: str) -> IPAddress | None:
-        a = self.addrs.get(text)
-        if a is None:
-            try:
-                a = self.addrs[text] = ip_address(text)
-            except ValueError:
-                return None
+        try:
+            return self.addrs[text]
+        except KeyError:
+            pass
+        try:
+            a: IPAddress | None = ip_address(text)
+        except ValueError:
+            a = None
+        self.addrs[text] = a
         return a
 
     def int(self, text: str) -> int:
@@ -70,44 +77,56 @@ class _Shared:
 
 def parse_conntrack(text: str, file: str = "conntrack.txt", errors: list[ParseError] | None = None,
                     first_line: int = 1) -> list[ConntrackEntry]:
+    """Every entry of the table, in order. Lines of the usual shape are matched in place in `text` (a line's
+    string is made only for the others), and their entries cite file:line without a copy of the line: a
+    million-entry table costs its entries, not the text twice (docs/performance.md)."""
     out: list[ConntrackEntry] = []
     shared = _Shared()
-    for n, raw in enumerate(text.split("\n")):
-        lineno = first_line + n
-        line = raw.rstrip("\r")
-        if not line.strip() or FOOTER_RE.match(line):
-            continue
-        try:
-            e = _fast(line, lineno, file, shared)
-            out.append(e if e is not None else _entry(line, lineno, file))
-        except ParseError as e:
-            if errors is None:
-                raise
-            errors.append(e)
+    n = len(text)
+    pos = 0
+    lineno = first_line - 1
+    while pos <= n:
+        end = text.find("\n", pos)
+        if end < 0:
+            end = n
+        lineno += 1
+        m = FAST_AT.match(text, pos, end - 1 if end > pos and text[end - 1] == "\r" else end)
+        e = _fast(m, lineno, file, shared) if m is not None else None
+        if e is not None:
+            out.append(e)
+        else:
+            line = text[pos:end].rstrip("\r")
+            if line.strip() and not FOOTER_RE.match(line):
+                try:
+                    out.append(_entry(line, lineno, file))
+                except ParseError as err:
+                    if errors is None:
+                        raise
+                    if len(errors) < MAX_KEPT_ERRORS:
+                        errors.append(err)
+        pos = end + 1
     return out
 
 
-def _fast(line: str, lineno: int, file: str, shared: _Shared) -> ConntrackEntry | None:
-    """The entry of a line of the usual shape, as _entry reads it, or None (the general path reads it)."""
-    m = FAST_RE.match(line, len(line) - len(line.lstrip(" ")))
-    if m is None:
-        return None
+def _fast(m: re.Match[str], lineno: int, file: str, shared: _Shared) -> ConntrackEntry | None:
+    """The entry of a line of the usual shape (FAST_AT matched it), as _entry reads it, or None (the general
+    path reads it, and says what is wrong, where)."""
     (fam, _, proto, _, timeout, state, s1, d1, sp1, dp1, unreplied, s2, d2, sp2, dp2, assured, mark, zone,
      use) = m.groups()
-    addrs = [shared.addr(a) for a in (s1, d1, s2, d2)]
-    ports = [shared.int(p) for p in (sp1, dp1, sp2, dp2)]
-    if any(a is None for a in addrs) or any(p > 65535 for p in ports):
-        return None  # the general path says what is wrong, where
-    a1, b1, a2, b2 = addrs
-    assert a1 is not None and b1 is not None and a2 is not None and b2 is not None
-    flags = shared.same(tuple(f for f in (unreplied, assured) if f))
+    addr, num, same = shared.addr, shared.int, shared.same
+    a1, b1, a2, b2 = addr(s1), addr(d1), addr(s2), addr(d2)
+    if a1 is None or b1 is None or a2 is None or b2 is None:
+        return None
+    p1, q1, p2, q2 = num(sp1), num(dp1), num(sp2), num(dp2)
+    if p1 > 65535 or q1 > 65535 or p2 > 65535 or q2 > 65535:
+        return None
+    flags = same((unreplied, assured) if unreplied and assured else (unreplied,) if unreplied else
+                 (assured,) if assured else ())
     family = 6 if fam == "ipv6" or a1.version == 6 else 4
     return ConntrackEntry(
-        proto=shared.same(proto), original=ConntrackTuple(a1, b1, ports[0], ports[1]),
-        reply=ConntrackTuple(a2, b2, ports[2], ports[3]), timeout=shared.int(timeout), state=shared.same(state),
-        flags=flags, mark=shared.int(mark) if mark is not None else None,
-        zone=shared.int(zone) if zone is not None else None, family=family, source=Source(file, lineno, 1, line),
-        unknown=shared.same((use.strip(),) if use else ()),
+        same(proto), ConntrackTuple(a1, b1, p1, q1), ConntrackTuple(a2, b2, p2, q2), num(timeout), same(state),
+        flags, num(mark) if mark is not None else None, num(zone) if zone is not None else None, family,
+        Source(file, lineno, 1), same((use.strip(),) if use else ()),
     )
 
 

@@ -47,6 +47,8 @@ from kptrace.parsers.placeholders import not_shown_rule, unreadable_rule
 from kptrace.parsers.iptables_save import POLICIES, PROTO_NUMBERS, parse_network
 from kptrace.parsers.numbers import is_num
 
+# `(policy DROP 3 packets, 188 bytes)`: what the policy itself decided; kept only when both are exact (no K/M/G).
+_POLICY_COUNTERS_RE = re.compile(r"\(policy \S+ ([0-9]{1,20}) packets, ([0-9]{1,20}) bytes\)")
 CHAIN_RE = re.compile(r"^Chain (\S+) \((?:policy (\S+)[^)]*|([0-9]{1,20}) references?)\)\s*$")
 HEADER_RE = re.compile(r"^\s*(num\s+)?(pkts\s+bytes\s+)?target\s+prot\s+opt\s+(in\s+out\s+)?source\s+destination\s*$")
 ELISION_RE = re.compile(
@@ -119,6 +121,9 @@ def parse_iptables_list(text: str, file: str = "iptables-L", table: str | None =
             if policy is not None:
                 if policy in POLICIES and policy != "-":
                     cur.policy = policy
+                    counted = _POLICY_COUNTERS_RE.search(s)
+                    if counted is not None:
+                        cur.counters = (int(counted.group(1)), int(counted.group(2)))
                 else:
                     cur.policy_unknown = f"{src}: policy '{policy}' of {m.group(1)} is not understood"
             header, last, expect = None, None, 1

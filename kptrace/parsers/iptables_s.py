@@ -136,6 +136,7 @@ class _ChainInfo:
     fragment: bool = False  # an elision or a grep: rules are missing
     table: str | None = None  # known from a `*table` line, a command or the caller
     policy_unknown: str | None = None  # why a built-in chain's policy is not known
+    counters: tuple[int, int] | None = None  # the policy's packets and bytes (`-L -v`, exact numbers only)
     items: list[tuple[Rule, str | None]] = field(default_factory=list)  # (rule, the table its line fixes)
 
 
@@ -203,7 +204,7 @@ class PartialBuilder:
         policy = info.policy if builtin else None
         chain = t.chains.get(info.name)
         if chain is None:
-            chain = Chain(table, info.name, policy, info.source, [])
+            chain = Chain(table, info.name, policy, info.source, [], counters=info.counters if builtin else None)
             t.chains[info.name] = chain
         elif policy is not None and chain.policy is None:
             chain.policy = policy

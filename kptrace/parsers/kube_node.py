@@ -20,6 +20,12 @@ Forms accepted:
 
 Only what kptrace uses is read: the name, addresses, pod CIDRs and flannel's annotations (the VTEP MAC
 and underlay address every other node's flannel.1 neighbour and fdb entry must carry for this node).
+
+`kubectl get nodes` (`-o wide`) prints a table instead (parse_kube_node_table); it shows that the
+nodes are Kubernetes nodes, their names and, with `-o wide`, their addresses:
+
+    NAME     STATUS   ROLES    AGE   VERSION   INTERNAL-IP    EXTERNAL-IP   OS-IMAGE   KERNEL-VERSION   CONTAINER-RUNTIME
+    node85   Ready    master   8d    v1.15.6   10.99.212.85   <none>        CentOS 7   3.10.0-957.el7   docker://18.9.6
 """
 
 from __future__ import annotations
@@ -75,6 +81,40 @@ def parse_kube_nodes(text: str, file: str = "node.yaml") -> list[KubeNode]:
         btype = ann.get(FLANNEL + "backend-type")
         out.append(KubeNode(name, Source(file, lineno, 1, lines[lineno - 1] if lines else ""), addrs, tuple(cidrs),
                             str(btype) if btype else None, vtep, str(public) if public else None))
+    return out
+
+
+TABLE_HEADER_RE = re.compile(r"^\s*NAME\s+STATUS\s+ROLES\s+AGE\s+VERSION\b")
+_TABLE_ADDRESSES = (("INTERNAL-IP", "InternalIP"), ("EXTERNAL-IP", "ExternalIP"))
+
+
+def parse_kube_node_table(text: str, file: str = "kubectl-get-nodes.txt") -> list[KubeNode]:
+    """`kubectl get nodes [-o wide]`: one KubeNode per row (its name; with -o wide its addresses).
+
+    Columns are found by the header's word positions (OS-IMAGE holds spaces); a row whose first
+    word is not a node name raises ParseError."""
+    lines = text.splitlines()
+    head = next((i for i, ln in enumerate(lines) if TABLE_HEADER_RE.match(ln)), None)
+    if head is None:
+        raise ParseError(file, 1, 1, "expected the header of `kubectl get nodes` (NAME STATUS ROLES AGE VERSION …)")
+    header = lines[head]
+    cols = {m.group(0): m.start() for m in re.finditer(r"\S+", header)}
+    out: list[KubeNode] = []
+    for n, line in enumerate(lines[head + 1:], start=head + 2):
+        if not line.strip():
+            continue
+        words = line.split()
+        if len(words) < 5 or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", words[0]):
+            raise ParseError(file, n, 1, "expected a node row (NAME STATUS ROLES AGE VERSION …)", line)
+        addrs: list[tuple[str, str]] = []
+        for col, typ in _TABLE_ADDRESSES:
+            start = cols.get(col)
+            if start is None or len(words) < 7:
+                continue
+            value = line[start:].split(None, 1)[0] if line[start:start + 1].strip() else ""
+            if value and value != "<none>":
+                addrs.append((typ, value))
+        out.append(KubeNode(words[0], Source(file, n, 1, line), tuple(addrs)))
     return out
 
 

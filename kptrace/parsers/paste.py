@@ -26,6 +26,7 @@ line or at a header the output itself prints:
     [ 12.3] TRACE: nat:KUBE-SERVICES:rule:3 IN=…      kernel TRACE log; ` TRACE: 2 id …` xtables-monitor; dmesg
     /sys/…/brif/veth1/hairpin_mode = 0   /   1        /proc and /sys values (bare ones take the path of `cat PATH`)
     nameserver 10.96.0.10                             resolv.conf; `apiVersion: v1` / `kind: Node`: kubectl get node
+    NAME  STATUS  ROLES  AGE  VERSION  INTERNAL-IP …   `kubectl get nodes [-o wide]`: names (and addresses) of nodes
     chain KUBE-SERVICES {                             nft chains (without their table: read, kept apart)
     Warning: iptables-legacy tables present           the listing is nft's; legacy holds rules not shown
     10.109.0.18 | CHANGED | rc=0 >>                   ansible: the first host's output is read, the others said
@@ -163,8 +164,8 @@ _CLASSES: list[tuple[str, str, re.Pattern[str]]] = [
     ("proc-value", "proc-value", re.compile(r"^/(proc|sys)/[^\s=]{1,400}?(\s*=\s*|:)\S")),
     ("module-header", "modules", re.compile(r"^Module\s+Size\s+Used by\s*$")),
     ("module-proc", "modules", re.compile(
-        r"^[A-Za-z_][\w]{0,60}\s+\d{1,12}\s+\d{1,6}\s+(-|[\w,\[\]-]{1,4000})\s+(Live|Loading|Unloading)\s+0x[0-9a-fA-F]+(\s+\(\w+\))?\s*$")),
-    ("module-row", "modules", re.compile(r"^[A-Za-z_][\w]{0,60}\s+\d{1,12}\s+\d{1,6}(\s+[\w,\[\]-]{1,4000})?\s*$")),
+        r"^(?=\d*[A-Za-z_])\w{1,61}\s+\d{1,12}\s+\d{1,6}\s+(-|[\w,\[\]-]{1,4000})\s+(Live|Loading|Unloading)\s+0x[0-9a-fA-F]+(\s+\(\w+\))?\s*$")),
+    ("module-row", "modules", re.compile(r"^(?=\d*[A-Za-z_])\w{1,61}\s+\d{1,12}\s+\d{1,6}(\s+[\w,\[\]-]{1,4000})?\s*$")),
     ("insmod", "modules", re.compile(r"^insmod\s+/\S+\.ko(\.\w+)?(\s|$)")),
     ("klog", "component-log", re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6}\s+\d+ [\w.-]+:\d+\] ")),
     ("brctl-header", "brctl-show", re.compile(r"^bridge name\s+bridge id\s+STP enabled")),
@@ -182,6 +183,7 @@ _CLASSES: list[tuple[str, str, re.Pattern[str]]] = [
         r"|^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S* \S+ kernel: "
         r"|^((nf|ip)_conntrack: table full, dropping packet|IPVS: \w+: (TCP|UDP|SCTP) \S+ - no destination available)")),
     ("kube-node", "kube-node", re.compile(r"^apiVersion: v1\s*$|^kind: (Node|List|NodeList)\s*$")),
+    ("kube-node-table", "kube-node-table", re.compile(r"^NAME\s+STATUS\s+ROLES\s+AGE\s+VERSION\b")),
     ("nft-table", "nft-ruleset", re.compile(r"^table (ip|ip6|inet|arp|bridge|netdev) \S+ \{\s*$")),
     ("nft-chain", "nft-ruleset", re.compile(r"^chain [\w.-]{1,256} \{\s*$")),
 ]
@@ -414,7 +416,22 @@ def parse_command(cmd: str) -> Command:
     elif prog in ("kubectl", "k", "oc") and len(args) >= 2 and args[0] == "get" and args[1] in ("node", "nodes", "no") \
             and any(a in ("yaml", "json", "-oyaml", "-ojson") or a.endswith(("=yaml", "=json")) for a in args):
         c.kind = "kube-node"
+    elif prog in ("kubectl", "k", "oc") and len(args) >= 2 and args[0] == "get" and args[1] in ("node", "nodes", "no") \
+            and _output_format(args) in (None, "wide"):
+        c.kind = "kube-node-table"  # `kubectl get nodes [-o wide]`: a table
     return c
+
+
+def _output_format(args: list[str]) -> str | None:
+    """kubectl's `-o FORMAT` (`-o wide`, `-owide`, `--output=yaml`), or None."""
+    for i, a in enumerate(args):
+        if a in ("-o", "--output"):
+            return args[i + 1] if i + 1 < len(args) else None
+        if a.startswith("--output="):
+            return a.split("=", 1)[1]
+        if a.startswith("-o") and not a.startswith("--"):
+            return a[2:].lstrip("=")
+    return None
 
 
 def _cat_kind(c: Command, files: list[str]) -> None:
@@ -428,6 +445,7 @@ def _cat_kind(c: Command, files: list[str]) -> None:
         c.kind = "modules"
     elif f.endswith("resolv.conf"):
         c.kind = "resolv-conf"
+        c.path = f if f.startswith("/") else None  # which file: /etc/resolv.conf, systemd-resolved's
     elif f.endswith("subnet.env"):
         c.kind = "flannel-subnet"
     elif f.startswith(("/proc/sys/", "/sys/")):
@@ -1099,7 +1117,7 @@ def _parse_other(sec: Section, body: str, file: str) -> None:
     from kptrace.parsers.ip_route import parse_ip_route
     from kptrace.parsers.ip_rule import parse_ip_rule
     from kptrace.parsers.kernel_log import parse_kernel_log
-    from kptrace.parsers.kube_node import parse_kube_nodes
+    from kptrace.parsers.kube_node import parse_kube_node_table, parse_kube_nodes
     from kptrace.parsers.proc_values import parse_proc_values
     from kptrace.parsers.resolv_conf import parse_resolv_conf
     from kptrace.parsers.sysctl import parse_sysctl
@@ -1110,9 +1128,9 @@ def _parse_other(sec: Section, body: str, file: str) -> None:
         "ip-rule": parse_ip_rule, "sysctl": parse_sysctl, "modules": _parse_modules, "bridge-fdb": parse_bridge_fdb,
         "bridge-link": parse_bridge_link, "brctl-show": parse_brctl_show, "flannel-subnet": parse_flannel_subnet,
         "kernel-log": parse_kernel_log, "trace-log": parse_kernel_log, "xtables-monitor": parse_kernel_log,
-        "kube-node": parse_kube_nodes,
+        "kube-node": parse_kube_nodes, "kube-node-table": parse_kube_node_table,
         "proc-value": partial(parse_proc_values, path=cmd.path if cmd else None),
-        "resolv-conf": partial(parse_resolv_conf, whose=cmd.whose if cmd else None),
+        "resolv-conf": partial(parse_resolv_conf, whose=cmd.whose if cmd else None, path=cmd.path if cmd else None),
     }
     try:
         from kptrace.parsers.ipset import parse_ipset
@@ -1236,7 +1254,10 @@ def _shift_obj(obj: Any, delta: int) -> Any:
     src = getattr(obj, "source", None)
     if isinstance(src, Source):
         try:
-            return replace(obj, source=_shift_src(src, delta))
+            # resolv.conf's per-line sources move with it.
+            extra = {f: tuple(_shift_src(x, delta) for x in v) if isinstance(v, tuple) else _shift_src(v, delta)
+                     for f in ("nameserver_sources", "options_sources", "search_source") if (v := getattr(obj, f, None))}
+            return replace(obj, source=_shift_src(src, delta), **extra)
         except TypeError:
             return obj
     return obj
@@ -1268,6 +1289,7 @@ def apply_to_node(node: Node, res: PasteResult) -> None:
             if sec.backend is not None:
                 sec.model.ruleset.backend = sec.backend
             merge_partial(node, sec.model)
+            _whole_grep(node, sec, res)
         elif sec.kind == "route-n" or sec.kind == "ip-route":
             seen = {(r.table, r.type, r.dst, r.nexthops, r.metric) for r in node.routes}
             node.routes.extend(r for r in sec.model if (r.table, r.type, r.dst, r.nexthops, r.metric) not in seen)
@@ -1349,7 +1371,7 @@ def apply_observed(node: Node, kind: str, model: Any, cmd: Command | None = None
         _proc_values(node, model)
     elif kind == "resolv-conf":
         node.resolv_conf.extend(model)
-    elif kind == "kube-node":
+    elif kind in ("kube-node", "kube-node-table"):
         _kube_nodes(node, model)
 
 
@@ -1439,7 +1461,8 @@ _SECTION_FACTS = {
     "ip-addr": "addresses", "ip-link": "links", "ip-rule": "policy_rules", "sysctl": "sysctls", "ipvsadm": "ipvs",
     "ipset": "ipsets", "modules": "modules", "bridge-fdb": "fdb", "bridge-link": "bridge_ports",
     "brctl-show": "bridge_ports", "flannel-subnet": "flannel", "kernel-log": "kernel_log", "trace-log": "trace",
-    "xtables-monitor": "trace", "resolv-conf": "resolv_conf", "kube-node": "kube_nodes", "nft-ruleset": "nft",
+    "xtables-monitor": "trace", "resolv-conf": "resolv_conf", "kube-node": "kube_nodes", "kube-node-table": "kube_nodes",
+    "nft-ruleset": "nft",
 }
 
 
@@ -1582,6 +1605,36 @@ def _legacy_hidden(node: Node, res: PasteResult) -> None:
             # Cited as iptables-save prints it, which is the form the checks look for.
             text = src.text.strip() if src.text.lstrip().startswith("#") else "# " + src.text.strip()
             rs.comments.append(Source(src.file, src.line, src.col, text))
+
+
+_GREP_WORD_RE = re.compile(r"[\w./:-]{3,120}")
+
+
+def _whole_grep(node: Node, sec: Section, res: PasteResult) -> None:
+    """`iptables-save | grep WORD` pasted whole (no elision, nothing cut): every rule holding WORD is in the
+    input, so a rule that would hold it and is not there is not on the node (KPT204 reads this)."""
+    cmd = sec.command
+    if cmd is None or sec.kind != "iptables-rules" or "elided" in sec.marks or sec.unparsed or not cmd.pattern:
+        return
+    stages = [x.strip() for x in cmd.text.split("|")]
+    try:
+        first, grep = shlex.split(stages[0]), shlex.split(stages[1]) if len(stages) == 2 else []
+    except ValueError:
+        return
+    prog = next((w for w in first if w not in ("sudo", "time", "env")), "")
+    flags = [w for w in grep[1:] if w.startswith("-")]
+    if not _IPT_SAVE.match(prog) or grep[:1] != ["grep"] or any(f not in ("-i", "-F", "-E", "-e") for f in flags) \
+            or not _GREP_WORD_RE.fullmatch(cmd.pattern):
+        return
+    fam = sec.model.ruleset.family
+    cov = (node.legacy_coverage if sec.model.ruleset.backend == "legacy" else node.coverage).get(fam)
+    if cov is None:
+        return
+    where = next((c for c in reversed(res.commands) if c.line < sec.first and cmd.text in c.text),
+                 Source(res.file, max(sec.first - 1, 1), 1, cmd.text))
+    pattern = cmd.pattern.lower() if "-i" in flags else cmd.pattern
+    if all(p != pattern for p, _ in cov.greps):
+        cov.greps.append((pattern, where))
 
 
 def drop_partial(node: Node, fam: int, whole: str, legacy: bool = False) -> None:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from kptrace import __version__
 from kptrace.model.finding import Finding, Location, Severity, Status
-from kptrace.model.trace import InputFile
+from kptrace.model.trace import InputFile, Trace
 from kptrace.render.jsonout import SCHEMA_ID, inputs_json
 from kptrace.render.safe import printable
 
@@ -158,7 +158,7 @@ def render_findings(findings: list[Finding], console: Console, verbose: bool = F
             where.append(f"+{len(f.locations) - MAX_LOCATIONS} more")
         # Text, not markup: rule text is full of brackets ([0:0], [unsupported revision]).
         what = Text("\n".join(where) + "\n", style="bold") if where else Text()
-        row = [Text(f.status.value, style=STYLE[f.status]), Text(f.severity.value), Text(f.id)]
+        row = [Text(f.status.value, style=STYLE[f.status]), Text(f.severity.value), Text(f"{f.id} {f.name}")]
         if nodes:
             row.append(Text(printable(f.node or "")))
         table.add_row(*row, what + Text(printable(f.message)))
@@ -199,3 +199,27 @@ def render_nodes(findings: list[Finding], console: Console) -> None:
         table.add_row(Text(printable(rec["node"])), *(Text(str(n), style=STYLE[st] if n else "") for n, st in counts),
                       Text(" ".join(rec["failing"]) or "-"))
     console.print(table)
+
+
+def changes_fate(trace: Trace) -> bool:
+    """Whether findings belong under this trace: its packet fails, is undetermined, or its reply fails.
+    A packet that gets through is not explained by a finding at one of its steps (`kptrace check` lists them)."""
+    from kptrace.model.trace import Disposition
+
+    return (trace.disposition.failed or trace.disposition in (Disposition.UNDETERMINED, Disposition.MIXED)
+            or any(b.reply_failed for b in trace.branches))
+
+
+def render_trace_findings(findings: list[Finding], trace: Trace, console: Console, detail: str) -> None:
+    """The findings at the steps of a trace: as a table under `--detail summary|full`, one line of IDs
+    under `minimal`; under summary and minimal only when they change this packet's fate."""
+    from rich.text import Text
+
+    if not findings or (detail != "full" and not changes_fate(trace)):
+        return
+    if detail == "minimal":
+        ids = list(dict.fromkeys(f"{f.id} {f.status.value}" for f in sorted(findings, key=sort_key)))
+        console.print(Text("findings: " + ", ".join(ids) + " (kptrace explain ID)"), soft_wrap=True)
+        return
+    console.print("findings at the steps of this trace (kptrace explain ID for details):")
+    render_findings(findings, console, verbose=False)

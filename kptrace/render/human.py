@@ -63,16 +63,61 @@ _CITE = "dim"
 _GUIDE = 4  # columns rich's Tree indents each level by
 
 
-def make_console(width: int | None = None, file: IO[str] | None = None) -> Console:
-    """The console a command prints with: `width` (--width), else COLUMNS, else the terminal's, else 100.
+NO_WRAP = 10_000  # "columns" without a terminal, COLUMNS or --width: lines are not wrapped, grep sees them whole
 
-    rich already writes plain text when the output is not a terminal and honours NO_COLOR; without a
-    terminal it would fall back to 80 columns, which splits most kube-proxy rules, so use 100.
-    """
-    out = file if file is not None else sys.stdout
-    if width is None and not os.environ.get("COLUMNS", "").isdigit() and not out.isatty():
-        width = 100
-    return safe_console(file=out, width=width, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+
+def output_width(width: int | None, out: IO[str]) -> int | None:
+    """The one width rule of every command: --width, else COLUMNS, else the terminal's; without a
+    terminal (a pipe, a file) lines are not wrapped at all. None means: rich asks the terminal."""
+    if width is not None:
+        return width
+    if os.environ.get("COLUMNS", "").isdigit() and int(os.environ["COLUMNS"]) > 0:
+        return int(os.environ["COLUMNS"])
+    isatty = getattr(out, "isatty", None)
+    return None if isatty is not None and isatty() else NO_WRAP
+
+
+class Unpadded:
+    """A text stream that drops the spaces rich pads lines with (table cells, tree rows) before each
+    newline, colour codes kept: what is pasted or piped has no trailing blanks."""
+
+    _TRAIL = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        data = self._partial + text
+        lines = data.split("\n")
+        self._partial = lines.pop()
+        if lines:
+            self._out.write("".join(self._TRAIL.sub(r"\1", line) + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._out.write(self._partial)
+            self._partial = ""
+        self._out.flush()
+
+    def isatty(self) -> bool:
+        return bool(self._out.isatty())
+
+    def fileno(self) -> int:
+        return self._out.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return str(getattr(self._out, "encoding", "utf-8") or "utf-8")
+
+
+def make_console(width: int | None = None, file: IO[str] | None = None, stderr: bool = False) -> Console:
+    """The console a command prints with, to stdout (or stderr): the width is `output_width`'s; rich
+    writes plain text when the output is not a terminal and honours NO_COLOR; no trailing padding."""
+    out = file if file is not None else (sys.stderr if stderr else sys.stdout)
+    return safe_console(file=Unpadded(out), width=output_width(width, out),
+                        no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
 def _text(text: str, style: str = "") -> Text:
@@ -95,12 +140,63 @@ def _endpoint_text(t: Trace) -> str:
     return " or ".join(parts)
 
 
+MANY_ENDPOINTS = 3  # past this the first line gives the endpoints' count and shares, not the list
+
+
+def _endpoints_many(t: Trace) -> str:
+    """`one of 12 endpoints (8.333 % each)`, or with their share range when kube-proxy weighs them unevenly."""
+    shares = [sum(b.probability for b in t.branches if b.dnat == ep) for ep in t.endpoints]
+    lo, hi = min(shares), max(shares)
+    each = f"{_pct(lo)} each" if abs(hi - lo) < 1e-9 else f"{_pct(lo)} to {_pct(hi)}"
+    return f"one of {len(t.endpoints)} endpoints ({each})"
+
+
+# A Service port's name as kube-proxy writes it: `ns/name:port` in iptables comments and nft element
+# comments, `service-HASH-ns/name/proto/port` in nft chain names (docs/how-it-works.md).
+_SVC_NAME = r"[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*(?::[-a-zA-Z0-9]+)?"
+_SVC_COMMENT = re.compile(rf'(?:--comment |(?<!-m )\bcomment )"?({_SVC_NAME})(?=[" ]|$)')
+_NFT_CHAIN = re.compile(r"\b(?:service|external|local|firewall|endpoint)-[A-Z2-7]{8}-([a-z0-9][-a-z0-9.]*)/"
+                        r"([a-z0-9][-a-z0-9.]*)/[a-z]+/([-a-zA-Z0-9]*)")
+_RULE_COMMENT = re.compile(r'(?:--comment |(?<!-m )\bcomment )("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def _service_of(s: Step) -> str | None:
+    m = _SVC_COMMENT.search(s.text)
+    if m:
+        return m.group(1)
+    m = _NFT_CHAIN.search(s.text)
+    if m:
+        return f"{m.group(1)}/{m.group(2)}" + (f":{m.group(3)}" if m.group(3) else "")
+    return None
+
+
+def service_name(t: Trace) -> str | None:
+    """The Service port the packet was sent to, read from the first step of each branch that names one
+    (kube-proxy's rule comments, nft element comments and chain names); None when the branches disagree."""
+    names: list[str] = []
+    for b in t.branches:
+        for s in b.steps:
+            if s.encapsulated:
+                continue
+            if s.action in ("DNAT", "ARRIVE"):
+                break  # after the translation a name belongs to another hop
+            name = _service_of(s)
+            if name:
+                names.append(name)
+                break
+    distinct = set(names)
+    return names[0] if len(distinct) == 1 else None
+
+
 def _flow_text(t: Trace) -> str:
     f = t.flow
     dst = f"[{f.dst}]" if f.dst.version == 6 and f.dport is not None else str(f.dst)
     port = f":{f.dport}" if f.dport is not None else ""
     extra = [f.state] if f.state != "new" else []
     extra += [f"mark {f.mark:#x}"] if f.mark else []
+    svc = service_name(t)
+    if svc:
+        return f"{f.src} → {svc} ({', '.join([f'{dst}{port}/{f.proto}', *extra])})"
     return f"{f.src} → {dst}{port}/{f.proto}" + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -122,13 +218,25 @@ def _crossings(steps: tuple[Step, ...]) -> list[tuple[str, str | None]]:
 
 
 def _outcome(b: Branch) -> str:
-    """What became of one branch, in a few words: `forwarded via flannel.1 to node-b`."""
+    """What became of one branch, in a few words: `forwarded via flannel.1 to node-b`, or for a branch that
+    fails, why and where: `no endpoints (filter/KUBE-SERVICES, node-a/iptables-save.txt:49)`."""
     if b.disposition == Disposition.NO_SERVICE:
         # The reason is the answer: which Service address, which ports it has, where the packet goes.
         reason: str = next((s.text for s in reversed(b.steps) if s.action == "NO_SERVICE"), "no Service port matches")
         return reason
-    word: str = b.disposition.value.lower()
     hops = _crossings(b.steps)
+    if b.disposition in (Disposition.DROPPED, Disposition.REJECTED, Disposition.UNDETERMINED,
+                         Disposition.NO_ROUTE):
+        word = _reason(b)
+        if hops:
+            word += f" on {hops[-1][0]}"
+        overlay = next((s for s in b.steps if s.action == "OVERLAY"), None)
+        if overlay is not None:
+            m = re.search(r"packet of (VXLAN \(.*?\) from \S+ to \S+)", overlay.text)
+            what = str(m.group(1)) if m else "the overlay"
+            word += f": the encapsulated packet of {what}"
+        return word
+    word = str(b.disposition.value).lower()
     if b.disposition == Disposition.FORWARDED:
         if hops:
             node, iface = hops[-1]
@@ -140,16 +248,6 @@ def _outcome(b: Branch) -> str:
             word += f" via {b.egress.iface}"
     elif hops:
         word += f" on {hops[-1][0]}"
-    if b.disposition in (Disposition.DROPPED, Disposition.REJECTED, Disposition.UNDETERMINED,
-                         Disposition.NO_ROUTE):
-        why = _deciding(b.steps)
-        if why:
-            word += f" by {why}"
-        overlay = next((s for s in b.steps if s.action == "OVERLAY"), None)
-        if overlay is not None:
-            m = re.search(r"packet of (VXLAN \(.*?\) from \S+ to \S+)", overlay.text)
-            what = str(m.group(1)) if m else "the overlay"
-            word += f": the encapsulated packet of {what}"
     if b.masquerade:
         word = "masqueraded, " + word
     elif b.snat:
@@ -157,35 +255,85 @@ def _outcome(b: Branch) -> str:
     return word
 
 
+def _reason(b: Branch) -> str:
+    """Why a branch ends where it does, and the deciding place: `no endpoints (filter/KUBE-SERVICES, f:49)`,
+    `policy DROP (filter/FORWARD, f:16)`, `no route to 10.9.9.9 (routing, ip-route.txt:1)`."""
+    s, at = _deciding_step(b.steps)
+    if s is None:
+        return b.unknowns[0] if b.unknowns else b.disposition.value.lower()
+    where = f"{s.table}/{s.chain}" if s.table and s.chain else (s.hook or "")
+    place = f"{where}, {s.source}" if s.source else where
+    m = _RULE_COMMENT.search(s.text) if s.rule is not None or s.text.startswith("-A ") else None
+    comment = m.group(1).strip('"') if m else ""
+    lookup = next((x for x in reversed(b.steps[:at]) if x.action == "LOOKUP" and "@no-endpoint" in x.text), None)
+    if "has no local endpoints" in comment:
+        why = "no local endpoints"
+    elif "has no endpoints" in comment:
+        why = "no endpoints"
+    elif lookup is not None:
+        nft_set = re.search(r"@(no-endpoint-\S+?):", lookup.text)
+        why = "no endpoints"
+        if nft_set and s.table:
+            place = f"{s.table}/@{nft_set.group(1)} → {s.chain}" + (f", {s.source}" if s.source else "")
+    elif s.action.startswith("POLICY"):
+        why = f"policy {s.action.split()[-1]}"
+    elif s.action == "UNDETERMINED":
+        why = b.unknowns[0].split(": ", 1)[-1] if b.unknowns else "not decidable from the input"
+        why = why if len(why) <= 90 else why[:87] + "..."
+    elif s.hook == "routing":
+        why = s.text
+    elif comment:
+        why = f'"{comment}"'
+    else:
+        why = f"a {s.action} rule"
+    return f"{why} ({place})" if place else why
+
+
 def summary_line(t: Trace) -> str:
-    """`SRC → DST:PORT/PROTO: DISPOSITION: DNAT to … (p) or … (p), forwarded via … to node-b`."""
+    """The whole answer on one line: `SRC → ns/svc:port (DST:PORT/PROTO): VERDICT — reason (where, file:line)`,
+    for a Service: the endpoints and what becomes of the packet at each, or their count and shares."""
     outcomes = [(b, _outcome(b)) for b in t.branches]
     distinct = list(dict.fromkeys(o for _, o in outcomes))
-    per_endpoint = (len(distinct) > 1 and all(b.dnat for b in t.branches)
+    many = len(t.endpoints) > MANY_ENDPOINTS
+    per_endpoint = (not many and len(distinct) > 1 and all(b.dnat for b in t.branches)
                     and len({b.dnat for b in t.branches}) == len(t.branches))
     parts = []
+    failed = t.disposition.failed or t.disposition == Disposition.UNDETERMINED
     if per_endpoint:
-        parts.append("DNAT to " + " or ".join(f"{b.dnat} ({_pct(b.probability)}, {o})" for b, o in outcomes))
+        parts.append("DNAT to " + " or ".join(
+            f"{b.dnat} ({_pct(b.probability)}, " + (f"{b.disposition.value}: {o}" if
+                                                    b.disposition != t.disposition and (
+                                                        b.disposition.failed or
+                                                        b.disposition == Disposition.UNDETERMINED) else o) + ")"
+            for b, o in outcomes))
     else:
-        if t.endpoints:
-            parts.append(f"DNAT to {_endpoint_text(t)}")
+        shown: list[str] = []
         if len(distinct) == 1:
-            parts.append(distinct[0])
+            shown.append(distinct[0])
         elif distinct:
             shares = {o: sum(b.probability for b, x in outcomes if x == o) for o in distinct}
-            parts.append(" / ".join(f"{o} ({_pct(p)})" for o, p in shares.items()))
+            shown.append(" / ".join(f"{o} ({_pct(p)})" for o, p in shares.items()))
+        dnat = ""
+        if t.endpoints:
+            dnat = f"DNAT to {_endpoints_many(t) if many else _endpoint_text(t)}"
+        # A failure's reason comes first (the answer), the translation it happened after follows.
+        if failed and dnat:
+            parts += [*shown, f"after {dnat}"]
+        else:
+            parts += ([dnat] if dnat else []) + shown
     broken = sum(b.probability for b in t.branches if b.reply_failed)
     if broken:
         parts.append(f"but the REPLY fails ({_pct(broken)})")
     nxt = what_decides_next(t)
     if nxt:
-        return f"{_flow_text(t)}: {t.disposition.value}: {nxt}"
-    return f"{_flow_text(t)}: {t.disposition.value}: " + ", ".join(parts)
+        return f"{_flow_text(t)}: {t.disposition.value} — {nxt}"
+    return f"{_flow_text(t)}: {t.disposition.value} — " + ", ".join(parts)
 
 
 def what_decides_next(t: Trace) -> str:
     """The first line of an UNDETERMINED trace that went past its unknowns: "depends on filter/KUBE-FORWARD (not
-    in the input); if it does not decide it: REJECTED by filter/FORWARD (file:14)" (conditions, not shares)."""
+    in the input); if it does not decide it: REJECTED — a REJECT rule (filter/FORWARD, file:14)" (conditions,
+    not shares)."""
     if not t.conditional or t.disposition != Disposition.UNDETERMINED:
         return ""
     determined = [b for b in t.conditional if b.disposition != Disposition.UNDETERMINED]
@@ -195,29 +343,41 @@ def what_decides_next(t: Trace) -> str:
     fewest = min(len(b.conditions) for b in determined)
     first = [b for b in determined if len(b.conditions) == fewest]
     pronoun = "none of them decides it" if fewest > 1 else first[0].conditions[0].rsplit(": ", 1)[-1]
-    outcomes = list(dict.fromkeys(_upper_first(_outcome(b)) for b in first))
+    outcomes = list(dict.fromkeys(_verdict(b) for b in first))
     more = len(t.conditional) - len(first)
     tail = f" (+{more} more what-if branch{'es' if more != 1 else ''}: -o json or the tree)" if more > 0 else ""
     return f"depends on {_subjects(first[0])}; if {pronoun}: {' or '.join(outcomes[:2])}{tail}"
+
+
+def _verdict(b: Branch) -> str:
+    """`REJECTED — a REJECT rule (filter/FORWARD, f:14)`, `FORWARDED via eth0`: the verdict word once."""
+    o = _outcome(b)
+    word = b.disposition.value
+    if o.lower().startswith(word.lower()):
+        return word + o[len(word):]
+    return f"{word} — {o}"
 
 
 def _subjects(b: Branch) -> str:
     return " and ".join(c.rsplit(": ", 1)[0] for c in b.conditions)
 
 
-def _upper_first(text: str) -> str:
-    word, _, rest = text.partition(" ")
-    return f"{word.upper()} {rest}" if rest else word.upper()
+def _deciding_step(steps: tuple[Step, ...] | list[Step]) -> tuple[Step | None, int]:
+    for i in range(len(steps) - 1, -1, -1):
+        s = steps[i]
+        if s.action in _FATAL or s.action == "UNDETERMINED" or s.action.startswith("POLICY D"):
+            return s, i
+    return None, len(steps)
 
 
 def _deciding(steps: tuple[Step, ...] | list[Step]) -> str:
-    for s in reversed(steps):
-        if s.action in _FATAL or s.action == "UNDETERMINED" or s.action.startswith("POLICY D"):
-            where = f"{s.table}/{s.chain}" if s.table else s.hook
-            if s.action.startswith("POLICY"):
-                where += " policy"
-            return f"{where} ({s.source})" if s.source else where
-    return ""
+    s, _ = _deciding_step(steps)
+    if s is None:
+        return ""
+    where = f"{s.table}/{s.chain}" if s.table else s.hook
+    if s.action.startswith("POLICY"):
+        where += " policy"
+    return f"{where} ({s.source})" if s.source else where
 
 
 # --- one rule, highlighted ----------------------------------------------------------------------------
@@ -406,14 +566,21 @@ def _keep(steps: list[Step], i: int, detail: Detail) -> bool:
     # The overlay's own packet passing the underlay's chains is one line (ENCAP … DECAP) unless it
     # is stopped there; --detail full shows its walk.
     if s.encapsulated:
-        return s.action in ("ENCAP", "DECAP", "OVERLAY", "UNDETERMINED") or s.action in _FATAL or \
-            s.action.startswith("POLICY D")
+        # summary: the hop's ⇢ line says it arrived; full shows ENCAP … DECAP and the walk between.
+        return s.action in ("OVERLAY", "UNDETERMINED") or s.action in _FATAL or s.action.startswith("POLICY D")
     if s.action == "POLICY ACCEPT" and s.rule is None and s.depth == 0:
         return False
-    # nor does a jump into a chain that matched nothing and came straight back.
+    # A RETURN changes nothing; a jump is shown only when something in the chain it enters acts
+    # (a mark, a translation, a verdict): a jump that came back without one does not change the fate.
+    if s.action == "RETURN":
+        return False
     if s.action in ("JUMP", "GOTO"):
-        nxt = steps[i + 1] if i + 1 < len(steps) else None
-        return nxt is not None and nxt.depth > s.depth and nxt.hook == s.hook and nxt.node == s.node
+        for nxt in steps[i + 1:]:
+            if nxt.depth <= s.depth or nxt.hook != s.hook or nxt.node != s.node:
+                return False
+            if nxt.action not in ("JUMP", "GOTO", "RETURN"):
+                return True
+        return False
     return True
 
 
@@ -431,6 +598,8 @@ def _add_steps(parent: Tree, steps: list[Step], ctx: _Ctx, level: int) -> None:
         if not _keep(steps, i, ctx.detail):
             continue
         dim = i in ctx.dimmed
+        if dim and ctx.detail != Detail.full:
+            continue  # the steps an earlier branch showed: "= same path as branch N up to …" says so
         if s.action == "ARRIVE":
             label = Text.assemble(("⇢ ", "bold"), (printable(s.node or "another node"), "bold reverse blue"), "  ")
             label.append_text(_text(s.text))
@@ -530,7 +699,7 @@ def branch_tree(t: Trace, b: Branch, n: int, width: int, detail: Detail,
         ctx.dimmed = set(range(shared))
         last = next((s for s in reversed(steps[:shared]) if s.source), None)
         upto = f" up to {last.source}" if last else f" for {shared} steps"
-        tree.add(_text(f"= same path as branch {other}{upto} (dimmed)", "dim italic"))
+        tree.add(_text(f"= same path as branch {other}{upto}", "dim italic"))
     _add_steps(tree, steps, ctx, 1)
     if b.reply is not None:
         _reply(tree, b.reply, ctx)
@@ -559,7 +728,7 @@ def _minimal(t: Trace, console: Console) -> None:
                 line.append(printable(f"  at {why}"))
         if b.reply is not None and b.reply.problem:
             line.append(printable(f"  reply fails: {b.reply.problem}"), style="red")
-        console.print(line)
+        console.print(line, soft_wrap=True)  # one line per branch, whatever the width
 
 
 def _bullets(console: Console, title: str, items: list[str], title_style: str, style: str) -> None:
@@ -576,7 +745,8 @@ def _bullets(console: Console, title: str, items: list[str], title_style: str, s
 
 
 def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) -> None:
-    console.print(_text(summary_line(t), _STYLE[t.disposition]))
+    # The answer is one line whatever the width: a pipe, a ticket and grep get it whole (a terminal wraps it).
+    console.print(_text(summary_line(t), _STYLE[t.disposition]), soft_wrap=True)
     if detail == Detail.minimal:
         _minimal(t, console)
         return

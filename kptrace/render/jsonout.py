@@ -83,7 +83,14 @@ def trace_json(t: Trace) -> dict[str, Any]:
     return doc
 
 
-def dumps(doc: dict[str, Any]) -> str:
+def dumps(doc: dict[str, Any], fmt: str = "json") -> str:
+    """The document as `-o json` (indented) or `-o yaml` (the same document, block style, keys in order)."""
+    if fmt == "yaml":
+        import yaml
+
+        # Through JSON: the document's strings and numbers as plain YAML scalars (str subclasses included).
+        return yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False, allow_unicode=True, default_flow_style=False,
+                              width=10_000).rstrip("\n")
     return json.dumps(doc, indent=2, sort_keys=False)
 
 

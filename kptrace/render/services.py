@@ -62,6 +62,29 @@ def _status_style(status: str) -> str:
     return "green" if status == "ok" else "bold red"
 
 
+_FOLDS = ("EXTERNAL-IP", "ENDPOINTS", "CHAINS", "NODES")
+_MIN_FOLD = 21  # an IPv4 endpoint with its port and a comma
+
+
+def _fold(cell: Text, width: int) -> list[Text]:
+    """A comma-separated list cut into lines of at most `width` cells, at commas (a longer item on its own)."""
+    if cell.cell_len <= width:
+        return [cell]
+    out: list[Text] = []
+    line = Text(style=cell.style)
+    start = 0
+    plain = cell.plain
+    for end in [i + 1 for i, ch in enumerate(plain) if ch == ","] + [len(plain)]:
+        item = cell[start:end]
+        start = end
+        if line.cell_len and line.cell_len + item.cell_len > width:
+            out.append(line)
+            line = Text(style=cell.style)
+        line.append_text(item)
+    out.append(line)
+    return out
+
+
 def render_services(services: list[Service], console: Console, wide: bool = False) -> None:
     """Columns as kubectl prints them: left-aligned, three spaces apart, never wrapped."""
     if not services:
@@ -81,14 +104,31 @@ def render_services(services: list[Service], console: Console, wide: bool = Fals
         row = [Text(printable(c, one_line=True)) for c in cells]
         row[len(cells) - (4 if wide else 1)].stylize(_status_style(s.status))
         rows.append(row)
+    # The width rule of every command (render.human.output_width): without a terminal, COLUMNS or --width
+    # nothing wraps; past the width, the lists (endpoints, external addresses, chains, nodes) wrap in
+    # their column at a comma, as few as needed, the other columns stay whole (kubectl's never wrap).
     widths = [max(r[i].cell_len for r in rows) for i in range(len(cols))]
-    for r in rows:
-        line = Text()
-        for i, cell in enumerate(r):
-            line.append_text(cell)
-            if i < len(r) - 1:
-                line.append(" " * (widths[i] - cell.cell_len + 3))
-        console.print(line, soft_wrap=True)
+    gap = 3
+    excess = sum(widths) + gap * (len(cols) - 1) - console.width
+    for i in sorted((i for i, c in enumerate(cols) if c in _FOLDS), key=lambda i: -widths[i]):
+        if excess <= 0:
+            break
+        cut = min(excess, widths[i] - _MIN_FOLD)
+        if cut > 0:
+            widths[i] -= cut
+            excess -= cut
+    folded = [[_fold(cell, widths[i]) if cols[i] in _FOLDS else [cell] for i, cell in enumerate(r)] for r in rows]
+    widths = [max(p.cell_len for r in folded for p in r[i]) for i in range(len(cols))]
+    for row_parts in folded:
+        for k in range(max(len(c) for c in row_parts)):
+            line = Text()
+            for i, parts in enumerate(row_parts):
+                piece = parts[k] if k < len(parts) else Text()
+                line.append_text(piece)
+                if i < len(row_parts) - 1:
+                    line.append(" " * (widths[i] - piece.cell_len + gap))
+            line.rstrip()
+            console.print(line, soft_wrap=True)
     problems = [h for s in services for h in s.health]
     if problems and wide:
         console.print(Text("health:", style="bold"))

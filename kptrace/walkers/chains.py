@@ -15,6 +15,7 @@ from kptrace.model.netfilter import Chain, Rule, Ruleset, Target
 from kptrace.model.trace import Step
 from kptrace.walkers.matches import Chance, MatchContext, Unknown, eval_rule, parse_mark
 from kptrace.walkers.packet import Path
+from kptrace.walkers.rule_index import candidates
 
 # Verdicts a chain walk can end with.
 CONTINUE = "CONTINUE"  # fell off a user chain or RETURNed: the caller goes on
@@ -115,7 +116,7 @@ class ChainWalker:
         pending.push(start, path)
         while pending:
             i0, paths = pending.pop()
-            for p in merged(paths, _at(chain, i0)):
+            for p in (paths if len(paths) == 1 else merged(paths, _at(chain, i0))):
                 out.extend(self._from(chain, i0, p, depth, pending))
                 pending.flush()
         return out + pending.lumped()
@@ -124,7 +125,7 @@ class ChainWalker:
         out: list[Outcome] = []
         # A large chain (KUBE-SERVICES, KUBE-EXTERNAL-SERVICES) is indexed by destination and port: rules for
         # other addresses and ports are never parsed.
-        for i in chain.candidates(str(path.packet.dst), start, path.packet.dport, str(path.packet.src)):
+        for i in candidates(chain, path.packet, start):
             rule = chain.rule_at(i)
             if self.budget is not None and not self.budget.spend(path):
                 pending.lump(path, self._step(rule, UNDETERMINED, depth), str(rule.source), SPENT)

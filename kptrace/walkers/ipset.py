@@ -77,14 +77,18 @@ def _test(s: IpsetSet, flags: list[str], pkt: Packet, ctx: MatchContext, return_
         elif dim == "port":
             pv = _packet_port(pkt, src, ctx)
             if isinstance(pv, Unknown):
-                return pv
+                # The port is not known, but a set with no element that matches the other parts (an
+                # empty KUBE-LOAD-BALANCER) matches nothing whatever the port: test those first.
+                values.append(_UnknownPort(pkt.proto, pv))
+                continue
             values.append(pv)
         else:
             return Unknown(f"ipset '{s.name}' ({s.type}) tests the packet's {dim}, which kptrace does not model")
     best: IpsetMember | None = None
     best_key: tuple[int, ...] = ()
     unknown = None
-    for mem in _candidates(s, values):
+    some_unknown = any(isinstance(v, _UnknownPort) for v in values)
+    for mem in (s.members if some_unknown else _candidates(s, values)):
         r = _member_matches(s, mem, values)
         if isinstance(r, Unknown):
             unknown = unknown or r
@@ -170,10 +174,24 @@ def _packet_port(pkt: Packet, src: bool, ctx: MatchContext) -> tuple[str, int | 
     return pkt.proto, 0  # protocols without ports match `proto:0`
 
 
+class _UnknownPort:
+    """A port the flow does not give (a reply's destination port without --sport)."""
+
+    def __init__(self, proto: str, why: Unknown) -> None:
+        self.proto = proto
+        self.why = why
+
+
 def _member_matches(s: IpsetSet, mem: IpsetMember, values: list[object]) -> bool | Unknown:
+    pending: Unknown | None = None
     for part, value in zip(mem.parts, values):
         if isinstance(part, str):
             return Unknown(f"ipset '{s.name}' element '{mem.text}' at {mem.source}: '{part}' is not modelled")
+        if isinstance(value, _UnknownPort):
+            if not isinstance(part, SetPort) or (part.proto is not None and part.proto != value.proto):
+                return False
+            pending = value.why  # matches only if the port is the element's: not known
+            continue
         if isinstance(part, SetPort):
             assert isinstance(value, tuple)
             proto, port = value
@@ -184,6 +202,6 @@ def _member_matches(s: IpsetSet, mem: IpsetMember, values: list[object]) -> bool
             continue
         if getattr(value, "version", None) != part.version or value not in part:
             return False
-    return True
+    return pending if pending is not None else True
 
 

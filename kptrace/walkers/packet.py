@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
+from operator import attrgetter
 
 from kptrace.model.flow import IPAddress
 from kptrace.model.trace import Step
@@ -56,23 +57,36 @@ class Path:
     # not in the input, does not decide the packet"): a what-if branch, walked past the unknown.
     conditions: tuple[str, ...] = ()
 
+    # Built directly, not by dataclasses.replace (a sweep makes about a million of these).
     def step(self, s: Step) -> Path:
-        return replace(self, steps=self.steps + (s,))
+        return Path(self.probability, self.packet, self.steps + (s,), self.assumptions, self.unknowns, self.conditions)
 
     def assume(self, text: str) -> Path:
         if text in self.assumptions:
             return self
-        return replace(self, assumptions=self.assumptions + (text,))
+        return Path(self.probability, self.packet, self.steps, self.assumptions + (text,), self.unknowns,
+                    self.conditions)
 
     def unknown(self, text: str) -> Path:
-        return replace(self, unknowns=self.unknowns + (text,))
+        return Path(self.probability, self.packet, self.steps, self.assumptions, self.unknowns + (text,),
+                    self.conditions)
 
     def given(self, condition: str) -> Path:
         """This path, walked on as if the unknown it met did not decide the packet."""
-        return replace(self, conditions=self.conditions + (condition,))
+        return Path(self.probability, self.packet, self.steps, self.assumptions, self.unknowns,
+                    self.conditions + (condition,))
 
     def with_packet(self, **changes: object) -> Path:
-        return replace(self, packet=replace(self.packet, **changes))  # type: ignore[arg-type]
+        values = list(_packet_values(self.packet))
+        for name, value in changes.items():
+            values[_PACKET_AT[name]] = value
+        return Path(self.probability, Packet(*values), self.steps, self.assumptions, self.unknowns,  # type: ignore[arg-type]
+                    self.conditions)
 
     def scaled(self, p: float) -> Path:
-        return replace(self, probability=self.probability * p)
+        return Path(self.probability * p, self.packet, self.steps, self.assumptions, self.unknowns, self.conditions)
+
+
+_PACKET_FIELDS = tuple(f.name for f in fields(Packet))
+_PACKET_AT = {name: i for i, name in enumerate(_PACKET_FIELDS)}
+_packet_values = attrgetter(*_PACKET_FIELDS)

@@ -21,7 +21,7 @@ DOCS = ROOT / "docs" / "checks"
 PACKAGED = ROOT / "kptrace" / "checks" / "docs"
 FIXTURES = ROOT / "tests" / "fixtures" / "checks"
 HEADINGS = ["What it detects", "Why traffic breaks", "Failing example", "Passing example", "Remediation", "References"]
-RANGES = {"input": "0", "kernel": "1", "netfilter": "2", "ipvs": "3", "routing": "4", "host": "5"}
+RANGES = {"input": "0", "kernel": "1", "netfilter": "2", "ipvs": "3", "routing": "4", "host": "5", "dns": "6"}
 
 CHECKS = all_checks()
 IDS = [c.id for c in CHECKS]

@@ -90,3 +90,13 @@ def test_why_reads_a_pasted_listing_end_to_end(tmp_path: Path) -> None:
     jsonschema.validate(doc, schema())
     assert r.exit_code == 1 and doc["disposition"] == "DROPPED"
     assert doc["inputs"][0]["kind"] == "iptables-list"
+
+
+def test_a_pastes_unrecognised_lines_are_listed_once(tmp_path: Path) -> None:
+    """The paste's own reading and the loader both find a line no command printed: `parse` says it once."""
+    p = tmp_path / "paste.txt"
+    p.write_text("$ ip route\ndefault via 10.0.0.1 dev eth0\n\nhello world, this is prose\n$ sysctl net.ipv4.ip_forward\n"
+                 "net.ipv4.ip_forward = 1\n")
+    code, out = run(str(p), "-o", "json")
+    lines = [(u["line"], u["reason"]) for u in json.loads(out)["files"][0]["unrecognised"]]
+    assert code == 4 and [n for n, _ in lines] == [4], lines

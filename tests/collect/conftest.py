@@ -154,6 +154,7 @@ def fake_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeN
     monkeypatch.setattr(live, "SYS", root / "sys")
     monkeypatch.setattr(live, "SYSTEMD_RUN", root / "run" / "systemd" / "system")
     monkeypatch.setattr(live, "FLANNEL_SUBNET", root / "run" / "flannel" / "subnet.env")
+    monkeypatch.setattr(live, "DNS_ROOT", root)  # the fake node's /etc/resolv.conf, not this machine's
     monkeypatch.setattr(live, "hostname", lambda: HOSTNAME)
     monkeypatch.setenv("PATH", str(node.bin))
     # The optional fallbacks must not kick in unless a test asks for them.

@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `tests.lab` must import however pytest was started
 
-from tests.lab import netns
+from tests.lab import netns, thinning
 
 REQUIRE_ENV = "KPTRACE_REQUIRE_KERNEL"
 
@@ -79,9 +79,14 @@ class Oracle:
               modes: tuple[str, ...] = netns.MODES, extra: tuple[str, ...] = ()) -> None:
         """Assert kptrace agrees with the kernel, from the dump alone and from the bundle."""
         self.require()
-        reports = netns.compare(kernel, dump, exact_endpoint=exact_endpoint, modes=modes, extra=extra)
+        answers: dict[str, netns.KptraceAnswer] = {}
+        reports = netns.compare(kernel, dump, exact_endpoint=exact_endpoint, modes=modes, extra=extra, answers=answers)
         if reports:
             raise AssertionError("\n\n".join(reports))
+        if "bundle" in answers:  # less evidence (a file or a chain fewer) never changes what it determined
+            bundle = answers["bundle"]
+            thinning.assert_thinned(bundle.argv, bundle.report, what=str(kernel.flow),
+                                    kernel_classes=thinning.kernel_classes(kernel.verdict))
 
 
 @pytest.fixture(scope="session")

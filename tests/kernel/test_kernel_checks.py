@@ -320,16 +320,24 @@ def checks_lab(tmp_path_factory: pytest.TempPathFactory, kptrace: Any) -> Iterat
         lab.close()
 
 
+# Made once per session: tests/kernel/test_kernel_monotonic.py reads the same observations.
+_SEQUENCES: dict[str, dict[str, Observation]] = {}
+
+
 @pytest.fixture(scope="module")
 def kpt202_runs(tmp_path_factory: pytest.TempPathFactory, kptrace: Any) -> dict[str, Observation]:
     _require(kptrace)
-    return kpt202_sequence(tmp_path_factory.mktemp("checks-kpt202"))
+    if "KPT202" not in _SEQUENCES:
+        _SEQUENCES["KPT202"] = kpt202_sequence(tmp_path_factory.mktemp("checks-kpt202"))
+    return _SEQUENCES["KPT202"]
 
 
 @pytest.fixture(scope="module")
 def kpt402_runs(tmp_path_factory: pytest.TempPathFactory, kptrace: Any) -> dict[str, Observation]:
     _require(kptrace)
-    return kpt402_sequence(tmp_path_factory.mktemp("checks-kpt402"))
+    if "KPT402" not in _SEQUENCES:
+        _SEQUENCES["KPT402"] = kpt402_sequence(tmp_path_factory.mktemp("checks-kpt402"))
+    return _SEQUENCES["KPT402"]
 
 
 _CACHE: dict[tuple[str, bool], Observation] = {}

@@ -4,6 +4,13 @@ On random kube-proxy-like nodes the kernel's answer to each probe is first check
 the whole bundle (as test_kernel_property does). Then a random file of the bundle, or a random chain
 of its iptables-save, is taken away: kptrace's answer may become UNDETERMINED, but every determined
 branch it still gives must be one the whole bundle gives, which is what the kernel did.
+
+Every other scenario of the lab gets the same treatment where it is compared with the kernel
+(tests/lab/thinning.py): the single-node scenarios through the kernel oracle (conftest `kptrace.check`:
+test_kernel_iptables, test_kernel_verdicts), the two-node cluster (test_kernel_cluster), the nftables
+labs (test_kernel_nft), and here, the broken and fixed node states of test_kernel_checks (tests/lab/broken.py),
+whose `kptrace check` statuses and `why` answers are held to those on the whole bundle. The observations
+are the ones test_kernel_checks made (shared, made once); run alone, this module makes them itself.
 """
 
 from __future__ import annotations
@@ -15,7 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import netns
+from tests.kernel.test_kernel_checks import (  # noqa: F401 - fixtures (and the scenarios' names) reused
+    BROKEN,
+    HEALTHY,
+    checks_lab,
+    kpt202_runs,
+    kpt402_runs,
+    observe,
+)
+from tests.lab import netns, thinning
+from tests.lab.broken import Observation
 from tests.lab.rulesets import random_case
 
 pytestmark = pytest.mark.kernel
@@ -74,3 +90,22 @@ def test_less_evidence_never_changes_what_the_kernel_decided(lab: netns.Lab, kpt
                     reports.append(f"seed {seed}, {kernel.flow}, bundle {what}: {disposition} {dnat or ''} where "
                                    f"the whole bundle (and the kernel: {kernel.verdict}) gives {sorted(_branches(whole), key=str)}")
     assert not reports, "\n".join(reports)
+
+
+# Every node state of tests/kernel/test_kernel_checks.py: (key, broken).
+OBSERVED = [(k, True) for k in BROKEN] + [(k, False) for k in HEALTHY] + [("KPT205-by-design", True)]
+
+
+@pytest.mark.parametrize(("key", "bad"), OBSERVED, ids=[f"{k}-{'broken' if b else 'fixed'}" for k, b in OBSERVED])
+def test_less_evidence_on_every_checks_lab_state(observe, key: str, bad: bool) -> None:  # noqa: F811
+    """`kptrace check` and `kptrace why` on each broken (and fixed) node state, with one file or one chain of the
+    bundle taken away: no status a whole bundle does not give (CANNOT_TELL aside), no branch it does not give;
+    and where the whole answer agrees with the kernel, a thinned answer determined as a whole agrees too."""
+    obs: Observation = observe(key, bad)
+    why = obs.why
+    classes = thinning.kernel_classes(obs.kernel.verdict) if obs.kernel is not None else None
+    top = str(why.doc.get("disposition"))
+    if classes is not None and top not in ("UNDETERMINED", "MIXED") and netns.disposition_class(top) not in classes:
+        classes = None  # the whole bundle already misses what the kernel did (an xfail of test_kernel_checks)
+    thinning.assert_thinned(why.argv, why.doc, kernel_classes=classes, what=f"{key} why")
+    thinning.assert_thinned(obs.check.argv, obs.check.doc, what=f"{key} check")

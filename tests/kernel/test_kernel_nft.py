@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.conformance.test_kube_proxy_nftables import OVERALL_CASES
 from tests.kernel.conftest import skip_or_fail
+from tests.lab import thinning
 from tests.lab.netns import BUNDLE_COMMANDS, BUNDLE_SYSCTL, Agent, parse_conntrack
 from tests.lab_tools.make_nft_fixtures import (
     Endpoint,
@@ -513,12 +514,15 @@ def _trace_dnat(events: list[Event], flow: Flow) -> str | None:
 # kptrace's side
 
 
-def run_kptrace(bundle: Path, flow: Flow, lazy: bool = False) -> dict[str, Any]:
-    """kptrace's answer; `lazy`: every dump read the way a large one is (blocks parsed when read)."""
+def why_argv(bundle: Path, flow: Flow) -> list[str]:
     argv = [sys.executable, "-m", "kptrace", "why", f"{flow.dst}:{flow.dport}", "--from", flow.src, "--proto",
             flow.proto, "--dump", str(bundle), "-o", "json", "--no-checks"]
-    if flow.in_iface:
-        argv += ["--in-iface", flow.in_iface]
+    return argv + (["--in-iface", flow.in_iface] if flow.in_iface else [])
+
+
+def run_kptrace(bundle: Path, flow: Flow, lazy: bool = False) -> dict[str, Any]:
+    """kptrace's answer; `lazy`: every dump read the way a large one is (blocks parsed when read)."""
+    argv = why_argv(bundle, flow)
     env = {**os.environ, "KPTRACE_LAZY_MIN_LINES": "0"} if lazy else None
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False, env=env)
     TALLY["kptrace_runs"] += 1
@@ -708,6 +712,10 @@ def check(lab: NftLab, loaded: Loaded, flow: Flow, expect_verdict: str,
     else:
         for form, doc in docs.items():
             assert not doc["endpoints"] or not seen or set(doc["endpoints"]) == seen, (form, doc["endpoints"], seen)
+    # Less evidence (a file or a chain fewer in the bundle) never changes what it determined.
+    form = "text" if "text" in docs else forms[0]
+    thinning.assert_thinned(why_argv(bundles[form], flow), docs[form], what=f"{flow} [{form}]",
+                            kernel_classes=thinning.kernel_classes(kernel.verdict))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -986,3 +994,5 @@ def test_conformance_overall_ruleset(overall_lab: tuple[NftLab, Loaded], name: s
         for form, doc in docs.items():
             assert set(doc["endpoints"]) == endpoints, (form, doc["endpoints"])
             assert all(b["masquerade"] == masq for b in doc["branches"])
+    thinning.assert_thinned(why_argv(bundles["text"], flow), docs["text"], what=f"{name} [text]",
+                            kernel_classes=thinning.kernel_classes("ACCEPT" if verdict == "pass" else verdict))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import netns
+from tests.lab import netns, thinning
 from tests.lab.netns import (
     BRIDGE,
     EXTERNAL_CLIENT_IP,
@@ -135,3 +135,5 @@ def test_dnat_to_node_address_known_from_route_src(lab: Lab, kptrace, tmp_path: 
     answer = netns.run_kptrace(routes_only, kernel.flow, node_ips=())
     problems = netns.disagreements(kernel, answer, dump, exact_endpoint=True)
     assert not problems, netns.format_report(kernel, answer, problems)
+    thinning.assert_thinned(answer.argv, answer.report, what=str(kernel.flow),
+                            kernel_classes=thinning.kernel_classes(kernel.verdict))

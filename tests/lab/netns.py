@@ -1214,10 +1214,12 @@ def _without_lazy_note(report: dict[str, Any]) -> str:
 
 
 def compare(kernel: KernelResult, dump: Path, *, exact_endpoint: bool = False,
-            modes: Iterable[str] = MODES, extra: Iterable[str] = ()) -> list[str]:
-    """Ask kptrace in each input mode; one report per mode that disagrees with the kernel."""
+            modes: Iterable[str] = MODES, extra: Iterable[str] = (),
+            answers: dict[str, KptraceAnswer] | None = None) -> list[str]:
+    """Ask kptrace in each input mode; one report per mode that disagrees with the kernel.
+    `answers`, when given, receives kptrace's answer in each mode."""
     reports = []
-    answers: dict[str, KptraceAnswer] = {}
+    answers = {} if answers is None else answers
     extra = tuple(extra)
     for mode in modes:
         if mode == "dump":

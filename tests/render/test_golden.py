@@ -71,7 +71,8 @@ def test_goldens_show_what_the_issue_asks_for() -> None:
     drop = (EXPECTED / "forward-drop.txt").read_text(encoding="utf-8")
     assert "✖ POLICY DROP  :FORWARD DROP [0:0]  broken-node/iptables-save.txt:16" in drop
     reject = (EXPECTED / "no-endpoints.txt").read_text(encoding="utf-8")
-    assert "REJECTED: rejected by filter/KUBE-SERVICES" in reject and "✖ REJECT" in reject
+    assert "REJECTED — no endpoints (filter/KUBE-SERVICES, node-a/iptables-save.txt:49)" in reject and "✖ REJECT" in reject
+    assert "10.244.1.5 → default/broken (10.96.77.7:80/tcp)" in reject
     for name in ("clusterip-dns.txt", "nodeport-web.txt", "cross-node.txt"):
-        for line in (EXPECTED / name).read_text(encoding="utf-8").splitlines()[2:]:
+        for line in (EXPECTED / name).read_text(encoding="utf-8").splitlines()[3:]:  # after the one-line answer
             assert len(line) <= 100, (name, line)

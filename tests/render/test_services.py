@@ -100,18 +100,25 @@ def test_a_source_per_function() -> None:
     assert all(callable(f) for f in SOURCES.values())
 
 
-def _table(services: list[Service], wide: bool = False) -> list[str]:
+def _table(services: list[Service], wide: bool = False, width: int = 10_000) -> list[str]:
     buf = io.StringIO()
-    render_services(services, Console(file=buf, width=60), wide)
+    render_services(services, Console(file=buf, width=width), wide)
     return buf.getvalue().splitlines()
 
 
-def test_table_is_kubectl_style_and_never_wraps() -> None:
+def test_table_is_kubectl_style_and_wraps_only_its_lists_within_a_width() -> None:
     lines = _table(collect(load_cluster([demo_path()])))
     assert lines[0].split() == ["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS", "STATUS"]
     assert lines[1].split() == ["default", "api-local", "NodePort", "10.96.45.6", "<none>", "8080:31234/TCP",
                                 "10.244.2.20:8080", "no", "local", "endpoints", "on", "node-a"]
-    assert len(lines) == 10  # a header and one line per port, however narrow the console
+    assert len(lines) == 10  # without a width (a pipe): a header and one line per port
+    assert not any(line.endswith(" ") for line in lines)
+    narrow = _table(collect(load_cluster([demo_path()])), width=120)
+    web = next(i for i, line in enumerate(narrow) if line.split()[:2] == ["default", "web"])
+    # --width 120: the endpoints wrap at the comma in their own column; the other columns stay whole.
+    assert narrow[web].split()[-2:] == ["10.244.1.12:8080,", "ok"]
+    assert narrow[web + 1].strip() == "10.244.2.15:8080"
+    assert narrow[web + 1].index("10.244.2.15") == narrow[web].index("10.244.1.12")
     wide = _table(collect(load_cluster([demo_path()])), wide=True)
     dns = next(line for line in wide if line.split()[:3] == ["kube-system", "kube-dns", "dns"])
     assert "10.244.1.9:53(50%),10.244.2.7:53(50%)" in dns.split()

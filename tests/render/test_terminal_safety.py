@@ -205,7 +205,7 @@ def test_findings_table() -> None:
                 locations=(Location(f"node{CSI}/iptables-save.txt", 3),), remediation=f"fix {C1} it",
                 docs_url="https://example.invalid/KPT201", node=f"node{OSC8}")
     buf = io.StringIO()
-    render_findings([f], safe_console(file=buf, width=120, force_terminal=True), verbose=False)
+    render_findings([f], safe_console(file=buf, width=240, force_terminal=True), verbose=False)
     out = buf.getvalue()
     assert "\\x1b]52;c;SGVsbG8=\\x07" in out and "\\x1b[2J" in out and "\\x9b31m" in out
     assert OSC52 not in out and CSI not in out and C1 not in out and "\x1b]8;;http" not in out

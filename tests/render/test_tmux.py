@@ -44,7 +44,7 @@ def _run_in_tmux(scenario: str, env: dict[str, str], tmp: Path) -> str:
                 pytest.fail("kptrace did not finish inside tmux within 60 s")
             time.sleep(0.1)
         time.sleep(0.2)
-        p = subprocess.run([*base, "capture-pane", "-p", "-e", "-S", "-", "-t", "t"], capture_output=True,
+        p = subprocess.run([*base, "capture-pane", "-p", "-e", "-J", "-S", "-", "-t", "t"], capture_output=True,
                            text=True, check=True, timeout=30)
         return p.stdout
     finally:

@@ -50,3 +50,21 @@ def test_indexed_set_lookup_equals_the_element_by_element_test(seed: int, monkey
                     plain = ipvs_sets._test(s, flags[name], pkt, MatchContext(set(), False, "PREROUTING", [], sets),
                                        nomatch, sets, 0)
                 assert indexed == plain, (name, pkt, nomatch)
+
+
+def test_unknown_port_against_an_empty_set_matches_nothing() -> None:
+    """A reply's destination port is unknown without --sport; an empty set (kube-proxy's KUBE-LOAD-BALANCER on
+    a node without LoadBalancers, tested by KUBE-IPVS-FILTER on every packet) still matches nothing (issue 21)."""
+    sets = parse_ipset("create KUBE-LOAD-BALANCER hash:ip,port family inet hashsize 1024 maxelem 65536\n"
+                       "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536\n"
+                       "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80\n")
+    for dst, name, want in (("10.244.1.4", "KUBE-LOAD-BALANCER", False),  # empty: no
+                            ("10.244.1.4", "KUBE-CLUSTER-IP", False),  # no element for this address: no
+                            ("10.96.0.10", "KUBE-CLUSTER-IP", None)):  # the address is there: the port decides
+        pkt = Packet(ip_address("10.244.2.5"), ip_address(dst), "tcp", 8080, None, None)
+        ctx = MatchContext(set(), False, "INPUT", [], sets)
+        got = ipvs_sets._test(sets[name], ["dst", "dst"], pkt, ctx, False, sets, 0)
+        if want is None:
+            assert isinstance(got, ipvs_sets.Unknown), (dst, name, got)
+        else:
+            assert got is want, (dst, name, got)

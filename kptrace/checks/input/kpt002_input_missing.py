@@ -24,6 +24,10 @@ COLLECT = {
     "conntrack.txt": "conntrack -L > conntrack.txt",
     "services.txt": "systemctl list-units --type=service --all --no-pager > services.txt",
     "node.yaml": "write node.yaml (name, node_ips, pod_cidr, cluster_cidr; docs/bundle.md)",
+    "resolv.conf": "cat /etc/resolv.conf > resolv.conf",
+    "systemd-resolved-resolv.conf": "cat /run/systemd/resolve/resolv.conf > systemd-resolved-resolv.conf",
+    "kubelet-config.yaml": "cat /var/lib/kubelet/config.yaml > kubelet-config.yaml",
+    "kubelet-cmdline.txt": "tr '\\0' '\\n' < /proc/$(pidof kubelet)/cmdline > kubelet-cmdline.txt",
 }
 
 

@@ -18,10 +18,11 @@ def bridge_nf(node: Node, key: str, tool: str) -> Iterator[Outcome]:
     elif on is False and s is not None:
         yield fail(f"{key} = {s.value}: packets between pods on the same bridge skip {tool}, so a reply from a "
                    f"Service endpoint on this node's bridge is not un-DNATed and the client drops it "
-                   f"(pods on one bridge cannot reach each other through a ClusterIP)", s.source)
+                   f"(pods on one bridge cannot reach each other through a ClusterIP)", s.source,
+                   fix=(f"sysctl -w {key}=1",))
     elif on is False:
         yield fail(f"{how}: {key} does not exist and bridged pod traffic skips {tool}; pods on one bridge cannot "
-                   f"reach each other through a ClusterIP")
+                   f"reach each other through a ClusterIP", fix=("modprobe br_netfilter",))
     elif not node.sysctls and node.modules is None:
         yield missing("sysctl.txt")
     else:

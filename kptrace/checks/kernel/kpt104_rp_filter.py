@@ -122,7 +122,9 @@ def rp_filter(ctx: CheckContext) -> Iterator[Outcome]:
     bad = [(i, src, a) for i, src in strict if (a := _asymmetry(node, i)) is not None]
     for i, src, (why, route_src) in bad:
         yield fail(f"rp_filter = 1 on {i} but {why}: strict reverse-path filtering drops those packets "
-                   f"(counted in LinuxIPReversePathFilter / `nstat -az TcpExtIPReversePathFilter`)", src, route_src)
+                   f"(counted in LinuxIPReversePathFilter / `nstat -az TcpExtIPReversePathFilter`)", src, route_src,
+                   # The kernel applies the larger of conf.all and conf.<if>: all = 2 makes every interface loose.
+                   fix=("sysctl -w net.ipv4.conf.all.rp_filter=2",))
     if not bad:
         yield passed(f"rp_filter = 1 on {', '.join(i for i, _ in strict)}, and the routes back to what arrives there "
                      f"leave by the same interface", *(s for _, s in strict))

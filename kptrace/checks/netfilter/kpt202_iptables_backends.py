@@ -3,9 +3,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kptrace.checks.facts import CheckContext, iptables_rulesets, rule_texts
-from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.checks.registry import Outcome, check, fail, missing, passed, warn
 from kptrace.model.finding import Location, Severity
 from kptrace.checks.rule_text import RuleText
+from kptrace.model.netfilter import Chain, Ruleset
 from kptrace.model.source import Source
 
 WARNING = "# Warning: iptables-legacy tables present"
@@ -30,6 +31,20 @@ def _hints(texts: list[RuleText]) -> str:
 def _has_rules(t: RuleText) -> Location | None:
     n = t.find(("-A ",))
     return None if n is None else _loc(t.source(n, ""))
+
+
+def _policies_differ(main: Ruleset, legacy: Ruleset) -> tuple[Chain, Chain] | None:
+    """A built-in chain both listings show with different policies: one backend's table cannot show two, so the
+    unnamed `iptables` is not iptables-legacy (it is iptables-nft), unless the policy changed between the two commands."""
+    for table, t in sorted(main.tables.items()):
+        other = legacy.tables.get(table)
+        if other is None:
+            continue
+        for name, c in t.chains.items():
+            o = other.chains.get(name)
+            if c.builtin and o is not None and c.policy and o.policy and c.policy != o.policy:
+                return c, o
+    return None
 
 
 def _loc(src: Source) -> Location:
@@ -81,6 +96,17 @@ def iptables_backends(ctx: CheckContext) -> Iterator[Outcome]:
             found = True
             yield fail(f"iptables says legacy tables are present next to the nf_tables rules shown ({w}): rules are "
                        f"split between the two backends, and the legacy ones are not in the input", w)
+    if not found and main is not None and legacy is not None and main.backend is None:
+        differ = _policies_differ(main, legacy)
+        if differ is not None:
+            found = True
+            c, o = differ
+            yield warn(f"{c.table} {c.name} is policy {c.policy} in {main.file} but {o.policy} in the iptables-legacy "
+                       f"listing {legacy.file}: one table cannot show two policies, so {main.file} is iptables-nft's "
+                       f"(unless the policy changed between the two commands) and both backends have a {c.table} "
+                       f"table; every packet passes both, so the {'DROP' if 'DROP' in (c.policy, o.policy) else c.policy} "
+                       f"policy of one drops what the other's rules accept (a component writing through the other "
+                       f"backend, such as a CNI's FORWARD accepts, does not help)", c.source, o.source)
     if found:
         return
     if main is None:

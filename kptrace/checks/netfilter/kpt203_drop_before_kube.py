@@ -22,6 +22,7 @@ from kptrace.checks.host.kpt501_host_firewall import FIREWALL_CHAINS
 from kptrace.checks.registry import Outcome, check, fail, passed, warn
 from kptrace.model.finding import Severity
 from kptrace.model.netfilter import IPNetwork, Rule, Ruleset
+from kptrace.model.source import ASSUMED_FILE
 
 LOOPBACK = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 VERDICTS = ("DROP", "REJECT")
@@ -75,6 +76,15 @@ def _accepts_pods(rule: Rule, pods: list[IPNetwork], relevant: set[str] | None) 
     return bool(ifaces) and relevant is not None and any(iface_matches(i, r) for i in ifaces for r in relevant)
 
 
+def _move(rule: Rule) -> tuple[str, ...]:
+    """The remediation as --what-if changes: the rule (or the jump that leads to it) moved to the chain's end."""
+    from kptrace.parsers.iptables_save import render_rule
+
+    if rule.source.file == ASSUMED_FILE:
+        return ()
+    return (f"delete {rule.source.file}:{rule.source.line}", f"iptables -t {rule.table} {render_rule(rule)}")
+
+
 def _shadowing(rs: Ruleset, name: str, rules: list[Rule], first: int, pods: list[IPNetwork],
                relevant: set[str] | None) -> Iterator[Outcome]:
     """A FAIL for each DROP/REJECT pod or Service traffic meets before the rule that accepts it."""
@@ -96,7 +106,7 @@ def _shadowing(rs: Ruleset, name: str, rules: list[Rule], first: int, pods: list
                        + (f", reached from {via[0].source}" if via else "") + f") {verdict.target.name}s "
                        f"before {what} ({anchor.source}): Service and pod traffic it matches never reaches "
                        f"their accepts",
-                       *(v.source for v in via), verdict.source, anchor.source)
+                       *(v.source for v in via), verdict.source, anchor.source, fix=_move((*via, verdict)[0]))
 
 
 @check(id="KPT203", name="drop-before-kube-rules", severity=Severity.HIGH, needs=("rules",),

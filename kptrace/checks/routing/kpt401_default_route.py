@@ -2,12 +2,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kptrace.checks.facts import CheckContext, dual_stack, service_vips
+from kptrace.checks.facts import CheckContext, dual_stack, node_ifaces, service_vips
 from kptrace.checks.registry import Outcome, check, fail, missing, passed, warn
 from kptrace.model.finding import Severity
+from kptrace.model.node import Node
 from kptrace.walkers.routing import lookup
 
 MAX_LISTED = 5
+
+
+def _fix(node: Node, family: int) -> tuple[str, ...]:
+    """The remediation as a --what-if change where the input names its parts: a route for the Service CIDR
+    (node.yaml) by the one interface holding the node's address. The gateway of a default route is not in
+    an input that lacks the route, so that form is not offered."""
+    cidrs = [c for c, _ in node.service_cidrs if c.version == family]
+    ifaces = [i for i in node_ifaces(node) if any(a.iface == i and a.address.version == family for a in node.addresses)]
+    if len(cidrs) != 1 or len(ifaces) != 1:
+        return ()
+    return (f"ip {'-6 ' if family == 6 else ''}route add {cidrs[0]} dev {ifaces[0]}",)
 
 
 @check(id="KPT401", name="no-default-route", severity=Severity.HIGH, needs=("routes",),
@@ -41,7 +53,7 @@ def default_route(ctx: CheckContext) -> Iterator[Outcome]:
             yield fail(f"no IPv{family} default route and no route to {len(unrouted)} Service address(es) ({shown}"
                        f"{', …' if len(unrouted) > MAX_LISTED else ''}): connections from the node itself (kubelet, "
                        f"hostNetwork pods) fail with \"network unreachable\" before kube-proxy's DNAT",
-                       *(r.source for _, _, r in unrouted[:MAX_LISTED]))
+                       *(r.source for _, _, r in unrouted[:MAX_LISTED]), fix=_fix(node, family))
         elif vips:
             yield passed(f"no IPv{family} default route, but every Service address is routed", needs=("rules", "routes"))
         else:

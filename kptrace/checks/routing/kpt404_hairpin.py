@@ -68,6 +68,7 @@ def hairpin(ctx: CheckContext) -> Iterator[Outcome]:
             found = True
             yield fail(f"{ip} ({svc}) sits on {f.dev}, whose hairpin mode is off: when that pod connects to its own "
                        f"Service and is picked as the endpoint, the bridge will not send the packet back out the port "
-                       f"it came in on, so the connection times out", off[f.dev].source, n.source, f.source)
+                       f"it came in on, so the connection times out", off[f.dev].source, n.source, f.source,
+                       fix=(f"ip link set {f.dev} type bridge_slave hairpin on",))
     if not found:
         yield passed(f"hairpin is off on {', '.join(sorted(off))}, but no Service endpoint sits on those ports")

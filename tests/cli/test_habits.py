@@ -1,0 +1,115 @@
+"""Issue 19: a CLI that behaves like the ones SREs know (kubectl's habits), and output made for pipes
+and tickets. These run the real entry point (`python -m kptrace`) where main() is what is tested:
+`--debug` after the subcommand, `--demo NAME`, usage errors, a reader that closes the pipe early."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DNS = ["why", "10.96.0.10:53", "--proto", "udp", "--from", "10.244.1.5", "--demo"]
+
+
+def _kptrace(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    e = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "KPTRACE_DEBUG")}
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "kptrace", *args], capture_output=True, text=True, timeout=180,
+                          cwd=ROOT, env=e, check=False)
+
+
+def test_first_line_is_the_whole_answer_on_one_line_on_a_pipe() -> None:
+    r = _kptrace(*DNS)
+    first = r.stdout.splitlines()[0]
+    assert first == ("10.244.1.5 → kube-system/kube-dns:dns (10.96.0.10:53/udp): FORWARDED — DNAT to 10.244.1.9:53 "
+                     "(50 %, forwarded via cni0) or 10.244.2.7:53 (50 %, forwarded via flannel.1 to node-b, out cni0)")
+    assert not [line for line in r.stdout.splitlines() if line.endswith(" ")], "no trailing padding"
+    assert "(dimmed)" not in r.stdout
+
+
+def test_a_reader_that_closes_the_pipe_does_not_change_the_exit_code() -> None:
+    # `kptrace why … | head -1`: the FORWARDED answer still exits 0 (a closed pipe is not DROPPED), nothing on stderr.
+    for args in (DNS, [*DNS, "-o", "json"], ["check", "--demo", "-v"]):
+        p = subprocess.Popen([sys.executable, "-m", "kptrace", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.readline()
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        code = p.wait(timeout=180)
+        whole = _kptrace(*args).returncode
+        assert code == whole, (args, code, err)
+        assert "Traceback" not in err and "BrokenPipe" not in err and "KPT003" not in err
+
+
+def test_dash_h_debug_after_the_subcommand_and_one_line_usage_errors() -> None:
+    assert "Usage" in _kptrace("why", "-h").stdout and _kptrace("check", "-h").returncode == 0
+    r = _kptrace("why", "10.96.0.10:53", "--frm", "10.244.1.5", "--demo")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: No such option: --frm (Possible options: --from) (kptrace why --help)"]
+    r = _kptrace("why", "10.96.0.10:53", "--from", "nonsense", "--demo", "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "KptraceError" in r.stderr
+    assert "Traceback" not in _kptrace("why", "10.96.0.10:53", "--from", "nonsense", "--demo").stderr
+
+
+def test_exit_codes_are_in_each_commands_help() -> None:
+    for cmd in ("why", "check", "services", "graph", "parse", "explain", "collect"):
+        out = " ".join(_kptrace(cmd, "--help", env={"COLUMNS": "200"}).stdout.split())
+        assert "Exit codes:" in out, cmd
+
+
+@pytest.mark.parametrize(("name", "first"), [
+    ("", "10.244.1.5 → kube-system/kube-dns:dns (10.96.0.10:53/udp): FORWARDED"),
+    ("broken", "10.244.1.5 → kube-system/kube-dns:dns (10.96.0.10:53/udp): DROPPED — policy DROP (filter/FORWARD, "
+               "broken-node/iptables-save.txt:16)"),
+    ("ipvs", "10.244.1.5 → 10.96.0.10:53/udp: FORWARDED"),
+    ("nft", "10.244.1.5 → 10.96.0.10:53/udp: FORWARDED"),
+])
+def test_demos_by_name(name: str, first: str) -> None:
+    args = ["why", "--demo", *([name] if name else []), "10.96.0.10:53/udp", "--from", "10.244.1.5"]
+    assert _kptrace(*args).stdout.splitlines()[0].startswith(first)
+    bad = _kptrace("why", "10.96.0.10:53", "--demo=nosuch")
+    assert bad.returncode == 2 and "no such demo" in bad.stderr
+
+
+def test_destinations_by_service_name_and_with_a_protocol() -> None:
+    first = _kptrace("why", "svc/kube-system/kube-dns:dns", "--from", "10.244.1.5", "--demo").stdout.splitlines()[0]
+    assert first.startswith("10.244.1.5 → kube-system/kube-dns:dns (10.96.0.10:53/udp): FORWARDED")
+    tcp = _kptrace("why", "kube-system/kube-dns:dns-tcp", "--from", "10.244.1.5", "--demo").stdout.splitlines()[0]
+    assert "(10.96.0.10:53/tcp)" in tcp
+    nft = _kptrace("why", "default/empty:p80", "--from", "10.244.1.5", "--demo", "nft")
+    assert nft.returncode == 1 and nft.stdout.startswith(
+        "10.244.1.5 → default/empty:p80 (10.96.0.20:80/tcp): REJECTED — no endpoints")
+    several = _kptrace("why", "kube-system/kube-dns", "--demo")
+    assert several.returncode == 2 and "names 3 Service ports" in several.stderr
+    clash = _kptrace("why", "10.96.0.10:53/udp", "--proto", "tcp", "--demo")
+    assert clash.returncode == 2 and "disagree" in clash.stderr
+
+
+def test_yaml_wherever_json() -> None:
+    for args in (DNS, ["check", "--demo"], ["services", "--demo"], ["graph", "--demo", "--service",
+                                                                    "kube-system/kube-dns"]):
+        j = _kptrace(*args, "-o", "json")
+        y = _kptrace(*args, "-o", "yaml")
+        assert j.returncode == y.returncode, args
+        assert yaml.safe_load(y.stdout) == json.loads(j.stdout), args
+
+
+def test_fail_on_is_case_insensitive_and_takes_info() -> None:
+    assert _kptrace("check", "--demo", "--fail-on", "MEDIUM").returncode == 1
+    assert _kptrace("check", "--demo", "--fail-on", "info").returncode == 1
+    assert _kptrace("check", "--demo", "--fail-on", "High").returncode != 1
+
+
+def test_width_is_honoured_by_services() -> None:
+    wide = _kptrace("services", "--demo").stdout.splitlines()
+    narrow = _kptrace("services", "--demo", "--width", "120").stdout.splitlines()
+    assert len(wide) == 10 and len(narrow) > len(wide)

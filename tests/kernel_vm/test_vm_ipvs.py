@@ -1,0 +1,234 @@
+"""kube-proxy's IPVS mode judged by a kernel that has IPVS (issue 21).
+
+Every probe of tests/lab/ipvs_vm.py was sent in the VM; here each one is checked twice: first what
+the kernel did is asserted (so a broken lab fails as a lab problem), then kptrace's offline answer
+on the bundle `kptrace collect` wrote inside the VM, and the answer `kptrace why` gave live in the
+VM's node namespace, must both agree with it (tests/lab/netns.py's `disagreements`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel_vm.conftest import REPO_ROOT, VmLab
+from tests.lab import ipvs_vm, netns
+from tests.lab.ipvs_vm import PROBES, SERVICE, SHARES, kernel_from_json
+
+pytestmark = pytest.mark.vm
+
+# What the kernel must have done with each probe (lab sanity, checked before kptrace is asked).
+# "deliver:ROLE[s]": the endpoint that answered; "reject": IPVS or a rule refused it; "no-reply": delivered,
+# but the answer never came back; "forward": routed on (the world or a tunnel), no listener.
+_BASE = {
+    "pod->ClusterIP": "deliver:pod-a,pod-b,rpod",
+    "pod->ClusterIP udp": "deliver:pod-b,pod-c",
+    "node->ClusterIP": "deliver:pod-a,pod-b,rpod",
+    "node->ClusterIP udp": "deliver:pod-b,pod-c",
+    "outside->NodePort": "deliver:pod-a,pod-b,rpod",
+    "pod->NodePort": "deliver:pod-a,pod-b,rpod",
+    "remote pod->NodePort": "deliver:pod-a,pod-b,rpod",
+    "pod->local real server": "deliver:node",
+    "node->local real server": "deliver:node",
+    "hairpin": "no-reply",
+    "no real server": "reject",
+    "weight 0, another server": "deliver:pod-c",
+    "all weight 0": "reject",
+    "wrong port": "reject",
+    "pod->remote pod": "deliver:rpod",
+}
+EXPECT: dict[tuple[str, str], str] = {}
+for _state in ("base", "hairpin", "forward-drop"):
+    for _name, _what in _BASE.items():
+        EXPECT[(_name, _state)] = _what
+EXPECT[("hairpin", "hairpin")] = "deliver:pod-a"
+EXPECT[("pod->remote pod", "forward-drop")] = "drop"
+EXPECT.update({
+    ("KPT301 broken", "kpt301-broken"): "refused-locally",
+    ("KPT302 broken", "kpt302-broken"): "not-delivered",
+    ("KPT303 broken", "kpt303-broken"): "reject",
+    ("KPT304 broken", "kpt304-broken"): "reject",
+    ("KPT305 broken", "kpt305-broken"): "reject",
+    ("KPT305 fixed", "base"): "deliver:node",
+    ("vlan uplink", "links"): "forward:eth0.100",
+    ("ipip (calico)", "links"): "forward:tunl0",
+    ("vxlan (calico)", "links"): "forward:vxlan.calico",
+    ("pod->ClusterIP", "links"): "deliver:pod-a,pod-b,rpod",
+})
+
+
+def _id(p: ipvs_vm.Probe) -> str:
+    return f"{p.state}:{p.name}".replace(" ", "_")
+
+
+def _record(vm_lab: VmLab, probe: ipvs_vm.Probe) -> dict[str, Any]:
+    found = vm_lab.probes(probe.name, probe.state)
+    assert found, f"the VM lab has no result for {probe.state}/{probe.name}"
+    return found[0]
+
+
+def _assert_kernel(kernel: netns.KernelResult, what: str, rec: dict[str, Any]) -> None:
+    kind, _, arg = what.partition(":")
+    d = kernel.describe() + f"\n  ipvsadm -Lnc: {rec.get('ipvs_conn')}"
+    if kind == "deliver":
+        assert kernel.delivery is not None and kernel.delivery.ns_role in arg.split(","), f"lab: expected {what}\n{d}"
+        assert kernel.client_result in ("connected", "reply"), f"lab: the client got no answer\n{d}"
+    elif kind == "drop":
+        assert kernel.verdict == "DROP" and kernel.delivery is None, f"lab: expected a drop\n{d}"
+    elif kind == "reject":
+        assert kernel.verdict == "REJECT" and kernel.delivery is None, f"lab: expected a refusal\n{d}"
+    elif kind == "no-reply":
+        assert kernel.delivery is not None and kernel.client_result == "timeout", f"lab: expected a lost reply\n{d}"
+    elif kind == "refused-locally":
+        assert kernel.delivery is None and kernel.client_result == "refused" and kernel.verdict == "ACCEPT", d
+        assert rec.get("ipvs_conn") is None, d
+    elif kind == "not-delivered":
+        assert kernel.delivery is None and kernel.client_result != "connected", f"lab: expected no delivery\n{d}"
+    elif kind == "forward":
+        assert kernel.verdict == "ACCEPT" and kernel.egress == arg, f"lab: expected forwarding by {arg}\n{d}"
+    else:
+        raise AssertionError(f"unknown expectation {what}")
+
+
+def _offline(vm_lab: VmLab, kernel: netns.KernelResult, state: str) -> list[str]:
+    """kptrace on the bundle collected in the VM, as a user would run it."""
+    answer = netns.run_kptrace(vm_lab.bundle(state), kernel.flow, node_ips=())
+    problems = netns.disagreements(kernel, answer, vm_lab.dump(state), exact_endpoint=False)
+    return [netns.format_report(kernel, answer, problems)] if problems else []
+
+
+def _live(vm_lab: VmLab, kernel: netns.KernelResult, rec: dict[str, Any], state: str) -> list[str]:
+    live = rec.get("live")
+    assert live is not None, "the VM lab ran without live `kptrace why`"
+    if live["exit_code"] in (2, 3) or not live["report"]:
+        return [f"live kptrace failed (rc={live['exit_code']}): {live['stderr']}"]
+    answer = netns.KptraceAnswer(live["exit_code"], live["report"], live["argv"], live["stderr"])
+    problems = netns.disagreements(kernel, answer, vm_lab.dump(state), exact_endpoint=False)
+    return [netns.format_report(kernel, answer, problems)] if problems else []
+
+
+@pytest.mark.parametrize("probe", PROBES, ids=_id)
+def test_probe_agrees(vm_lab: VmLab, probe: ipvs_vm.Probe) -> None:
+    rec = _record(vm_lab, probe)
+    kernel = kernel_from_json(rec["kernel"])
+    _assert_kernel(kernel, EXPECT[(probe.name, probe.state)], rec)
+    reports = [f"[offline, bundle] {r}" for r in _offline(vm_lab, kernel, probe.state)]
+    reports += [f"[live, in the VM] {r}" for r in _live(vm_lab, kernel, rec, probe.state)]
+    assert not reports, "\n\n".join(reports)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shares: many connections to one virtual service
+
+
+def _why_offline(vm_lab: VmLab, client: str, svc: ipvs_vm.Service) -> dict[str, float]:
+    flow = netns.Flow(client, netns.LOCAL_PODS[client], svc.vip, svc.port, svc.proto)
+    answer = netns.run_kptrace(vm_lab.bundle("base"), flow, node_ips=())
+    shares: dict[str, float] = {}
+    for b in answer.branches:
+        if b.get("dnat"):
+            shares[b["dnat"]] = shares.get(b["dnat"], 0.0) + float(b.get("probability") or 0)
+    return shares
+
+
+@pytest.mark.parametrize("share", SHARES, ids=lambda s: f"{s[0]}-{s[1]}")
+def test_scheduler_shares(vm_lab: VmLab, share: tuple[str, str, str, int]) -> None:
+    kind, client, svc_name, count = share
+    svc = SERVICE[svc_name]
+    rec = next(r for r in vm_lab.doc["shares"] if r["client"] == client and r["service"] == svc_name)
+    answered = rec["answered"]
+    assert None not in answered and len(answered) == count, f"lab: some connections got no answer: {rec}"
+    assert answered == rec["ipvsadm"], f"lab: the endpoint that answered is not ipvsadm -Lnc's: {rec}"
+    seen = Counter(answered)
+    predicted = _why_offline(vm_lab, client, svc)
+    assert set(seen) <= set(predicted), f"kernel used {sorted(seen)}, kptrace's endpoints {sorted(predicted)}"
+    if kind in ("rr", "wrr"):
+        # rr and wrr take turns: over a multiple of the cycle every server's share is exact.
+        got = {ep: n / count for ep, n in seen.items()}
+        assert got == pytest.approx(predicted), f"{kind}: kernel {dict(seen)} of {count}, kptrace {predicted}"
+    else:
+        # sh hashes the client address: one client always lands on the same real server.
+        assert len(seen) == 1, f"sh: one client went to {dict(seen)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# KPT301-305: FAIL on a broken state that breaks the packet in the VM, PASS once fixed
+
+
+def _check(bundle: Path) -> dict[str, dict[str, Any]]:
+    """`kptrace check` on a bundle: per check ID its worst outcome (FAIL before WARN before the rest)."""
+    proc = subprocess.run([sys.executable, "-m", "kptrace", "check", "--dump", str(bundle), "-o", "json"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    rank = {"FAIL": 0, "WARN": 1, "CANNOT_TELL": 2, "INFO": 3, "PASS": 4}
+    out: dict[str, dict[str, Any]] = {}
+    for r in json.loads(proc.stdout)["results"]:
+        held = out.get(r["id"])
+        if held is None or rank.get(r["status"], 5) < rank.get(held["status"], 5):
+            out[r["id"]] = r
+    return out
+
+
+CHECK_CASES = (
+    ("KPT301", "kpt301-broken", "KPT301 broken", ("pod->ClusterIP", "base")),
+    ("KPT302", "kpt302-broken", "KPT302 broken", ("pod->ClusterIP", "base")),
+    ("KPT303", "kpt303-broken", "KPT303 broken", ("pod->ClusterIP", "base")),
+    ("KPT304", "kpt304-broken", "KPT304 broken", ("weight 0, another server", "base")),
+    ("KPT305", "kpt305-broken", "KPT305 broken", ("KPT305 fixed", "base")),
+)
+
+
+@pytest.mark.parametrize("case", CHECK_CASES, ids=lambda c: c[0])
+def test_ipvs_check_on_broken_state(vm_lab: VmLab, case: tuple[str, str, str, tuple[str, str]]) -> None:
+    check_id, state, probe_name, (fixed_name, fixed_state) = case
+    broken = vm_lab.probes(probe_name, state)[0]
+    fixed = vm_lab.probes(fixed_name, fixed_state)[0]
+    kb, kf = kernel_from_json(broken["kernel"]), kernel_from_json(fixed["kernel"])
+    assert kb.client_result not in ("connected", "reply"), f"lab: the broken state did not break it\n{kb.describe()}"
+    assert kf.client_result in ("connected", "reply"), f"lab: the fixed state did not fix it\n{kf.describe()}"
+    got_broken = _check(vm_lab.bundle(state))[check_id]
+    got_fixed = _check(vm_lab.bundle(fixed_state))[check_id]
+    assert got_broken["status"] == "FAIL", f"{check_id} on {state}: {got_broken}"
+    assert got_fixed["status"] == "PASS", f"{check_id} on {fixed_state}: {got_fixed}"
+
+
+def test_no_check_fails_on_a_healthy_ipvs_node(vm_lab: VmLab) -> None:
+    """KPT403 on tunl0 (the ipip fallback device every namespace gets), KPT201 and the rest: the base node is sound."""
+    results = _check(vm_lab.bundle("base"))
+    failing = {i: r["message"] for i, r in results.items() if r["status"] == "FAIL"}
+    assert not failing, failing
+
+
+def test_kpt201_forward_drop_message_matches_the_kernel(vm_lab: VmLab) -> None:
+    """On FORWARD DROP, kube-proxy's KUBE-FORWARD mark rule still accepts ClusterIP traffic to remote endpoints:
+    the kernel delivered it, so KPT201 must not say it is dropped."""
+    delivered = [r for r in vm_lab.probes(state="forward-drop")
+                 if r["probe"]["name"] == "pod->ClusterIP" and kernel_from_json(r["kernel"]).delivery is not None]
+    assert delivered, "lab: no ClusterIP probe was delivered on the FORWARD DROP node"
+    pod_to_pod = vm_lab.probes("pod->remote pod", "forward-drop")[0]
+    assert kernel_from_json(pod_to_pod["kernel"]).verdict == "DROP", "lab: pod-to-pod across nodes was not dropped"
+    got = _check(vm_lab.bundle("forward-drop")).get("KPT201")
+    assert got is not None and got["status"] == "FAIL", got
+    assert "pod-to-pod connections across nodes" in got["message"], got
+    assert "ClusterIP connections to endpoints on other nodes are dropped" not in got["message"], got
+
+
+# ---------------------------------------------------------------------------------------------
+# Links this machine's kernel lacks
+
+
+def test_links_read_from_the_vm(vm_lab: VmLab) -> None:
+    from kptrace.load import load_node
+
+    node = load_node([vm_lab.bundle("links")])
+    kinds = {link.name: link.kind for link in node.links}
+    assert kinds.get("kube-ipvs0") == "dummy", kinds
+    assert kinds.get("eth0.100") == "vlan", kinds
+    assert kinds.get("tunl0") == "ipip", kinds
+    assert kinds.get("vxlan.calico") == "vxlan", kinds

@@ -1,0 +1,541 @@
+"""The IPVS lab: kube-proxy's IPVS mode built in network namespaces, run inside the VM (tests/lab/vm.py).
+
+The host kernel has no IPVS; the VM's Debian kernel does. Inside the VM this module builds the
+netns lab's topology (tests/lab/netns.py: node, world, pods behind cni0, a remote pod behind the
+world) and gives the node what kube-proxy v1.30 in IPVS mode gives one: kube-ipvs0 (a dummy)
+holding the VIPs, IPVS virtual services, the ipsets and the iptables rules
+(kptrace.testing.generator_ipvs's layout). Each *state* (a variant of that node: hairpin on,
+FORWARD DROP, a check's broken state) is loaded, collected with `kptrace collect` into a bundle,
+and probed; each probe is observed with TRACE, conntrack, `ipvsadm -Lnc` and the endpoint that
+answers, and asked of `kptrace why` live (no --dump) in the node namespace.
+
+    python -m tests.lab.ipvs_vm run OUT      (inside the VM, as root) writes OUT/results.json and
+                                             OUT/<state>/{iptables-save.txt,bundle/}
+
+The host side (tests/kernel_vm/) reads results.json back, asks kptrace offline on each bundle, and
+compares both answers with the kernel (netns.disagreements).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import tempfile
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.lab import netns  # noqa: E402
+from tests.lab.netns import (  # noqa: E402
+    CLUSTER_CIDR,
+    NODE_IP,
+    ConntrackEntry,
+    Delivery,
+    Flow,
+    KernelResult,
+    LabError,
+    TraceEvent,
+    sh,
+)
+
+POD_A, POD_B, POD_C = netns.LOCAL_PODS["pod-a"], netns.LOCAL_PODS["pod-b"], netns.LOCAL_PODS["pod-c"]
+RPOD = netns.REMOTE_PODS["rpod"]
+KUBE_IPVS0 = "kube-ipvs0"
+NODE_PORT = 30080
+API_PORT = 10250  # the node agent listens there: the API server's real server on this node
+
+
+@dataclass(frozen=True)
+class RealServer:
+    ip: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    proto: str
+    vip: str
+    port: int
+    scheduler: str
+    dests: tuple[RealServer, ...]
+    node_port: int | None = None
+
+
+SERVICES: tuple[Service, ...] = (
+    Service("web", "tcp", "10.96.0.10", 80, "rr",
+            (RealServer(POD_A, 8080), RealServer(POD_B, 8080), RealServer(RPOD, 8080)), node_port=NODE_PORT),
+    Service("dns", "udp", "10.96.0.53", 53, "rr", (RealServer(POD_B, 5353), RealServer(POD_C, 5353))),
+    Service("kubernetes", "tcp", "10.96.0.1", 443, "rr", (RealServer(NODE_IP, API_PORT),)),
+    Service("empty", "tcp", "10.96.0.20", 80, "rr", ()),
+    Service("drain", "tcp", "10.96.0.30", 80, "rr", (RealServer(POD_A, 8080, 0), RealServer(POD_C, 8080, 1))),
+    Service("quiesced", "tcp", "10.96.0.31", 80, "rr", (RealServer(POD_A, 8080, 0),)),
+    Service("weighted", "tcp", "10.96.0.40", 80, "wrr", (RealServer(POD_A, 8443, 3), RealServer(POD_C, 8443, 1))),
+    Service("hashed", "tcp", "10.96.0.50", 80, "sh",
+            (RealServer(POD_A, 9090), RealServer(POD_B, 9090), RealServer(POD_C, 9090))),
+    Service("self", "tcp", "10.96.0.60", 80, "rr", (RealServer(POD_A, 8080),)),
+)
+SERVICE = {s.name: s for s in SERVICES}
+LOCAL_IPS = set(netns.LOCAL_PODS.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# A node state: kube-proxy's view, then what breaks it
+
+
+@dataclass
+class State:
+    name: str
+    services: tuple[Service, ...] = SERVICES
+    hairpin: bool = False
+    forward_drop: bool = False
+    unbound_vips: tuple[str, ...] = ()  # VIPs missing from kube-ipvs0 (KPT302)
+    cluster_ip_missing: tuple[str, ...] = ()  # "VIP,proto:port" left out of KUBE-CLUSTER-IP (KPT303)
+    extra_ipvs0: tuple[str, ...] = ()  # addresses wrongly on kube-ipvs0, in KUBE-IPVS-IPS (KPT305)
+    no_ip_vs: bool = False  # IPVS modules unloaded (KPT301)
+    links: bool = False  # vlan uplink, ipip (tunl0) and vxlan routes (the links the host kernel lacks)
+
+
+def ipset_members(state: State) -> dict[str, set[str]]:
+    from kptrace.testing.generator_ipvs import _IPSETS
+
+    members: dict[str, set[str]] = {name: set() for name, _, _ in _IPSETS}
+    for s in state.services:
+        entry = f"{s.vip},{s.proto}:{s.port}"
+        if entry not in state.cluster_ip_missing:
+            members["KUBE-CLUSTER-IP"].add(entry)
+        members["KUBE-IPVS-IPS"].add(s.vip)
+        for d in s.dests:
+            if d.ip in LOCAL_IPS:
+                members["KUBE-LOOP-BACK"].add(f"{d.ip},{s.proto}:{d.port},{d.ip}")
+        if s.node_port:
+            members[f"KUBE-NODE-PORT-{s.proto.upper()}"].add(str(s.node_port))
+    members["KUBE-IPVS-IPS"].update(a.split("/")[0] for a in state.extra_ipvs0)
+    return members
+
+
+def ruleset(state: State) -> str:
+    """kube-proxy v1.30's IPVS-mode iptables rules for these sets (the generator's layout)."""
+    from kptrace.testing.generator_ipvs import _IpsetState, _render_iptables
+
+    text = _render_iptables(_IpsetState(ipset_members(state), []), CLUSTER_CIDR, True, "nft", 1733600000)
+    if state.forward_drop:
+        text = text.replace(":FORWARD ACCEPT [0:0]\n:OUTPUT", ":FORWARD DROP [0:0]\n:OUTPUT", 1)
+    return text
+
+
+def ipset_restore(state: State) -> str:
+    from kptrace.testing.generator_ipvs import _IPSETS
+
+    members = ipset_members(state)
+    lines = []
+    for name, kind, _ in _IPSETS:
+        opts = "range 0-65535" if kind.startswith("bitmap") else "family inet hashsize 1024 maxelem 65536"
+        lines.append(f"create {name} {kind} {opts}")
+        lines += [f"add {name} {m}" for m in sorted(members[name])]
+    return "\n".join(lines) + "\n"
+
+
+def ipvs_restore(state: State) -> str:
+    lines = []
+    for s in state.services:
+        flag = {"tcp": "-t", "udp": "-u"}[s.proto]
+        addrs = [s.vip] + ([NODE_IP] if s.node_port else [])
+        for addr in addrs:
+            port = s.port if addr == s.vip else s.node_port
+            lines.append(f"-A {flag} {addr}:{port} -s {s.scheduler}")
+            lines += [f"-a {flag} {addr}:{port} -r {d.ip}:{d.port} -m -w {d.weight}" for d in s.dests]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str  # what it covers (docs/ipvs.md's rows)
+    state: str
+    client: str
+    dst: str
+    dport: int
+    proto: str = "tcp"
+    expect: str = ""  # what the kernel must do: "endpoint:<role>", "masq", "reject", "lost", …: lab sanity only
+
+    def flow(self) -> Flow:
+        src = {"node": NODE_IP, "world": netns.EXTERNAL_CLIENT_IP}.get(self.client) or netns.LOCAL_PODS.get(
+            self.client) or netns.REMOTE_PODS[self.client]
+        return Flow(self.client, src, self.dst, self.dport, self.proto)
+
+
+def _probes() -> list[Probe]:
+    web, dns, api = SERVICE["web"], SERVICE["dns"], SERVICE["kubernetes"]
+    out: list[Probe] = []
+    for state in ("base", "hairpin", "forward-drop"):
+        out += [
+            Probe("pod->ClusterIP", state, "pod-c", web.vip, web.port),
+            Probe("pod->ClusterIP udp", state, "pod-a", dns.vip, dns.port, "udp"),
+            Probe("node->ClusterIP", state, "node", web.vip, web.port),
+            Probe("node->ClusterIP udp", state, "node", dns.vip, dns.port, "udp"),
+            Probe("outside->NodePort", state, "world", NODE_IP, NODE_PORT),
+            Probe("pod->NodePort", state, "pod-b", NODE_IP, NODE_PORT),
+            Probe("pod->local real server", state, "pod-b", api.vip, api.port),
+            Probe("node->local real server", state, "node", api.vip, api.port),
+            Probe("hairpin", state, "pod-a", SERVICE["self"].vip, 80),
+            Probe("no real server", state, "pod-b", SERVICE["empty"].vip, 80),
+            Probe("weight 0, another server", state, "pod-b", SERVICE["drain"].vip, 80),
+            Probe("all weight 0", state, "pod-b", SERVICE["quiesced"].vip, 80),
+            Probe("wrong port", state, "pod-b", web.vip, 81),
+            Probe("remote pod->NodePort", state, "rpod", NODE_IP, NODE_PORT),
+            Probe("pod->remote pod", state, "pod-a", RPOD, 8080),
+        ]
+    # The checks' broken states: the packet each one breaks.
+    out += [
+        Probe("KPT301 broken", "kpt301-broken", "pod-c", web.vip, web.port),
+        Probe("KPT302 broken", "kpt302-broken", "pod-c", web.vip, web.port),
+        Probe("KPT303 broken", "kpt303-broken", "pod-c", web.vip, web.port),
+        Probe("KPT304 broken", "kpt304-broken", "pod-b", SERVICE["quiesced"].vip, 80),
+        Probe("KPT305 broken", "kpt305-broken", "world", NODE_IP, API_PORT),
+        Probe("KPT305 fixed", "base", "world", NODE_IP, API_PORT),
+        # Links the host kernel lacks.
+        Probe("vlan uplink", "links", "pod-a", "192.168.100.1", 7),
+        Probe("ipip (calico)", "links", "pod-a", "10.244.3.5", 8080),
+        Probe("vxlan (calico)", "links", "pod-a", "10.244.4.5", 8080),
+        Probe("pod->ClusterIP", "links", "pod-c", web.vip, web.port),
+    ]
+    return out
+
+
+PROBES = _probes()
+
+STATES: dict[str, State] = {
+    "base": State("base"),
+    "hairpin": State("hairpin", hairpin=True),
+    "forward-drop": State("forward-drop", forward_drop=True),
+    "kpt301-broken": State("kpt301-broken", no_ip_vs=True),
+    "kpt302-broken": State("kpt302-broken", unbound_vips=(SERVICE["web"].vip,)),
+    "kpt303-broken": State("kpt303-broken", cluster_ip_missing=(f"{SERVICE['web'].vip},tcp:80",)),
+    "kpt304-broken": State("kpt304-broken"),  # SERVICE quiesced: all weight 0
+    "kpt305-broken": State("kpt305-broken", extra_ipvs0=(f"{NODE_IP}/32",)),
+    "links": State("links", links=True),
+}
+# Many connections to one virtual service: (name, client, service, connections).
+SHARES: tuple[tuple[str, str, str, int], ...] = (
+    ("rr", "pod-b", "web", 30),
+    ("wrr", "pod-b", "weighted", 40),
+    ("sh", "pod-b", "hashed", 20),
+    ("sh", "pod-c", "hashed", 20),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# kptrace inside the node namespace, without paying Python's start-up each time
+
+CLONE_NEWNET = 0x40000000
+
+
+def kptrace_in(ns: str, args: list[str], timeout: float = 300.0) -> tuple[int, str, str]:
+    """`ip netns exec NS kptrace ARGS`, forked from this process (kptrace already imported).
+
+    Under TCG a new Python process spends ~20 s importing kptrace over 9p; a fork that enters the
+    namespace (setns, as `ip netns exec` does; kptrace reads /proc/sys per namespace and /sys only
+    for /sys/module) answers in a few seconds. Returns (exit code, stdout, stderr)."""
+    import kptrace.cli.app  # noqa: F401 - imported once, before forking
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 3
+            try:
+                fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {ns}")
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False)
+                sys.stderr = open(2, "w", closefd=False)
+                sys.argv = ["kptrace", *args]
+                from kptrace.cli.app import main as kptrace_main
+
+                try:
+                    kptrace_main()
+                    code = 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                os.write(2, f"kptrace_in: {exc!r}\n".encode())
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise LabError(f"kptrace {' '.join(args)} in {ns}: no answer in {timeout}s")
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# The lab inside the VM
+
+
+class IpvsLab(netns.Lab):
+    """netns.Lab whose node runs kube-proxy's IPVS mode."""
+
+    def build(self) -> IpvsLab:
+        super().build()
+        sh(["ip", "link", "add", KUBE_IPVS0, "type", "dummy"], ns=self.node)
+        for key, value in (("net.ipv4.vs.conntrack", "1"), ("net.ipv4.vs.conn_reuse_mode", "0"),
+                           ("net.ipv4.vs.expire_nodest_conn", "1"), ("net.ipv4.vs.expire_quiescent_template", "1"),
+                           ("net.ipv4.conf.all.arp_ignore", "1"), ("net.ipv4.conf.all.arp_announce", "2")):
+            sh(["sysctl", "-qw", f"{key}={value}"], ns=self.node)
+        return self
+
+    def apply(self, state: State, out: Path) -> Path:
+        """Make the node `state`, collect its bundle with `kptrace collect`, arm TRACE; the state's dir."""
+        assert self.monitor is not None
+        n = self.node
+        where = out / state.name
+        where.mkdir(parents=True, exist_ok=True)
+        sh(["nft", "flush", "ruleset"], ns=n)
+        sh(["ipset", "destroy"], ns=n, check=False)
+        sh(["ipvsadm", "-C"], ns=n, check=False)
+        sh(["ip", "addr", "flush", "dev", KUBE_IPVS0], ns=n)
+        self._links(state.links)
+        if state.no_ip_vs:
+            sh(["ipvsadm", "-C"], ns=n, check=False)
+            for mod in ("xt_ipvs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "ip_vs"):
+                sh(["rmmod", mod], check=False)
+            if Path("/sys/module/ip_vs").exists():
+                raise LabError("ip_vs is still loaded: KPT301's broken state cannot be made")
+        else:
+            sh(["ipvsadm", "-R"], ns=n, stdin=ipvs_restore(state))
+        for s in state.services:
+            if s.vip not in state.unbound_vips:
+                sh(["ip", "addr", "add", f"{s.vip}/32", "dev", KUBE_IPVS0], ns=n, check=False)
+        for addr in state.extra_ipvs0:
+            sh(["ip", "addr", "add", addr, "dev", KUBE_IPVS0], ns=n)
+        sh(["ipset", "restore"], ns=n, stdin=ipset_restore(state))
+        sh(["iptables-restore"], ns=n, stdin=ruleset(state))
+        for pod in netns.LOCAL_PODS:
+            self.set_hairpin(pod, state.hairpin)
+        sh(["conntrack", "-F"], ns=n, check=False)
+        self.warm_up_neighbours()
+        (where / "iptables-save.txt").write_text(sh(["iptables-save"], ns=n).stdout)
+        bundle = where / "bundle"
+        if bundle.exists():
+            subprocess.run(["rm", "-rf", str(bundle)], check=True)
+        rc, _, err = kptrace_in(n, ["collect", "-o", str(bundle)])
+        if rc not in (0, 4) or not bundle.is_dir():
+            raise LabError(f"kptrace collect failed in {state.name}: rc={rc} {err[-2000:]}")
+        self.monitor.install_trace_rules()
+        self.monitor.wait_ready()
+        return where
+
+    def _links(self, on: bool) -> None:
+        """A VLAN uplink, calico's ipip (tunl0) and vxlan (vxlan.calico) routes, each to the world."""
+        n, w = self.node, self.world
+        for ns, dev in ((n, "eth0.100"), (w, "eth0.100"), (n, "vxlan.calico"), (w, "vxlan.calico")):
+            sh(["ip", "link", "del", dev], ns=ns, check=False)
+        for ns in (n, w):
+            sh(["ip", "addr", "flush", "dev", "tunl0"], ns=ns, check=False)
+            sh(["ip", "link", "set", "tunl0", "down"], ns=ns, check=False)
+        sh(["ip", "route", "del", "10.244.3.0/26"], ns=n, check=False)
+        if not on:
+            return
+        for ns, ip in ((n, "192.168.100.2"), (w, "192.168.100.1")):
+            sh(["ip", "link", "add", "link", "eth0", "name", "eth0.100", "type", "vlan", "id", "100"], ns=ns)
+            sh(["ip", "addr", "add", f"{ip}/24", "dev", "eth0.100"], ns=ns)
+            sh(["ip", "link", "set", "eth0.100", "up"], ns=ns)
+        # calico IPIP: tunl0 carries the node's tunnel address; a remote block routed onlink to its node.
+        sh(["ip", "addr", "add", "10.244.1.64/32", "dev", "tunl0"], ns=n)
+        sh(["ip", "link", "set", "tunl0", "up"], ns=n)
+        sh(["ip", "route", "add", "10.244.3.0/26", "via", netns.WORLD_UPLINK_IP, "dev", "tunl0", "onlink"], ns=n)
+        sh(["ip", "link", "set", "tunl0", "up"], ns=w)
+        # calico VXLAN: vxlan.calico, a remote block via its tunnel address, neighbour and fdb entries.
+        mac = "66:bd:3c:aa:00:01"
+        for ns, ip, local in ((n, "10.244.1.128", NODE_IP), (w, "10.244.4.0", netns.WORLD_UPLINK_IP)):
+            sh(["ip", "link", "add", "vxlan.calico", "type", "vxlan", "id", "4096", "dstport", "4789", "local", local,
+                "dev", "eth0", "nolearning"], ns=ns)
+            sh(["ip", "addr", "add", f"{ip}/32", "dev", "vxlan.calico"], ns=ns)
+            sh(["ip", "link", "set", "vxlan.calico", "up"], ns=ns)
+        sh(["ip", "link", "set", "vxlan.calico", "address", mac], ns=w)
+        sh(["ip", "neigh", "replace", "10.244.4.0", "lladdr", mac, "dev", "vxlan.calico", "nud", "permanent"], ns=n)
+        sh(["bridge", "fdb", "replace", mac, "dev", "vxlan.calico", "dst", netns.WORLD_UPLINK_IP], ns=n)
+        sh(["ip", "route", "add", "10.244.4.0/26", "via", "10.244.4.0", "dev", "vxlan.calico", "onlink"], ns=n)
+
+    def probe(self, flow: Flow, *, timeout: float = 0.9, sport: int | None = None,
+              retry: bool = True) -> KernelResult:
+        """netns.Lab.probe, plus IPVS's own refusal: with no real server to take the connection,
+        ip_vs_leave() answers ICMP port unreachable from LOCAL_IN, after netfilter's INPUT chains,
+        so TRACE shows an accepted packet. The node's ICMP OutDestUnreachs counter going up while
+        a virtual service exists for the packet and lists no connection for it is that refusal."""
+        before = self.icmp_unreachables()
+        kernel = super().probe(flow, timeout=timeout, sport=sport, retry=retry)
+        sent = self.icmp_unreachables() - before
+        if (kernel.verdict == "ACCEPT" and kernel.delivery is None and sent > 0 and self.has_virtual_service(flow)
+                and self.ipvs_connection(flow.proto, flow.src, kernel.sport) is None):
+            kernel.verdict = "REJECT"
+        return kernel
+
+    def icmp_unreachables(self) -> int:
+        text = sh(["cat", "/proc/net/snmp"], ns=self.node).stdout.splitlines()
+        heads = [line.split() for line in text if line.startswith("Icmp:")]
+        if len(heads) < 2:
+            raise LabError("no Icmp lines in /proc/net/snmp")
+        return int(dict(zip(heads[0][1:], heads[1][1:]))["OutDestUnreachs"])
+
+    def has_virtual_service(self, flow: Flow) -> bool:
+        flag = {"tcp": "-t", "udp": "-u"}.get(flow.proto)
+        if flag is None:
+            return False
+        return sh(["ipvsadm", "-Ln", flag, f"{flow.dst}:{flow.dport}"], ns=self.node, check=False).returncode == 0
+
+    def ipvs_connection(self, proto: str, src: str, sport: int) -> str | None:
+        """The real server `ipvsadm -Lnc` lists for the connection from src:sport."""
+        out = sh(["ipvsadm", "-Lnc"], ns=self.node, check=False).stdout
+        for line in out.splitlines():
+            f = line.split()
+            if len(f) >= 6 and f[0].lower() == proto and f[3] == f"{src}:{sport}":
+                return f[5]
+        return None
+
+    def live_why(self, flow: Flow) -> dict[str, Any]:
+        argv = ["why", f"{flow.dst}:{flow.dport}", "--from", flow.src,
+                "--proto", flow.proto, "-o", "json"]
+        if flow.in_iface:
+            argv += ["--in-iface", flow.in_iface]
+        rc, stdout, stderr = kptrace_in(self.node, argv)
+        try:
+            report = json.loads(stdout) if stdout.strip() else {}
+        except json.JSONDecodeError:
+            report = {}
+        return {"argv": ["kptrace", *argv], "exit_code": rc, "report": report, "stderr": stderr[-3000:]}
+
+
+def kernel_to_json(k: KernelResult) -> dict[str, Any]:
+    doc = asdict(k)
+    if k.conntrack is not None:
+        doc["conntrack"]["flags"] = sorted(k.conntrack.flags)
+    return doc
+
+
+def kernel_from_json(doc: dict[str, Any]) -> KernelResult:
+    ct = doc.get("conntrack")
+    return KernelResult(
+        flow=Flow(**doc["flow"]), sport=doc["sport"], verdict=doc["verdict"],
+        events=[TraceEvent(**e) for e in doc["events"]],
+        conntrack=ConntrackEntry(**{**ct, "flags": frozenset(ct["flags"])}) if ct else None,
+        delivery=Delivery(**doc["delivery"]) if doc.get("delivery") else None,
+        client_result=doc["client_result"], trace_dnat=doc.get("trace_dnat"), attempts=doc.get("attempts", 1))
+
+
+def _shares(lab: IpvsLab, client: str, svc: Service, count: int) -> dict[str, Any]:
+    """`count` connections from one client to one virtual service; who answered each."""
+    src = netns.LOCAL_PODS[client]
+    answered: list[str | None] = []
+    listed: list[str | None] = []
+    for _ in range(count):
+        sport = lab._next_sport()
+        before = {role: a.recv_count() for role, a in lab.agents.items()}
+        res = lab.agents[client].send(svc.proto, src, sport, svc.vip, svc.port, timeout=2.0)
+        got = None
+        deadline = time.monotonic() + 2.0
+        while got is None and time.monotonic() < deadline:
+            for role, agent in lab.agents.items():
+                for ev in agent.received_since(before[role]):
+                    if ev.get("sport") == sport:
+                        got = f"{netns.LOCAL_PODS.get(role, role)}:{ev['dport']}"
+            time.sleep(0.01)
+        answered.append(got if res.get("result") == "connected" else None)
+        listed.append(lab.ipvs_connection(svc.proto, src, sport))
+    return {"client": client, "service": svc.name, "answered": answered, "ipvsadm": listed}
+
+
+def _progress(text: str) -> None:
+    print(f"ipvs_vm: {text}", file=sys.stderr, flush=True)
+
+
+def run(out: Path, *, live: bool = True) -> dict[str, Any]:
+    """Every state and probe; results.json in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    netns.cleanup_stale_namespaces()
+    lab = IpvsLab(prefix=netns.lab_prefix(), seed=netns.lab_seed(), dump_dir=out)
+    netns.built(lab)
+    results: dict[str, Any] = {"uname": sh(["uname", "-r"]).stdout.strip(), "states": {}, "probes": [],
+                               "shares": [], "timings": {}}
+    t0 = time.monotonic()
+    try:
+        order = list(dict.fromkeys(p.state for p in PROBES))
+        for state_name in order:
+            state = STATES[state_name]
+            if state_name == "kpt304-broken":
+                pass  # the quiesced service is in every state; its own probe is KPT304's broken packet
+            ts = time.monotonic()
+            where = lab.apply(state, out)
+            results["states"][state_name] = {"dir": where.name, "ipvsadm": sh(["ipvsadm", "-Ln"], ns=lab.node,
+                                                                              check=False).stdout}
+            _progress(f"{state_name}: loaded in {time.monotonic() - ts:.0f}s")
+            for probe in (p for p in PROBES if p.state == state_name):
+                _progress(f"{state_name}: {probe.name}")
+                flow = probe.flow()
+                kernel = lab.probe(flow)
+                record: dict[str, Any] = {"probe": asdict(probe), "kernel": kernel_to_json(kernel),
+                                          "ipvs_conn": lab.ipvs_connection(flow.proto, flow.src, kernel.sport)}
+                if live:
+                    record["live"] = lab.live_why(flow)
+                results["probes"].append(record)
+            if state_name == "base":
+                for kind, client, svc_name, count in SHARES:
+                    share = _shares(lab, client, SERVICE[svc_name], count)
+                    share["kind"] = kind
+                    results["shares"].append(share)
+            results["timings"][state_name] = round(time.monotonic() - ts, 1)
+        if "kpt301-broken" in order:
+            lab.apply(STATES["base"], out / "_restore")  # the modules come back on demand (ipvsadm -R)
+    finally:
+        lab.close()
+    results["timings"]["total"] = round(time.monotonic() - t0, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def only(states: list[str]) -> Callable[[Probe], bool]:
+    return lambda p: p.state in states
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "run":
+        print("usage: python -m tests.lab.ipvs_vm run OUT [--no-live] [--only STATE,...]", file=sys.stderr)
+        return 2
+    global PROBES
+    if "--only" in argv:
+        keep = argv[argv.index("--only") + 1].split(",")
+        PROBES = [p for p in PROBES if p.state in keep]
+    run(Path(argv[1]), live="--no-live" not in argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
+

@@ -194,7 +194,7 @@ def sniff(name: str, text: str) -> str | None:
         dump = "ip6tables-save" if "ip6tables" in base or "ip6tables-save" in first else "iptables-save"
         return bundle if bundle in DUMP_KINDS else dump
     if bundle in ("resolv-conf", "kubelet-config", "kubelet-cmdline", None) and \
-            ("kubelet" in head[:65536] or bundle is not None):
+            ("ubelet" in head or bundle is not None):  # kubelet's command line, a KubeletConfiguration
         from kptrace.parsers.dns_files import sniff_dns
 
         dns = sniff_dns(bundle, text)
@@ -754,6 +754,26 @@ def _short(label: str, root: Path) -> str:
     return label
 
 
+def _large_conntrack(node: Node, name: str, label: str, data: bytes | MappedFile) -> bool:
+    """A large conntrack table (a million entries) is read in place from its bytes (ConntrackTable): neither
+    decoded into a second copy nor made into a million objects (docs/performance.md)."""
+    from kptrace.parsers.conntrack import LARGE_TABLE_BYTES, ConntrackTable
+
+    buf = data.mm if isinstance(data, MappedFile) else data
+    if len(buf) < LARGE_TABLE_BYTES:
+        return False
+    head = bytes(buf[:65536])
+    if not head.isascii() or sniff(name, head[:head.rfind(b"\n") + 1].decode("ascii")) != "conntrack":
+        return False
+    _check_bytes(buf, label)
+    errors: list[ParseError] = []
+    table = ConntrackTable(buf, label, errors)
+    node.conntrack = table if node.conntrack is None else [*node.conntrack, *table]
+    node.errors.extend(errors[:20])  # the entries that do read are used; the first few bad lines are said
+    _saw(node, "conntrack", label, "", False)
+    return True
+
+
 def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool = False, name: str | None = None,
               options: LoadOptions = DEFAULT) -> None:
     digest = _digest(data, options.cache)
@@ -778,6 +798,9 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
             _load_dump(node, label, kind, data.mm, digest, options)
             node.inputs.append(InputFile(label, kind, digest))
             return
+    if _large_conntrack(node, name or label, label, data):
+        node.inputs.append(InputFile(label, "conntrack", digest))
+        return
     text = decode(data, label)
     kind = sniff(name or label, text)
     if kind is None:
@@ -820,7 +843,7 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         from kptrace.parsers.conntrack import parse_conntrack
 
         errors: list[ParseError] = []
-        node.conntrack = (node.conntrack or []) + parse_conntrack(text, label, errors)
+        node.conntrack = [*(node.conntrack or ()), *parse_conntrack(text, label, errors)]
         node.errors.extend(errors[:20])  # the entries that do read are used; the first few bad lines are said
     elif kind == "paste":
         from kptrace.parsers.paste import apply_to_node, parse_paste, paste_kind

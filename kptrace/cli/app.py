@@ -140,7 +140,7 @@ def main() -> None:
         argv = demos.hoist(argv)
         _check_dump_args(argv)
         # Without standalone mode click returns the command's exit code instead of exiting.
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="kptrace", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except KptraceError as e:
         if state["debug"]:

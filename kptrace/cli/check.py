@@ -61,6 +61,9 @@ def check(
                                       "on the node (docs/what-if.md); repeatable."),
     verify_fixes: bool = typer.Option(True, "--verify-fixes/--no-verify-fixes", help="Try each FAIL's remediation on "
                                       "the model and re-trace the flows it concerns (docs/what-if.md)."),
+    suggest_fix: bool = typer.Option(False, "--suggest-fix", help="When a flow a FAIL concerns still fails with its "
+                                     "fix, search the smallest set of candidate changes that makes it arrive "
+                                     "(docs/what-if.md)."),
 ) -> None:
     """Run every check on a node's bundle: the runbook step before tracing single packets.
 
@@ -116,7 +119,12 @@ def check(
         findings, known = pipeline.apply_baseline(findings, pipeline.read_baseline(baseline))
     from kptrace.whatif.verify import Verifier
 
-    verified = Verifier(contexts).verify_all(findings) if verify_fixes else []
+    verified = Verifier(contexts).verify_all(findings) if verify_fixes or suggest_fix else []
+    searches = {}
+    if suggest_fix:
+        from kptrace.whatif.search import search_verifications
+
+        searches = search_verifications(verified, [c.node for c in contexts])
     if output in (CheckFormat.json, CheckFormat.yaml):
         from kptrace.whatif.verify import add_verifications
 
@@ -125,7 +133,9 @@ def check(
             from kptrace.whatif.cli import inputs_with_changes
 
             doc["inputs"] = inputs_with_changes(doc["inputs"], changed)
-        typer.echo(dumps(add_verifications(doc, findings, verified), output.value))
+        from kptrace.whatif.search import add_searches
+
+        typer.echo(dumps(add_searches(add_verifications(doc, findings, verified), findings, searches), output.value))
     elif output == CheckFormat.junit:
         typer.echo(pipeline.junit(findings), nl=False)
     elif output == CheckFormat.sarif:
@@ -142,6 +152,9 @@ def check(
         from kptrace.whatif.verify import render_verifications
 
         render_verifications(verified, console)
+        from kptrace.whatif.search import render_searches
+
+        render_searches(verified, searches, console)
         if known:
             console.print(f"{len(known)} known finding{'s' if len(known) != 1 else ''} left out (--baseline {baseline})",
                           soft_wrap=True, highlight=False)

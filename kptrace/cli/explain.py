@@ -15,6 +15,8 @@ def explain(
 ) -> None:
     """Print a check's documentation page, or list every check.
 
+    Exit codes: 0 printed; 2 no such check.
+
     Examples:
 
       kptrace explain KPT101

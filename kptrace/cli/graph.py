@@ -43,6 +43,8 @@ def graph(
     -o svg runs Graphviz's `dot` (apt-get install graphviz); -o dot and -o mermaid need nothing;
     -o json is networkx's node-link layout.
 
+    Exit codes: 0 drawn; 2 usage error, unusable input, or a view with nothing to draw; 3 internal error.
+
     Examples:
 
       kptrace graph --demo --service kube-system/kube-dns -o svg > kube-dns.svg

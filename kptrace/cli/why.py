@@ -81,6 +81,11 @@ def why(
     detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
     width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the terminal)."),
     what_if: list[str] = typer.Option(None, "--what-if", help=WHAT_IF_HELP),
+    suggest_fix: bool = typer.Option(False, "--suggest-fix", help="When the packet does not arrive, search the smallest "
+                                     "set of candidate changes (the checks' remediations and the fixes they imply) that "
+                                     "makes it arrive, each verified by re-tracing on the model (docs/what-if.md)."),
+    suggest_max_size: int = typer.Option(3, "--suggest-max-size", min=1, max=5,
+                                         help="--suggest-fix: the largest set of changes tried."),
 ) -> None:
     """Trace one packet: which rule, route or setting decides its fate, step by step.
 
@@ -152,6 +157,11 @@ def why(
     # With --what-if, the same packet on the input as it is: what the changes change for it.
     was = trace_flow(before[next(i for i, n in enumerate(cluster) if n is node)], flow, before, tuple(notes), cidrs) \
         if changed is not None else None
+    fix_search = None
+    if suggest_fix:
+        from kptrace.whatif.search import search_fix
+
+        fix_search = search_fix(cluster, node, flow, tuple(notes), cidrs, max_size=suggest_max_size)
     if output in (OutputFormat.json, OutputFormat.yaml):
         from kptrace.render.findings import finding_json
 
@@ -162,6 +172,10 @@ def why(
 
             doc["inputs"] = inputs_with_changes(doc["inputs"], changed)
             doc["without_what_if"] = {"disposition": was.disposition.value}
+        if fix_search is not None:
+            from kptrace.whatif.search import search_json
+
+            doc["suggest_fix"] = search_json(fix_search)
         typer.echo(dumps(doc, output.value))
     else:
         from kptrace.render.human import make_console, render_trace
@@ -178,6 +192,10 @@ def why(
         from kptrace.render.findings import render_trace_findings
 
         render_trace_findings(findings, trace, console, detail.value)
+        if fix_search is not None:
+            from kptrace.whatif.search import render_search
+
+            render_search(fix_search, console)
     raise typer.Exit(int(exit_code(trace)))
 
 

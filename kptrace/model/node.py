@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from ipaddress import IPv4Interface, IPv6Interface, IPv4Network, IPv6Network
@@ -148,7 +149,8 @@ class Node:
     ipvs: list[IpvsService] | None = None  # IPVS virtual services; None: no ipvsadm listing in the input
     inputs: list[InputFile] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
-    conntrack: list[ConntrackEntry] | None = None  # None: no conntrack listing in the input
+    # None: no conntrack listing in the input. A large one is a parsers.conntrack.ConntrackTable (read in place).
+    conntrack: Sequence[ConntrackEntry] | None = None
     # By family: rulesets built from `iptables -L`/`-S` listings and excerpts, and what they cover.
     coverage: dict[int, Coverage] = field(default_factory=dict)
     services: tuple[ServiceUnit, ...] | None = None  # None: no `systemctl list-units` in the input

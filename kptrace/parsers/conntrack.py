@@ -15,9 +15,12 @@ in `unknown`; they never decide a trace.
 
 from __future__ import annotations
 
+import mmap
 import re
+from array import array
+from collections.abc import Iterator, Sequence
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, overload
 
 from kptrace.errors import ParseError
 from kptrace.parsers.numbers import ascii_int
@@ -200,3 +203,164 @@ def _int(v: str, col: int, file: str, lineno: int, line: str) -> int:
         return ascii_int(v)
     except ValueError:
         raise ParseError(file, lineno, col, f"expected a number, got '{v}'", line) from None
+
+
+# --- a large table, read in place ----------------------------------------------------------------------
+
+LARGE_TABLE_BYTES = 8 * 1024 * 1024  # past this a table is read in place (ConntrackTable), not into objects
+_FAST_AT_B = re.compile(FAST_AT.pattern.encode("ascii"))
+_FOOTER_B = re.compile(FOOTER_RE.pattern.encode("ascii"))
+_CHUNK = 16 * 1024 * 1024  # bytes of a mapped file read before its pages are given back (madvise)
+_CACHE_MAX = 1 << 16  # addresses and numbers remembered while entries are made
+
+
+class ConntrackTable(Sequence[ConntrackEntry]):
+    """A large `conntrack -L` as a sequence of entries, read in place from the file's bytes (mapped, or as
+    read): an entry is made when it is looked at, from the offset of its line. A million entries cost 12 bytes
+    each here (offset and line number) instead of ~350 as objects, and the text is not decoded into a second
+    copy; a walk over the table makes its entries again (a few seconds for a million). Lines of the usual
+    shape are checked on the first pass (addresses, ports), the others are read by the general path then and
+    kept as entries. Entries are the ones parse_conntrack makes, in the same order; they cite file:line."""
+
+    def __init__(self, buf: bytes | mmap.mmap, file: str, errors: list[ParseError] | None = None,
+                 first_line: int = 1) -> None:
+        self._buf = buf
+        self._file = file
+        self._first_line = first_line
+        self._offsets = array("Q")  # where each entry's line starts
+        self._lines = array("L")  # its line number
+        self._slow: dict[int, ConntrackEntry] = {}  # entries read by the general path, by position
+        self._shared = _Shared()
+        self._checked: dict[bytes, bool] = {}  # addresses seen on the first pass: whether they read
+        self._scan(errors)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A mapped file does not cross processes (check's workers): its bytes do, and are read again there.
+        return (ConntrackTable, (bytes(self._buf[:]), self._file, [], self._first_line))  # its errors were said
+
+    def _give_back(self, upto: int) -> None:
+        """Pages of a mapped file read so far leave this process's memory (the page cache keeps them)."""
+        if isinstance(self._buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            end = upto - upto % mmap.PAGESIZE
+            if end > 0:
+                self._buf.madvise(mmap.MADV_DONTNEED, 0, end)
+
+    def _scan(self, errors: list[ParseError] | None) -> None:
+        buf, match = self._buf, _FAST_AT_B.match
+        valid = self._checked
+        n = len(buf)
+        pos, lineno, given_back = 0, self._first_line - 1, 0
+        while pos <= n:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                end = n
+            lineno += 1
+            stop = end - 1 if end > pos and buf[end - 1] == 13 else end
+            m = match(buf, pos, stop)
+            if m is not None and self._valid(m):
+                self._offsets.append(pos)
+                self._lines.append(lineno)
+            else:
+                self._general(pos, stop, lineno, errors)
+            pos = end + 1
+            if pos - given_back > _CHUNK:
+                self._give_back(pos)
+                given_back = pos
+            if len(valid) > _CACHE_MAX:
+                valid.clear()
+        self._give_back(n)
+        self._checked = {}
+
+    def _valid(self, m: re.Match[bytes]) -> bool:
+        """Whether _fast makes an entry of this line (its addresses read, its ports are ports): checked once."""
+        g = m.group
+        checked = self._checked
+        for k in (7, 8, 12, 13):
+            a = g(k)
+            ok = checked.get(a)
+            if ok is None:
+                try:
+                    ip_address(a.decode("ascii"))
+                    ok = True
+                except ValueError:
+                    ok = False
+                checked[a] = ok
+            if not ok:
+                return False
+        return int(g(9)) <= 65535 and int(g(10)) <= 65535 and int(g(14)) <= 65535 and int(g(15)) <= 65535
+
+    def _general(self, pos: int, stop: int, lineno: int, errors: list[ParseError] | None) -> None:
+        raw = bytes(self._buf[pos:stop])
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            err = ParseError(self._file, lineno, e.start + 1, f"invalid UTF-8 byte 0x{raw[e.start]:02x}")
+        else:
+            if not line.strip() or FOOTER_RE.match(line):
+                return
+            try:
+                self._slow[len(self._offsets)] = _entry(line, lineno, self._file)
+                self._offsets.append(pos)
+                self._lines.append(lineno)
+                return
+            except ParseError as e:
+                err = e
+        if errors is None:
+            raise err
+        if len(errors) < MAX_KEPT_ERRORS:
+            errors.append(err)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def _make(self, i: int) -> ConntrackEntry:
+        slow = self._slow.get(i)
+        if slow is not None:
+            return slow
+        pos = self._offsets[i]
+        end = self._buf.find(b"\n", pos)
+        end = len(self._buf) if end < 0 else end
+        stop = end - 1 if end > pos and self._buf[end - 1] == 13 else end
+        line = self._buf[pos:stop].decode("ascii")
+        m = FAST_AT.match(line)
+        e = _fast(m, self._lines[i], self._file, self._shared) if m is not None else None
+        if e is None:  # checked on the first pass: only a file changed under the mapping gets here
+            raise ParseError(self._file, self._lines[i], 1, "the conntrack table changed while it was read")
+        return e
+
+    @overload
+    def __getitem__(self, i: int) -> ConntrackEntry: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[ConntrackEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> ConntrackEntry | list[ConntrackEntry]:
+        if isinstance(i, slice):
+            return [self._make(k) for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._make(i)
+
+    def __iter__(self) -> Iterator[ConntrackEntry]:
+        shared = self._shared
+        given_back = 0
+        for i in range(len(self)):
+            yield self._make(i)
+            if self._offsets[i] - given_back > _CHUNK:
+                self._give_back(self._offsets[i])
+                given_back = self._offsets[i]
+            if len(shared.addrs) > _CACHE_MAX or len(shared.ints) > _CACHE_MAX or len(shared.words) > _CACHE_MAX:
+                shared.addrs.clear()
+                shared.ints.clear()
+                shared.words.clear()
+        self._give_back(len(self._buf))
+
+
+def read_conntrack(data: bytes | mmap.mmap, file: str, errors: list[ParseError] | None = None) \
+        -> Sequence[ConntrackEntry]:
+    """A conntrack table from its bytes: a large one as a ConntrackTable (read in place), else parsed."""
+    if len(data) >= LARGE_TABLE_BYTES:
+        return ConntrackTable(data, file, errors)
+    return parse_conntrack(bytes(data[:]).decode("utf-8"), file, errors)

@@ -128,8 +128,15 @@ class ParseResult:
     diagnostics: list[str] = field(default_factory=list)
 
 
+_WORD_RE = re.compile(r"[^ \t]+")
+
+
 def tokenize(text: str, file: str, line: int, col0: int = 1) -> list[tuple[str, int]]:
     """Split like iptables-restore: whitespace-separated words, "double quotes" with \\-escapes."""
+    if '"' not in text and "'" not in text:
+        # No quotes (most rules): the words are what is between blanks, found in one pass by the regex engine.
+        plain = [(m.group(), col0 + m.start()) for m in _WORD_RE.finditer(text)]
+        return _bracketed(plain) if "[" in text else plain
     words: list[tuple[str, int]] = []
     i, n = 0, len(text)
     while i < n:

@@ -72,6 +72,8 @@ from kptrace.model.nft import (
 from kptrace.model.source import Source
 from kptrace.parsers.json_limits import MALFORMED, malformed, recursion_message, too_deep
 from kptrace.parsers.nft_text import (
+    BadValue,
+    prefix_length,
     render_element,
     render_expr,
     render_rule,
@@ -241,6 +243,8 @@ def _rule(rs: NftRuleset, index: int, body: dict[str, Any], src: Source) -> None
     for k, e in enumerate(exprs):
         try:
             stmts.append(_stmt(e))
+        except BadValue as err:  # a value nft refuses (`10.0.0.0/33`): no ruleset nft printed holds one
+            raise ParseError(file, src.line, src.col, f"{err} ($.nftables[{index}].rule.expr[{k}])", src.text) from None
         except (_Bad, *_MALFORMED) as err:
             # Not modelled, or malformed (a key missing): kept as an unknown statement, said, and the rule is kept.
             why = str(err) if isinstance(err, _Bad) else _malformed(err)
@@ -275,6 +279,9 @@ def _elements(raw: Any, nsrc: NftSource, path: str, rs: NftRuleset) -> list[Elem
         src = NftSource(nsrc.source, f"{path}[{j}]")
         try:
             out.append(_element(item, src))
+        except BadValue as err:
+            raise ParseError(nsrc.source.file, nsrc.source.line, nsrc.source.col, f"{err} ({path}[{j}])",
+                             nsrc.source.text) from None
         except (_Bad, *_MALFORMED) as err:
             why = str(err) if isinstance(err, _Bad) else _malformed(err)
             rs.diagnostics.append(Diagnostic(nsrc.source, f"element {path}[{j}] not modelled: {why}"))
@@ -353,7 +360,7 @@ def _expr(e: Any) -> Expr:
         left, right = body
         return Binop(kind, _expr(left), _expr(right))
     if kind == "prefix":
-        return Prefix(str(body["addr"]), int(body["len"]))
+        return Prefix(str(body["addr"]), prefix_length(str(body["addr"]), int(body["len"])))
     if kind == "range":
         lo, hi = body
         return Range(_expr(lo), _expr(hi))

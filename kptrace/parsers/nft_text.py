@@ -166,6 +166,21 @@ class _Unparsable(Exception):
     """An expression or statement kptrace does not model: the rest of the rule is kept as UnknownStmt."""
 
 
+class BadValue(ValueError):
+    """A value nft itself refuses (`10.244.0.0/33`): no listing nft printed holds one, so it is an error, not an
+    unknown kept (`file:line:col: …`, exit 2)."""
+
+
+def prefix_length(addr: str, length: int) -> int:
+    """The prefix length, or BadValue past the address's bits (nft: "Prefix length 33 is invalid for type of 32
+    bits maximum")."""
+    bits = 128 if ":" in addr else 32
+    if length > bits:
+        raise BadValue(f"'{addr}/{length}': prefix length {length} is more than the {bits} bits of an "
+                       f"IPv{4 if bits == 32 else 6} address")
+    return length
+
+
 def tokenize(text: str, file: str, first_line: int = 1) -> list[Tok]:
     toks: list[Tok] = []
     line, line_start = first_line, 0
@@ -229,7 +244,7 @@ def value_word(s: str) -> Expr:
     if "/" in s:
         addr, _, length = s.rpartition("/")
         if is_num(length) and (_ADDR4.match(addr) or ":" in addr):
-            return Prefix(addr, int(length))
+            return Prefix(addr, prefix_length(addr, int(length)))
     if "-" in s and not s.startswith("-"):
         lo, _, hi = s.partition("-")
         if (_NUM.match(lo) and _NUM.match(hi)) or (_ADDR4.match(lo) and _ADDR4.match(hi)) or (
@@ -276,6 +291,12 @@ class _Parser:
 
     def error(self, tok: Tok, msg: str) -> ParseError:
         return ParseError(self.file, tok.line, tok.col, msg, self.line_text(tok.line))
+
+    def _hostport_at(self, tok: Tok) -> tuple[Expr | None, Expr | None]:
+        try:
+            return _hostport(tok.text)
+        except BadValue as e:
+            raise self.error(tok, str(e)) from None
 
     def line_text(self, line: int) -> str:
         k = line - self.first_line
@@ -966,10 +987,10 @@ class _Parser:
                 self.next()
                 addr = MapLookup(key, self.map_ref())
             else:
-                addr, port = _hostport(self.next().text)
+                addr, port = self._hostport_at(self.next())
         elif self.peek().kind == "word" and _OLD_NAT_ADDR.match(self.peek().text):
             # nft before 0.9 printed `dnat 10.0.0.1:80` without `to`
-            addr, port = _hostport(self.next().text)
+            addr, port = self._hostport_at(self.next())
         flags: list[str] = []
         while self.peek().kind == "word" and self.peek().text in ("random", "fully-random", "persistent", "netmap"):
             flags.append(self.next().text)
@@ -1127,7 +1148,10 @@ class _Parser:
             if t.text.startswith("$"):
                 raise _Unparsable(f"variable {t.text}")
             self.next()
-            return value_word(t.text)
+            try:
+                return value_word(t.text)
+            except BadValue as e:
+                raise self.error(t, str(e)) from None
         raise _Unparsable(f"'{t.text or 'end of rule'}' where a value was expected")
 
     def value_or_lhs(self) -> Expr:

@@ -769,6 +769,8 @@ def _stays(cur: Section, c: str | None, group: str | None, line: str) -> bool:
     if cur.kind == "iptables-list" and c is None and cur.lines and not cur.lines[-1].strip() and \
             line[:1] not in (" ", "\t") and not re.match(r"^\s*\d", line):
         return False  # iptables -L separates chains with one blank line, and each starts `Chain X (…)`
+    if cur.kind == "resolv-conf" and c is None and re.match(r"^(search|domain)\s+[\w.-]+(\s+[\w.-]+)*\s*$", line):
+        return True  # `search lan`: a one-label domain the line classifier leaves alone, in resolv.conf's own output
     if group is None and cur.kind in _LINE_KINDS and c is None and line[:1] not in (" ", "\t") and \
             not (cur.kind == "proc-value" and _BARE_VALUE_RE.match(line)):
         return False  # every line of these outputs is recognised: one that is not is something else
@@ -1298,7 +1300,7 @@ def apply_to_node(node: Node, res: PasteResult) -> None:
             seen_n = {(n.dst, n.dev, n.lladdr) for n in node.neighbors}
             node.neighbors.extend(n for n in sec.model if (n.dst, n.dev, n.lladdr) not in seen_n)
         elif sec.kind == "conntrack":
-            node.conntrack = (node.conntrack or []) + list(sec.model)
+            node.conntrack = [*(node.conntrack or ()), *sec.model]
         elif sec.kind == "ip-addr":
             seen_a = {(a.iface, a.address) for a in node.addresses}
             node.addresses.extend(a for a in sec.model if (a.iface, a.address) not in seen_a)

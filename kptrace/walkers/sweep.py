@@ -234,6 +234,14 @@ class Sweeper:
     def flows(self, node: Node, svc: Service, kinds: Sequence[str],
               notes: list[str]) -> Iterator[tuple[str, str, Node, Flow]]:
         """(source kind, entry, start node, flow) for each flow of this Service port on this node."""
+        ipvs_entry = _ipvs_entry(node, svc)
+        if ipvs_entry is not None and ipvs_entry != "cluster-ip":
+            # A NodePort or LoadBalancer virtual service of IPVS mode (no names: known by its address) is
+            # swept as iptables mode sweeps those entries: from a client outside.
+            if "external" in kinds and svc.port is not None:
+                to = ip_address(svc.cluster_ips[0])
+                yield "external", ipvs_entry, node, Flow(EXTERNAL_CLIENT[to.version], to, svc.protocol, None, svc.port)
+            return
         for kind in kinds:
             if kind == "external":
                 for entry, to, port in _external_entries(node, svc):
@@ -320,6 +328,28 @@ def _node_address(node: Node, family: int) -> IPAddress | None:
                 and not any(ip in c for c in node.pod_cidrs if c.version == family):
             return ip
     return None
+
+
+IPVS_DUMMY = "kube-ipvs0"  # kube-proxy's IPVS mode binds every ClusterIP, LoadBalancer IP and externalIP here
+
+
+def _ipvs_entry(node: Node, svc: Service) -> str | None:
+    """For a virtual service of `ipvsadm -Ln` (listed as `ipvs/ADDR:PORT`): node-port when ADDR is the node's
+    own (--node-ip, or an address on a device other than kube-ipvs0), load-balancer when it lies outside the
+    node's Service CIDRs (node.yaml; an externalIP is swept alike: IPVS does not tell them apart), else
+    cluster-ip. None for a Service that is not a virtual service."""
+    if svc.namespace != "ipvs" or not svc.cluster_ips:
+        return None
+    try:
+        addr = ip_address(svc.cluster_ips[0])
+    except ValueError:
+        return None
+    if addr in node.node_ips or any(a.address.ip == addr and a.iface not in (IPVS_DUMMY, "lo") for a in node.addresses):
+        return "node-port"
+    cidrs = [net for net, _ in node.service_cidrs if net.version == addr.version]
+    if cidrs and not any(addr in net for net in cidrs):
+        return "load-balancer"
+    return "cluster-ip"
 
 
 def _external_entries(node: Node, svc: Service) -> list[tuple[str, IPAddress, int]]:

@@ -34,6 +34,7 @@ WEB = Service("default", "web", "10.96.0.10", 80, [Endpoint(POD_B, 8080)], node_
 EMPTY = Service("default", "empty", "10.96.0.20", 80, [])
 RULESET = NodeRuleset(services=[WEB, EMPTY], user_rules=[
     UserRule("filter", f"-I FORWARD 1 -d {POD_C}/32 -p tcp -m tcp --dport 9090 -j DROP")])
+SPORT = "45000"  # inside the lab's TRACE range (40000-59999), which the collected ruleset shows too
 PROBES = [
     Flow("pod-a", POD_A, WEB.cluster_ip, WEB.port),
     Flow("world", EXTERNAL_CLIENT_IP, NODE_IP, 30080),
@@ -133,7 +134,8 @@ def test_script_bundles_answer_like_kptrace_collects(script_lab: tuple[netns.Lab
               for c in json.loads((bundles["kptrace"] / "manifest.json").read_text())["commands"]}
     assert ours == theirs
     for flow in PROBES:
-        args = ["why", f"{flow.dst}:{flow.dport}", "--from", flow.src, "--proto", flow.proto, "-o", "json"]
+        args = ["why", f"{flow.dst}:{flow.dport}", "--from", flow.src, "--proto", flow.proto, "--sport", SPORT,
+                "-o", "json", *(["--in-iface", flow.in_iface] if flow.in_iface else [])]
         answers = {name: kptrace(*args, "--dump", str(b)) for name, b in bundles.items()}
         for name, r in answers.items():
             assert r.returncode not in (2, 3), (name, r.stderr)
@@ -163,7 +165,7 @@ def test_script_refuses_an_existing_path_and_changes_nothing(script_lab: tuple[n
     tarball.unlink(missing_ok=True)
     r = _run(["dash", str(script), "-o", str(tarball)], ns=lab.node)
     assert r.returncode in (0, 4) and tarball.is_file(), r.stderr
-    loaded = kptrace("why", f"{WEB.cluster_ip}:{WEB.port}", "--from", POD_A, "--dump", str(tarball))
+    loaded = kptrace("why", f"{WEB.cluster_ip}:{WEB.port}", "--from", POD_A, "--sport", SPORT, "--dump", str(tarball))
     assert loaded.returncode == 0 and "default/web" in loaded.stdout.splitlines()[0]
     after = _run(["iptables-save"], ns=lab.node).stdout
     strip = re.compile(r"^#.*$|\[\d+:\d+\]", re.MULTILINE)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +141,174 @@ def test_what_if_predicts_the_kernel_after_the_fix(whatif_lab: Lab, name: str) -
     detail = f"kernel after the fix:\n{after.describe()}\nkptrace with --what-if:\n{predicted.brief()}"
     assert _works(after) == (predicted.rc == 0), detail
     assert _works(after), detail  # every fix here is the one the check's remediation gives: it must work
+
+
+# --- minimal fix search: `why --suggest-fix`, its answer applied in the namespace ---------------------------
+
+@dataclass
+class TwoFaults:
+    rules: str
+    flow: Flow
+    state: Callable[[Lab], object]  # the second fault, as a context manager (healed after)
+    needs_bridge_sysctl: bool = False
+
+
+DNS = Service("default", "dns", CLUSTER_IP, 53, [Endpoint(POD_B, 5353)], protocol="udp", port_name="dns")
+TWO_FAULTS: dict[str, TwoFaults] = {
+    # ip_forward=0 and FORWARD policy DROP: the packet to a pod on another node needs both fixed.
+    "forward-drop+ip-forward-off": TwoFaults(NodeRuleset(forward_policy="DROP").render(),
+                                             Flow("pod-a", POD_A, RPOD, 8080),
+                                             lambda lab: broken.ip_forward(lab, False)),
+    # bridge-nf-call-iptables=0 and FORWARD DROP: pod-a → ClusterIP → pod-b on the same bridge, DNAT in the
+    # routed direction (FORWARD), the reply bridged past iptables unless the sysctl is on.
+    "forward-drop+bridge-nf-off": TwoFaults(NodeRuleset(forward_policy="DROP", services=[DNS]).render(),
+                                            Flow("pod-a", POD_A, CLUSTER_IP, 53, "udp"),
+                                            lambda lab: broken.bridge_nf_call_iptables(lab, False),
+                                            needs_bridge_sysctl=True),
+}
+
+
+def _broken_probe(lab: Lab, sc: TwoFaults, name: str, changes: list[str]) -> netns.KernelResult:
+    """Break the node both ways, apply `changes` in its namespace, and send the packet."""
+    with ExitStack() as stack:
+        stack.enter_context(sc.state(lab))  # type: ignore[arg-type]
+        broken.load(lab, name, sc.rules)
+        for change in changes:
+            _in_netns(lab, change)
+        return lab.probe(sc.flow, retry=bool(changes))
+
+
+@pytest.mark.parametrize("name", list(TWO_FAULTS))
+def test_suggested_fix_is_minimal_and_works_in_the_kernel(whatif_lab: Lab, name: str) -> None:
+    """kptrace searches the smallest fix on the model; the kernel must agree that it works and that neither of
+    its two parts alone does."""
+    lab = whatif_lab
+    sc = TWO_FAULTS[name]
+    if sc.needs_bridge_sysctl and not broken.bridge_sysctls_per_netns().get("bridge-nf-call-iptables"):
+        skip_or_fail("net.bridge.bridge-nf-call-iptables is global on this kernel: the lab never turns it off")
+    with ExitStack() as stack:
+        stack.enter_context(sc.state(lab))  # type: ignore[arg-type]
+        loaded = broken.load(lab, f"suggest-{name}", sc.rules)
+        before = lab.probe(sc.flow, retry=False)
+        args = broken.why_args(sc.flow, [loaded.bundle], sc.flow.in_iface) + ["--suggest-fix"]
+        run = broken.Pending(*args).run
+    assert not _works(before), f"the lab is not broken:\n{before.describe()}"
+    search = run.doc["suggest_fix"]
+    assert run.rc == 1 and search["status"] == "found" and search["size"] == 2, run.brief()
+    # Only commands the node runs as typed (a `delete FILE:LINE` cites the bundle, not the node).
+    fixes = [f for f in search["fixes"] if not any(c.startswith("delete ") for c in f["changes"])]
+    assert fixes, search
+    fix = fixes[0]
+    members = [search["candidates"][i]["changes"] for i in fix["candidates"]]
+    for k, part in enumerate(members):
+        alone = _broken_probe(lab, sc, f"suggest-{name}-part{k}", part)
+        assert not _works(alone), (f"the kernel works with only {part} of {fix['changes']}: the fix kptrace found "
+                                   f"is not minimal\n{alone.describe()}")
+    after = _broken_probe(lab, sc, f"suggest-{name}-all", fix["changes"])
+    assert _works(after), f"kptrace's fix {fix['changes']} does not work in the kernel:\n{after.describe()}"
+
+
+# --- nft: `nft add rule` / `nft delete rule` as --what-if, then the same command in the namespace -------------
+
+NFT_TOOLS = ("nft", "conntrack", "iptables-nft-restore", "iptables-legacy-restore", "stdbuf", "timeout")
+# A firewall of its own beside kube-proxy (policy drop, the replies let through), as an SRE would have.
+NFT_FW = """table inet fw {
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		ip saddr 203.0.113.130 drop
+	}
+}
+"""
+NFT_FW_DROP = """table inet fw {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ip daddr 10.244.1.0/24 tcp dport 8080 drop
+	}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def nft_whatif_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.kernel import test_kernel_nft as kn
+
+    reason = netns.unavailable_reason()
+    missing = [t for t in NFT_TOOLS if shutil.which(t) is None]
+    if reason is None and missing:
+        reason = f"{missing[0]} is not installed"
+    if reason is not None:
+        skip_or_fail(reason)
+    lab = kn.NftLab(tmp_path_factory.mktemp("nft-whatif"))
+    lab.prefix = f"kpt-e2n{os.getpid()}-"  # this helper's namespaces
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.close()
+
+
+def _nft_why(bundle: Path, flow: Any, changes: list[str]) -> tuple[int, dict[str, Any]]:
+    import json
+    import subprocess
+    import sys
+
+    from tests.kernel import test_kernel_nft as kn
+
+    argv = kn.why_argv(bundle, flow)
+    for c in changes:
+        argv += ["--what-if", c]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=kn.REPO_ROOT, check=False)
+    assert proc.returncode in (0, 1, 4) and proc.stdout.strip(), f"{' '.join(argv)}\n{proc.stderr[-2000:]}"
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _handle(listing: str, rule: str) -> int:
+    """The handle `nft -a list ruleset` gives the rule whose text is `rule`."""
+    import re
+
+    for line in listing.splitlines():
+        m = re.fullmatch(r"\s*(.*?) # handle (\d+)", line)
+        if m and m.group(1) == rule:
+            return int(m.group(2))
+    raise AssertionError(f"no handle for `{rule}` in:\n{listing}")
+
+
+NFT_CASES = {
+    # nft add rule: an accept appended to a policy-drop chain opens the port.
+    "add-accept": (NFT_FW, "pod-a", ["nft add rule inet fw forward ip daddr 10.244.1.0/24 tcp dport 8080 accept"]),
+    # nft add rule after a drop that matches first: the kernel still drops, and kptrace must say so.
+    "add-after-drop": (NFT_FW, "blocked", ["nft add rule inet fw forward ip daddr 10.244.1.0/24 tcp dport 8080 accept"]),
+    # nft delete rule … handle H: the drop goes, the policy accepts.
+    "delete-drop": (NFT_FW_DROP, "pod-a", ["nft delete rule inet fw forward handle {drop}"]),
+    # nft insert rule: an accept before the drop.
+    "insert-accept": (NFT_FW_DROP, "pod-a", ["nft insert rule inet fw forward ip saddr 203.0.113.2 accept"]),
+}
+
+
+@pytest.mark.parametrize("name", list(NFT_CASES))
+def test_nft_what_if_predicts_the_kernel(nft_whatif_lab: Any, name: str) -> None:
+    from tests.kernel import test_kernel_nft as kn
+
+    lab = nft_whatif_lab
+    ruleset, client, changes = NFT_CASES[name]
+    flow = kn.world(kn.PODS["pod-a"], 8080, src=kn.BLOCKED if client == "blocked" else kn.CLIENT)
+    loaded = lab.load(f"whatif-{name}", nft=ruleset)
+    bundle = loaded.bundles["text"]
+    # `nft -a list ruleset`, as a bundle collected with handles holds it: `delete rule … handle H` needs them.
+    (bundle / "nft-ruleset.txt").write_text(loaded.handles)  # listed before the lab's trace table goes in
+    drop = "ip daddr 10.244.1.0/24 tcp dport 8080 drop"
+    changes = [c.format(drop=_handle(loaded.handles, drop)) if "{drop}" in c else c for c in changes]
+    before = lab.probe(flow)
+    assert before.verdict in ("DROP", "REJECT", "VANISHED"), f"the lab is not broken:\n{before.describe()}"
+    plain_rc, plain = _nft_why(bundle, flow, [])
+    rc, doc = _nft_why(bundle, flow, changes)
+    assert plain_rc == 1, plain
+    assert any(i.get("kind") == "what-if" and i.get("change") == changes[0] for i in doc["inputs"])
+    for c in changes:
+        kn.sh(c.split(), ns=lab.ns("node"))
+    lab.current = None  # the kernel's ruleset is no longer the one loaded
+    after = lab.probe(flow)
+    detail = f"{changes}\nkernel after:\n{after.describe()}\nkptrace with --what-if: rc={rc} {doc['disposition']}"
+    assert (after.verdict == "ACCEPT") == (rc == 0), detail
+    assert (after.verdict == "ACCEPT") == (name != "add-after-drop"), detail

@@ -29,6 +29,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PER_SCENARIO_ENV = "KPTRACE_THIN_PER_SCENARIO"
+LOG_ENV = "KPTRACE_THIN_LOG"  # a file: one line per scenario, the seconds its thinned runs took
 INPUT_CHECKS = {"KPT001", "KPT002"}
 INCONCLUSIVE = {"CANNOT_TELL", "WARN"}  # `kptrace check` exits 4 on either: what the input could not settle
 UNDETERMINED = "UNDETERMINED"
@@ -203,7 +205,12 @@ def thinned_disagreements(argv: list[str], whole: dict[str, Any], *, kernel_clas
 def assert_thinned(argv: list[str], whole: dict[str, Any], *, kernel_classes: Iterable[str] | None = None,
                    what: str = "") -> None:
     """thinned_disagreements, as an assertion naming the scenario and how to rerun it."""
+    started = time.monotonic()
     problems = thinned_disagreements(argv, whole, kernel_classes=set(kernel_classes) if kernel_classes else None)
+    log = os.environ.get(LOG_ENV)
+    if log:  # what the thinning costs, per scenario (docs/lab.md: the kernel lab's run time)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{time.monotonic() - started:.2f}\t{what}\t{len(problems)}\n")
     if problems:
         raise AssertionError(f"less evidence changed a determined answer{' (' + what + ')' if what else ''}; "
                              f"the whole bundle's command: {' '.join(argv[1:])}\n" + "\n".join(f"  - {p}" for p in problems))

@@ -7,6 +7,7 @@ from kptrace.checks.registry import Outcome, check, fail, missing, passed, warn
 from kptrace.model.finding import Location, Severity
 from kptrace.checks.rule_text import RuleText
 from kptrace.model.netfilter import Chain, Ruleset
+from kptrace.model.node import COMPLETE
 from kptrace.model.source import Source
 
 WARNING = "# Warning: iptables-legacy tables present"
@@ -28,9 +29,14 @@ def _hints(texts: list[RuleText]) -> str:
     return "; ".join(parts)
 
 
+# A built-in chain's policy that is not ACCEPT filters as a rule would (Docker's legacy `:FORWARD DROP`).
+_POLICIES = tuple(f":{c} {p} " for c in ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING") for p in ("DROP",))
+
+
 def _has_rules(t: RuleText) -> Location | None:
-    n = t.find(("-A ",))
-    return None if n is None else _loc(t.source(n, ""))
+    """The first rule (or DROP policy) the dump holds: what makes its backend filter anything."""
+    found = [n for n in (t.find(("-A ",)), t.find(_POLICIES)) if n is not None]
+    return _loc(t.source(min(found), "")) if found else None
 
 
 def _policies_differ(main: Ruleset, legacy: Ruleset) -> tuple[Chain, Chain] | None:
@@ -81,21 +87,26 @@ def iptables_backends(ctx: CheckContext) -> Iterator[Outcome]:
             yield fail(f"both iptables-legacy ({legacy.file}) and iptables-nft ({main.file}) hold rules; packets go "
                        f"through both, and rules in one cannot see chains or accepts of the other"
                        + (f" ({hints})" if hints else ""), *where)
+    # `# Warning: iptables-legacy tables present` says the legacy backend has tables loaded, not that they hold
+    # rules: they stay loaded, empty, after `iptables-legacy -F` until a reboot. A whole legacy dump answers it (FAIL
+    # above when it holds rules, PASS below when not); without one, what they hold is unknown: a WARN.
+    answered = legacy is not None and node.level("iptables-legacy") == COMPLETE
     for rs in iptables_rulesets(node):
         warning = next((c for c in rs.comments if c.text.startswith(WARNING)), None)
-        if warning is not None:
+        if warning is not None and not answered:
             found = True
             hints = _hints([texts[id(rs)]] if id(rs) in texts else [])
-            yield fail(f"{rs.file} says legacy tables are loaded next to its nf_tables rules (their rules are not in "
-                       f"this dump; collect iptables-legacy-save.txt to see them)" + (f"; {hints}" if hints else ""),
-                       _loc(warning))
+            yield warn(f"{rs.file} says legacy tables are loaded next to its nf_tables rules: what they hold is not in "
+                       f"this dump (collect iptables-legacy-save.txt); rules or a DROP policy there filter every packet "
+                       f"besides these (empty tables stay loaded after a flush, until a reboot)"
+                       + (f"; {hints}" if hints else ""), _loc(warning))
     shown = {(c.file, c.line) for rs in iptables_rulesets(node) for c in rs.comments}
     for w in node.legacy_warnings:
-        if (w.file, w.line) not in shown:
+        if (w.file, w.line) not in shown and not answered:
             # Said in a paste, beside a listing or a grep: no dump's own header.
             found = True
-            yield fail(f"iptables says legacy tables are present next to the nf_tables rules shown ({w}): rules are "
-                       f"split between the two backends, and the legacy ones are not in the input", w)
+            yield warn(f"iptables says legacy tables are present next to the nf_tables rules shown ({w}): what they "
+                       f"hold is not in the input; rules or a DROP policy there filter every packet besides these", w)
     if not found and main is not None and legacy is not None and main.backend is None:
         differ = _policies_differ(main, legacy)
         if differ is not None:

@@ -827,6 +827,8 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         # Text and JSON of one command, or `ip route show table all` and `ip -6 route` (which overlap):
         # the same entry counts once, cited where it was first read.
         current.extend(x for x in _tolerant(node, parse, text, label) if key(x) not in seen_keys)
+        if kind == "ip-link":
+            _ports_of_ip_link(node, text, label)
     elif kind == "flannel-subnet":
         node.flannel = _tolerant(node, parse_flannel_subnet, text, label)
     elif kind == "modules":
@@ -853,6 +855,9 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         # Lines of a paste nothing could read are said like any unreadable input (KPT001, "not read:").
         node.errors.extend(ParseError(u.source.file, u.source.line, u.source.col, u.reason, u.source.text)
                            for u in pasted.unrecognised[:MAX_BAD_LINES])
+        # A part of it that did not read at all (a node listing refused whole: an alias bomb) is said too.
+        node.errors.extend(ParseError(u.source.file, u.source.line, u.source.col, u.reason, u.source.text)
+                           for sec in pasted.sections if sec.model is None and sec.used for u in sec.unparsed[:1])
         # The paste recorded what each of its parts shows, and how much (Node.evidence).
         node.inputs.append(InputFile(label, paste_kind(pasted), digest))
         return
@@ -1003,6 +1008,9 @@ def _manifest(node: Node, text: str, label: str) -> None:
     if "kptrace_version" in doc:
         # kptrace collect reads every key docs/bundle.md lists from /proc/sys: a key it lacks does not exist.
         node.not_collected["<collector>"] = "kptrace"
+    versions = doc.get("iptables_versions")
+    if isinstance(versions, dict):
+        node.iptables_versions = {str(k): v for k, v in versions.items() if isinstance(v, (str, bool, type(None)))}
     entries = doc.get("commands", doc.get("files"))
     if isinstance(entries, dict):  # {file: null | {status: …}}
         entries = [{"file": k, **(v if isinstance(v, dict) else {"status": "missing" if v is None else "ok"})}
@@ -1018,6 +1026,25 @@ def _manifest(node: Node, text: str, label: str) -> None:
         name = entry.get("file") or (f"{prog}.txt" if prog.endswith("-save") else prog)
         if name:
             node.not_collected[str(name)] = str(entry.get("message") or entry.get("status"))[:200]
+
+
+def _ports_of_ip_link(node: Node, text: str, label: str) -> None:
+    """`ip -d link` shows each bridge port's hairpin mode (`bridge_slave … hairpin on`): it completes the ports
+    `bridge link` (without -d) listed without it, and adds those it did not list."""
+    from kptrace.parsers.bridge import ports_of_ip_link
+
+    try:
+        derived = ports_of_ip_link(text, label)
+    except (ValueError, IndexError):
+        return
+    have = {p.name: i for i, p in enumerate(node.bridge_ports)}
+    for port in derived:
+        i = have.get(port.name)
+        if i is None:
+            node.bridge_ports.append(port)
+            have[port.name] = len(node.bridge_ports) - 1
+        elif node.bridge_ports[i].hairpin is None and port.hairpin is not None:
+            node.bridge_ports[i] = port
 
 
 def _links_of_ip_addr(node: Node, text: str, label: str) -> None:

@@ -399,3 +399,49 @@ def test_a_link_to_a_directory_in_a_cluster_directory_is_not_a_node(tmp_path: Pa
     code, out, err = kptrace(*WHY, "--dump", str(cluster), "-o", "json")
     assert code in (0, 1, 4), err
     assert "SECRET-HASH" not in out + err and "evil/" not in out
+
+
+# --- the other YAML a bundle may hold: kubectl's node listing, a KubeletConfiguration ---------------------
+
+def _laughs(indent: str = "") -> list[str]:
+    """Nine levels of nine aliases: 387M addresses when expanded."""
+    lines = [f'{indent}a0: &a0 ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", '
+             f'"10.0.0.7", "10.0.0.8", "10.0.0.9"]']
+    lines += [f"{indent}a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    return lines
+
+
+YAML_BOMBS = {
+    # kubectl get nodes -o yaml with the bomb under the fields kptrace reads (the name once hung, unbounded)
+    "nodes.yaml": ["apiVersion: v1", "kind: Node", "x:", *_laughs("  "), "metadata: {name: *a9}", "status:",
+                   "  addresses:", "  - {type: InternalIP, address: *a9}"],
+    "kubelet-config.yaml": ["kind: KubeletConfiguration", *_laughs(), "clusterDNS: *a9", "clusterDomain: *a9"],
+}
+DEEP = {  # PyYAML's composer and Python's JSON decoder recurse: 20,000 levels once ended in a RecursionError
+    "nodes.yaml": "apiVersion: v1\nkind: Node\nmetadata: " + "[" * 20000 + "]" * 20000 + "\n",
+    "nodes.json": '{"apiVersion": "v1", "kind": "Node", "x": ' + "[" * 100000 + "]" * 100000 + "}\n",
+    "kubelet-config.yaml": "kind: KubeletConfiguration\nclusterDNS: " + "[" * 20000 + "]" * 20000 + "\n",
+}
+
+
+@pytest.mark.parametrize("name", list(YAML_BOMBS))
+def test_alias_bombs_in_other_yaml_are_a_located_note(tmp_path: Path, name: str) -> None:
+    d = copy_bundle(tmp_path)
+    (d / name).write_text("\n".join(YAML_BOMBS[name]) + "\n")
+    start = time.monotonic()
+    nodes = load_cluster([d])
+    assert time.monotonic() - start < 10
+    errors = [str(e) for e in nodes[0].errors if name in str(e)]
+    assert len(errors) == 1 and f"{name}:" in errors[0] and "YAML anchors and aliases" in errors[0], nodes[0].errors
+    assert nodes[0].rulesets, "the rest of the bundle still loads"
+
+
+@pytest.mark.parametrize("name", list(DEEP))
+def test_deeply_nested_yaml_and_json_is_a_located_note(tmp_path: Path, name: str) -> None:
+    d = copy_bundle(tmp_path)
+    (d / name).write_text(DEEP[name])
+    nodes = load_cluster([d])
+    errors = [str(e) for e in nodes[0].errors if name in str(e)]
+    assert len(errors) == 1 and ("nested deeper than 64 levels" in errors[0] or "nested too deeply" in errors[0]), \
+        nodes[0].errors
+    assert "\n" not in errors[0] and nodes[0].rulesets

@@ -94,7 +94,7 @@ def graph(
     g = build_graph(rs)
     if trace is not None:
         label = node.name if any(s.node for b in trace.branches for s in b.steps) else None
-        view = render.trace_view(g, trace, label)
+        view = render.trace_view(g, trace, label, rs)
     elif service is not None:
         view = render.service_view(g, rs, service)
     else:

@@ -201,7 +201,10 @@ def _rule_unknowns(rs: Ruleset, skip: set[int]) -> list[UnknownRecord]:
 def _snapshot(node: Node) -> dict[str, int]:
     return {"routes": len(node.routes), "neighbors": len(node.neighbors), "addresses": len(node.addresses),
             "links": len(node.links), "policy_rules": len(node.policy_rules), "sysctls": len(node.sysctls),
-            "rulesets": sum(1 for _ in node.rulesets), "fdb": len(node.fdb), "bridge_ports": len(node.bridge_ports)}
+            "rulesets": sum(1 for _ in node.rulesets), "fdb": len(node.fdb), "bridge_ports": len(node.bridge_ports),
+            "nameservers": sum(len(rc.nameservers) for rc in node.resolv_conf),
+            "kubelet_dns_settings": sum(bool(k.resolv_conf) + len(k.cluster_dns) + bool(k.cluster_domain)
+                                        + bool(k.config_path) for k in node.kubelet_dns or [])}
 
 
 def _whole_file_section(node: Node, before: dict[str, int], kind: str, lines: int) -> SectionRecord:

@@ -157,6 +157,9 @@ class Node:
     evidence: dict[str, Evidence] = field(default_factory=dict)  # by FACTS key; absent: not in the input
     errors: list[ParseError] = field(default_factory=list)  # inputs (or parts) that could not be read (KPT001)
     not_collected: dict[str, str] = field(default_factory=dict)  # bundle file -> why (manifest.json)
+    # manifest.json's iptables_versions (kptrace collect): the container's and the host's `iptables-save --version`,
+    # which one read the rules ("used": host | container) and whether they differ ("mismatch"); KPT209 reads it.
+    iptables_versions: dict[str, object] | None = None
     # By family: iptables-legacy rules built from listings (`iptables-legacy -L`), and what they cover.
     legacy_coverage: dict[int, Coverage] = field(default_factory=dict)
     ipvs_connections: list[IpvsConnection] | None = None  # `ipvsadm -Lnc`; None: not in the input

@@ -227,3 +227,55 @@ def parse_brctl_showmacs(
             )
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# bridge ports as `ip -d link` shows them
+
+
+def ports_of_ip_link(text: str, file: str = "ip-link.txt") -> list[BridgePort]:
+    """The bridge ports `ip -d link show` (text or `ip -j -d link`) describes, with their hairpin mode:
+
+        5: veth44184a66@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 qdisc noqueue master cni0 state UP …
+            bridge_slave state forwarding priority 32 cost 2 hairpin on guard off …
+        [{"ifname":"veth44184a66","master":"cni0","linkinfo":{"info_slave_kind":"bridge",
+          "info_slave_data":{"state":"forwarding","hairpin":true}}}]
+
+    Only ports whose `bridge_slave` data is shown (`-d`); a listing without it says nothing of hairpin."""
+    out: list[BridgePort] = []
+    if is_json(text):
+        import json
+
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return []
+        for i, e in enumerate(doc if isinstance(doc, list) else []):
+            info = e.get("linkinfo") if isinstance(e, dict) else None
+            if not isinstance(info, dict) or info.get("info_slave_kind") != "bridge":
+                continue
+            data = info.get("info_slave_data")
+            name, master = e.get("ifname"), e.get("master")
+            if not isinstance(data, dict) or not isinstance(name, str) or not isinstance(master, str):
+                continue
+            hairpin = data.get("hairpin")
+            state = data.get("state")
+            out.append(BridgePort(name, master, state if isinstance(state, str) else None,
+                                  hairpin if isinstance(hairpin, bool) else None, Source(file, 1, 1, name)))
+        return out
+    name = master = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        m = HEADER_RE.match(line)
+        if m:
+            name = m.group(2)
+            mm = re.search(r"\smaster\s+(\S+)", m.group(5))
+            master = mm.group(1) if mm else None
+            continue
+        words = line.split()
+        if name is None or master is None or not words or words[0] != "bridge_slave":
+            continue
+        hp = words[words.index("hairpin") + 1] if "hairpin" in words[:-1] else None
+        st = words[words.index("state") + 1] if "state" in words[:-1] else None
+        out.append(BridgePort(name, master, st, None if hp not in ("on", "off") else hp == "on",
+                              Source(file, lineno, line.index("bridge_slave") + 1, line.strip())))
+    return out

@@ -122,10 +122,17 @@ def _load(text: str, file: str) -> Any:
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text)
+        except RecursionError as e:  # absurd nesting
+            from kptrace.parsers.json_limits import recursion_message
+
+            raise ParseError(file, 1, 1, recursion_message(e)) from None
         except ValueError as e:
             raise ParseError(file, getattr(e, "lineno", 1), getattr(e, "colno", 1), "invalid JSON") from None
     import yaml
 
+    from kptrace.parsers.yaml_limits import check_yaml
+
+    check_yaml(text, file, "kubectl's node listing")
     try:
         return yaml.safe_load(io.StringIO(text))
     except yaml.YAMLError as e:

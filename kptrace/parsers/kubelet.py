@@ -43,6 +43,9 @@ def parse_kubelet_config(text: str, file: str = "kubelet-config.yaml") -> Kubele
     """The DNS keys of a KubeletConfiguration (YAML or JSON), each with the line it is on."""
     import yaml
 
+    from kptrace.parsers.yaml_limits import check_yaml
+
+    check_yaml(text, file, "a KubeletConfiguration")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:

@@ -37,6 +37,7 @@ from rich.tree import Tree
 
 from kptrace.model.trace import Branch, Disposition, Reply, Step, Trace
 from kptrace.render.detail import Detail
+from kptrace.render.names import service_in
 from kptrace.render.safe import printable, safe_console
 
 _STYLE = {
@@ -151,23 +152,11 @@ def _endpoints_many(t: Trace) -> str:
     return f"one of {len(t.endpoints)} endpoints ({each})"
 
 
-# A Service port's name as kube-proxy writes it: `ns/name:port` in iptables comments and nft element
-# comments, `service-HASH-ns/name/proto/port` in nft chain names (docs/how-it-works.md).
-_SVC_NAME = r"[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*(?::[-a-zA-Z0-9]+)?"
-_SVC_COMMENT = re.compile(rf'(?:--comment |(?<!-m )\bcomment )"?({_SVC_NAME})(?=[" ]|$)')
-_NFT_CHAIN = re.compile(r"\b(?:service|external|local|firewall|endpoint)-[A-Z2-7]{8}-([a-z0-9][-a-z0-9.]*)/"
-                        r"([a-z0-9][-a-z0-9.]*)/[a-z]+/([-a-zA-Z0-9]*)")
 _RULE_COMMENT = re.compile(r'(?:--comment |(?<!-m )\bcomment )("(?:[^"\\]|\\.)*"|\S+)')
 
 
 def _service_of(s: Step) -> str | None:
-    m = _SVC_COMMENT.search(s.text)
-    if m:
-        return m.group(1)
-    m = _NFT_CHAIN.search(s.text)
-    if m:
-        return f"{m.group(1)}/{m.group(2)}" + (f":{m.group(3)}" if m.group(3) else "")
-    return None
+    return service_in(s.text)
 
 
 def service_name(t: Trace) -> str | None:

@@ -121,14 +121,19 @@ def kubelet_resolv(node: Node) -> KubeletResolv:
             return KubeletResolv(None, k.config_path[1] if k.config_path else None,
                                  unknown=f"kubelet reads its settings from {k.config_path[0]}, which the input does not hold "
                                          f"(give kubelet-config.yaml)")
+        notes: tuple[str, ...] = ()
+        if not any(s.origin == "flags" for s in node.kubelet_dns or []):
+            notes = ("kubelet's command line is not in the input (kubelet-cmdline.txt): a --resolv-conf flag there "
+                     "would override the config file",)
         if path == "":
-            return KubeletResolv("", src, notes=("kubelet's resolvConf is empty: pods get no nameserver from the node",))
+            return KubeletResolv("", src, notes=("kubelet's resolvConf is empty: pods get no nameserver from the node",
+                                                 *notes))
         rc = file_at(node, path)
         if rc is not None:
-            return KubeletResolv(path, src, rc, default=default)
+            return KubeletResolv(path, src, rc, default=default, notes=notes)
         if path == SYSTEMD_STUB:
-            return KubeletResolv(path, src, None, stub=True, default=default)
-        return KubeletResolv(path, src, default=default,
+            return KubeletResolv(path, src, None, stub=True, default=default, notes=notes)
+        return KubeletResolv(path, src, default=default, notes=notes,
                              unknown=f"kubelet reads {path} ({src}), which the input does not hold")
     # kubelet's setting is not in the input: the files it may read.
     etc = file_at(node, ETC_RESOLV)
@@ -370,6 +375,7 @@ def _upstreams(out: DnsTrace, p: Placement, ip: IPAddress, cluster: list[Node], 
                             f"{kr.unknown}" + (f"; the node's files: {cands}" if cands else ""), node=node.name))
         return
     servers = kr.servers()
+    out.notes.extend(n for n in kr.notes if n not in out.notes)
     where = kr.path + (" (kubelet's default)" if kr.default else "") if kr.path is not None else "?"
     out.notes.append(f"CoreDNS on {node.name} forwards to the servers of {where}, as kubelet gives it "
                      f"(dnsPolicy: Default; the default Corefile's `forward . /etc/resolv.conf` assumed)")

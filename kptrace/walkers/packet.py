@@ -80,7 +80,7 @@ class Path:
         values = list(_packet_values(self.packet))
         for name, value in changes.items():
             values[_PACKET_AT[name]] = value
-        return Path(self.probability, Packet(*values), self.steps, self.assumptions, self.unknowns,  # type: ignore[arg-type]
+        return Path(self.probability, Packet(*values), self.steps, self.assumptions, self.unknowns,
                     self.conditions)
 
     def scaled(self, p: float) -> Path:

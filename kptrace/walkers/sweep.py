@@ -145,8 +145,10 @@ class Sweeper:
     """One loaded cluster, swept node by node; traces shared between rows and nodes."""
 
     def __init__(self, cluster: list[Node], checks: bool = True,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 external_client: dict[int, IPAddress] | None = None) -> None:
         self.cluster = cluster
+        self.external_client = {**EXTERNAL_CLIENT, **(external_client or {})}  # the outside client, by IP version
         self.checks = checks  # name the findings that explain a flow that does not arrive
         self._findings: list[Finding] | None = None  # run once, at the first such flow
         self.progress = progress  # (node, Service ports done, Service ports) after each port
@@ -240,12 +242,13 @@ class Sweeper:
             # swept as iptables mode sweeps those entries: from a client outside.
             if "external" in kinds and svc.port is not None:
                 to = ip_address(svc.cluster_ips[0])
-                yield "external", ipvs_entry, node, Flow(EXTERNAL_CLIENT[to.version], to, svc.protocol, None, svc.port)
+                yield "external", ipvs_entry, node, Flow(self.external_client[to.version], to, svc.protocol, None,
+                                                         svc.port)
             return
         for kind in kinds:
             if kind == "external":
                 for entry, to, port in _external_entries(node, svc):
-                    yield kind, entry, node, Flow(EXTERNAL_CLIENT[to.version], to, svc.protocol, None, port)
+                    yield kind, entry, node, Flow(self.external_client[to.version], to, svc.protocol, None, port)
                 continue
             if svc.port is None or not svc.cluster_ips:
                 continue

@@ -355,7 +355,9 @@ def _same_file(cited: str, wanted: str) -> bool:
 def _delete(node: Node, c: Change, own: Own) -> str:
     for store in (node.rulesets, node.legacy_rulesets):
         for fam, rs in list(store.items()):
-            if not _same_file(rs.file, c.file) and not any(_same_file(f, c.file) for f in _rule_files(rs)):
+            # `delete what-if:N`: a rule an earlier change added (its source is what-if:N), in any ruleset.
+            if c.file != FILE and not _same_file(rs.file, c.file) and \
+                    not any(_same_file(f, c.file) for f in _rule_files(rs)):
                 continue
             for tname, t in rs.tables.items():
                 for cname in list(t.chains):

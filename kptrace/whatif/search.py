@@ -14,7 +14,9 @@ Candidates come from two places, each as `--what-if` changes (kptrace/whatif/gra
 The search tries every set of 1 candidate, then of 2, … (changes applied in candidate order), re-tracing
 the flow on a copy of the model for each (kptrace/whatif/apply.py): the first size at which some sets make
 the flow arrive (as `kptrace why` exits 0) gives the answer, all the sets of that size that work. Every
-smaller set of the same candidates was tried and failed, so each is minimal among the candidates. Bounds:
+smaller set of the same candidates was tried and failed, so each is minimal among the candidates. A set that
+does not work may get the flow further (to another node's FORWARD): the generic fixes its trace implies join
+the candidates and the search starts again from sets of one (sets already traced are not traced again). Bounds:
 at most `max_candidates` candidates (the ones the trace points at first), sets of at most `max_size`,
 `max_sets` traces; the result says when a bound cut the search short.
 """
@@ -76,6 +78,7 @@ class FixSearch:
     max_size: int = MAX_SIZE
     max_candidates: int = MAX_CANDIDATES
     max_sets: int = MAX_SETS
+    catalogue: bool = True  # the checks ran (not on a large dump read lazily: generic candidates only)
 
     def changes(self, t: Tried) -> list[str]:
         return [c for i in t.members for c in self.candidates[i].changes]
@@ -84,7 +87,11 @@ class FixSearch:
 def search_fix(cluster: list[Node], start: Node, flow: Flow, notes: tuple[str, ...] = (),
                cidrs: tuple[IPNetwork, ...] = (), *, max_size: int = MAX_SIZE,
                max_candidates: int = MAX_CANDIDATES, max_sets: int = MAX_SETS) -> FixSearch:
-    """Search the smallest sets of candidate changes that make `flow`, started on `start`, arrive."""
+    """Search the smallest sets of candidate changes that make `flow`, started on `start`, arrive.
+
+    A set that does not work may get the packet further (past node-a's forwarding, to node-b's FORWARD): the
+    generic fixes its trace implies join the candidates, and the search starts again from sets of one (the sets
+    already tried are not traced again), so what it returns stays minimal among all the candidates it had."""
     from kptrace.whatif.verify import arrives, fate, stop_of
 
     k = next(i for i, n in enumerate(cluster) if n is start)
@@ -94,41 +101,89 @@ def search_fix(cluster: list[Node], start: Node, flow: Flow, notes: tuple[str, .
     if arrives(trace):
         out.status = NOT_NEEDED
         return out
-    cands = candidates(cluster, start, trace)
-    usable = []
-    for c in cands:
-        reason = _applies(cluster, c)
-        if reason is None:
-            usable.append(c)
-        else:
-            out.skipped.append((c, reason))
-    out.candidates = usable[:max_candidates]
-    out.dropped = len(usable) - len(out.candidates)
+    seen: set[tuple[str, ...]] = set()
+
+    def admit(cands: list[Candidate]) -> bool:
+        grew = False
+        for c in cands:
+            if c.changes in seen:
+                continue
+            seen.add(c.changes)
+            reason = _applies(cluster, c)
+            if reason is not None:
+                out.skipped.append((c, reason))
+            elif len(out.candidates) < max_candidates:
+                out.candidates.append(c)
+                grew = True
+            else:
+                out.dropped += 1
+        return grew
+
+    from kptrace.walkers.sweep import cluster_findings
+
+    findings = cluster_findings(cluster)  # None: a large dump read lazily, whose checks `kptrace check` runs
+    out.catalogue = findings is not None
+    admit(candidates(cluster, start, trace, findings or []))
+    results: dict[tuple[int, ...], Tried] = {}
+    best: int | None = None
+    stopped: str | None = None
+    while True:
+        grew = False
+        best = None
+        for size in range(1, min(max_size, len(out.candidates)) + 1):
+            for members in combinations(range(len(out.candidates)), size):
+                if members in results:
+                    continue
+                if out.sets_tried >= max_sets:
+                    stopped = f"stopped after {max_sets} sets, in the sets of {size}"
+                    break
+                out.sets_tried += 1
+                t = _try(cluster, k, flow, notes, cidrs, [ch for i in members for ch in out.candidates[i].changes])
+                ok = t is not None and arrives(t)
+                results[members] = Tried(members, fate(t) if t is not None else "the changes do not apply together",
+                                         ok, None if t is None or ok else stop_of(t))
+                if t is not None and not ok:
+                    grew |= admit(_further(cluster, start, t))
+            if stopped:
+                break
+            out.size_searched = size
+            if any(r.arrives for m, r in results.items() if len(m) == size):
+                best = size
+                break
+        if stopped or not grew:
+            break
+    out.alone = {m[0]: r for m, r in results.items() if len(m) == 1}
+    if best is not None:
+        out.fixes = [results[m] for m in sorted(results) if len(m) == best and results[m].arrives]
+    else:
+        # Sets the bound cut short may still have found one: never smaller than the sizes tried whole.
+        found = [m for m, r in results.items() if r.arrives]
+        if found:
+            size = min(len(m) for m in found)
+            out.fixes = [results[m] for m in sorted(found) if len(m) == size]
+    notes_hit = []
+    if stopped:
+        notes_hit.append(stopped)
     if out.dropped:
-        out.bound_hit = (f"{len(usable)} candidates apply; the first {max_candidates} (those the trace points at "
-                         f"first) were searched")
-    for size in range(1, min(max_size, len(out.candidates)) + 1):
-        for members in combinations(range(len(out.candidates)), size):
-            if out.sets_tried >= max_sets:
-                out.bound_hit = (f"stopped after {max_sets} sets, in the sets of {size}" +
-                                 (f"; {out.bound_hit}" if out.bound_hit else ""))
-                out.status = FOUND if out.fixes else BOUNDED
-                return out
-            out.sets_tried += 1
-            t = _try(cluster, k, flow, notes, cidrs, [ch for i in members for ch in out.candidates[i].changes])
-            tried = Tried(members, fate(t) if t is not None else "the changes do not apply together",
-                          t is not None and arrives(t), None if t is None or arrives(t) else stop_of(t))
-            if size == 1:
-                out.alone[members[0]] = tried
-            if tried.arrives:
-                out.fixes.append(tried)
-        out.size_searched = size
-        if out.fixes:
-            out.status = FOUND
-            return out
-    if len(out.candidates) > max_size and out.bound_hit is None:
-        out.bound_hit = f"sets of at most {max_size} of the {len(out.candidates)} candidates were searched"
-    out.status = BOUNDED if out.bound_hit else NONE
+        notes_hit.append(f"{len(out.candidates) + out.dropped} candidates apply; the first {max_candidates} (those "
+                         f"the trace points at first) were searched")
+    if best is None and not stopped and len(out.candidates) > max_size:
+        notes_hit.append(f"sets of at most {max_size} of the {len(out.candidates)} candidates were searched")
+    out.bound_hit = "; ".join(notes_hit) or None
+    out.status = FOUND if out.fixes else (BOUNDED if out.bound_hit else NONE)
+    return out
+
+
+def _further(cluster: list[Node], start: Node, trace: Trace) -> list[Candidate]:
+    """The generic fixes a trace with some changes implies where it now stops, read off the input's nodes."""
+    several = len(cluster) > 1
+    by_name = {n.name: n for n in cluster}
+    out = []
+    nodes = [start] + [by_name[n] for n in _trace_nodes(trace) if n in by_name and by_name[n] is not start]
+    for node in nodes:
+        for changes, why in _generic(node, trace, start):
+            out.append(Candidate(tuple(f"@{node.name} {c}" for c in changes) if several else changes,
+                                 "generic", why, node.name))
     return out
 
 
@@ -163,15 +218,15 @@ def _applies(cluster: list[Node], c: Candidate) -> str | None:
 
 # --- candidates ---------------------------------------------------------------------------------------------
 
-def candidates(cluster: list[Node], start: Node, trace: Trace) -> list[Candidate]:
+def candidates(cluster: list[Node], start: Node, trace: Trace, findings: list[Any] | None = None) -> list[Candidate]:
     """The catalogue's fixes for the FAILs this trace meets, the generic ones the trace and node imply, then
-    the catalogue's other fixes; each once."""
+    the catalogue's other fixes (of `findings`, by default every check's on the cluster); each once."""
     from kptrace.checks.trace import findings_for_trace
     from kptrace.walkers.sweep import cluster_findings
 
-    findings = cluster_findings(cluster) or []  # None: a large dump read lazily, left to `kptrace check`
+    if findings is None:
+        findings = cluster_findings(cluster) or []
     several = len(cluster) > 1
-    by_name = {n.name: n for n in cluster}
 
     def scoped(node: str, changes: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(f"@{node} {c}" for c in changes) if several else changes
@@ -187,10 +242,7 @@ def candidates(cluster: list[Node], start: Node, trace: Trace) -> list[Candidate
                 out.append(Candidate(scoped(node, tuple(f.fix)), f.id, msg, node))
 
     catalogue(linked)
-    nodes = [start] + [by_name[n] for n in _trace_nodes(trace) if n in by_name and by_name[n] is not start]
-    for node in nodes:
-        for changes, why in _generic(node, trace, start):
-            out.append(Candidate(scoped(node.name, changes), "generic", why, node.name))
+    out += _further(cluster, start, trace)
     catalogue([f for f in findings if f not in linked])
     # Each once, where it first comes; a generic one that a check's FAIL also gives is named by the check.
     unique: dict[tuple[str, ...], Candidate] = {}
@@ -333,6 +385,7 @@ def search_json(s: FixSearch) -> dict[str, Any]:
         "size_searched": s.size_searched,
         "bounds": {"candidates": s.max_candidates, "size": s.max_size, "sets": s.max_sets},
         "bound_hit": s.bound_hit,
+        "catalogue": s.catalogue,
     }
 
 
@@ -372,6 +425,9 @@ def search_lines(s: FixSearch) -> list[str]:
             alone = s.alone.get(i)
             lines.append(f"    {' && '.join(c.changes)}   ({c.origin}) → {alone.fate if alone else 'not tried'}"
                          + (f" at {alone.stop}" if alone and alone.stop else ""))
+    if not s.catalogue:
+        lines.append("  the checks were not run on this large input (read lazily): generic candidates only; "
+                     "`kptrace check` gives the checks' fixes")
     for c, reason in s.skipped[:5]:
         lines.append(f"  not a candidate here: {' && '.join(c.changes)} ({c.origin}): {reason}")
     if s.bound_hit:

@@ -211,7 +211,7 @@ def test_suggested_fix_is_minimal_and_works_in_the_kernel(whatif_lab: Lab, name:
 # --- nft: `nft add rule` / `nft delete rule` as --what-if, then the same command in the namespace -------------
 
 NFT_TOOLS = ("nft", "conntrack", "iptables-nft-restore", "iptables-legacy-restore", "stdbuf", "timeout")
-# A firewall of its own beside kube-proxy (policy drop, the replies let through), as an SRE would have.
+# The node's own firewall table (policy drop, the replies let through), as an SRE would have one.
 NFT_FW = """table inet fw {
 	chain forward {
 		type filter hook forward priority filter; policy drop;
@@ -251,7 +251,6 @@ def nft_whatif_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def _nft_why(bundle: Path, flow: Any, changes: list[str]) -> tuple[int, dict[str, Any]]:
     import json
     import subprocess
-    import sys
 
     from tests.kernel import test_kernel_nft as kn
 

@@ -68,6 +68,8 @@ def _id(p: ipvs_vm.Probe) -> str:
 
 
 def _record(vm_lab: VmLab, probe: ipvs_vm.Probe) -> dict[str, Any]:
+    error = vm_lab.doc["states"].get(probe.state, {}).get("error")
+    assert error is None, f"lab: the VM could not make state {probe.state}: {error}"
     found = vm_lab.probes(probe.name, probe.state)
     assert found, f"the VM lab has no result for {probe.state}/{probe.name}"
     return found[0]
@@ -85,6 +87,7 @@ def _assert_kernel(kernel: netns.KernelResult, what: str, rec: dict[str, Any]) -
         assert kernel.verdict == "REJECT" and kernel.delivery is None, f"lab: expected a refusal\n{d}"
     elif kind == "no-reply":
         assert kernel.delivery is not None and kernel.client_result == "timeout", f"lab: expected a lost reply\n{d}"
+        assert kernel.reply_ok is False, d
     elif kind == "refused-locally":
         assert kernel.delivery is None and kernel.client_result == "refused" and kernel.verdict == "ACCEPT", d
         assert rec.get("ipvs_conn") is None, d
@@ -99,7 +102,7 @@ def _assert_kernel(kernel: netns.KernelResult, what: str, rec: dict[str, Any]) -
 def _offline(vm_lab: VmLab, kernel: netns.KernelResult, state: str) -> list[str]:
     """kptrace on the bundle collected in the VM, as a user would run it."""
     answer = netns.run_kptrace(vm_lab.bundle(state), kernel.flow, node_ips=())
-    problems = netns.disagreements(kernel, answer, vm_lab.dump(state), exact_endpoint=False)
+    problems = ipvs_vm.disagreements(kernel, answer, vm_lab.dump(state))
     return [netns.format_report(kernel, answer, problems)] if problems else []
 
 
@@ -110,7 +113,7 @@ def _live(vm_lab: VmLab, kernel: netns.KernelResult, rec: dict[str, Any], state:
     if live["exit_code"] in (2, 3) or not live["report"]:
         return [f"live kptrace failed (rc={live['exit_code']}): {live['stderr']}"]
     answer = netns.KptraceAnswer(live["exit_code"], live["report"], live["argv"], live["stderr"])
-    problems = netns.disagreements(kernel, answer, vm_lab.dump(state), exact_endpoint=False)
+    problems = ipvs_vm.disagreements(kernel, answer, vm_lab.dump(state))
     return [netns.format_report(kernel, answer, problems)] if problems else []
 
 

@@ -403,10 +403,27 @@ class IpvsLab(netns.Lab):
         before = self.icmp_unreachables()
         kernel = super().probe(flow, timeout=timeout, sport=sport, retry=retry)
         sent = self.icmp_unreachables() - before
+        if kernel.delivery is None and kernel.client_result == "timeout" and flow.proto == "tcp":
+            kernel.delivery = self.half_open(kernel)
         if (kernel.verdict == "ACCEPT" and kernel.delivery is None and sent > 0 and self.has_virtual_service(flow)
                 and self.ipvs_connection(flow.proto, flow.src, kernel.sport) is None):
             kernel.verdict = "REJECT"
         return kernel
+
+    def half_open(self, kernel: KernelResult) -> Delivery | None:
+        """A SYN that reached its listener whose SYN-ACK never made it back (a hairpin without hairpin
+        mode): the listener never accepts, so the agent reports nothing, but the listener's
+        namespace holds the connection in SYN-RECV, from the (masqueraded) source it saw."""
+        target = kernel.dnat or f"{kernel.flow.dst}:{kernel.flow.dport}"
+        ip, _, port = target.rpartition(":")
+        for role in (*netns.LOCAL_PODS, *netns.REMOTE_PODS, "node"):
+            out = sh(["ss", "-Htn", "state", "syn-recv"], ns=self.ns_of(role), check=False).stdout
+            for line in out.splitlines():
+                f = line.split()
+                if len(f) >= 4 and f[-2] == f"{ip}:{port}":
+                    src, _, sport = f[-1].rpartition(":")
+                    return Delivery(role, src, int(sport), ip, int(port))
+        return None
 
     def icmp_unreachables(self) -> int:
         text = sh(["cat", "/proc/net/snmp"], ns=self.node).stdout.splitlines()
@@ -430,8 +447,10 @@ class IpvsLab(netns.Lab):
                 return f[5]
         return None
 
-    def live_why(self, flow: Flow) -> dict[str, Any]:
-        argv = ["why", f"{flow.dst}:{flow.dport}", "--from", flow.src,
+    def live_why(self, flow: Flow, sport: int) -> dict[str, Any]:
+        """`kptrace why` read live in the node namespace, asked before the probe is sent (so no
+        conntrack entry of its own exists yet); --sport because the lab's TRACE rules test it."""
+        argv = ["why", f"{flow.dst}:{flow.dport}", "--from", flow.src, "--sport", str(sport),
                 "--proto", flow.proto, "-o", "json"]
         if flow.in_iface:
             argv += ["--in-iface", flow.in_iface]
@@ -441,6 +460,24 @@ class IpvsLab(netns.Lab):
         except json.JSONDecodeError:
             report = {}
         return {"argv": ["kptrace", *argv], "exit_code": rc, "report": report, "stderr": stderr[-3000:]}
+
+
+def disagreements(kernel: KernelResult, answer: netns.KptraceAnswer, dump: Path) -> list[str]:
+    """netns.disagreements, with kptrace's exit code read as IPVS makes it mean.
+
+    kptrace exits 1 when some way the connection can go fails. The kernel took one way: when that
+    way's reply was lost as kptrace says (a hairpin without hairpin mode), or when another branch,
+    to a real server the kernel did not pick this time, is the one that fails (rr sending a pod to
+    itself), exit 1 is kptrace being right, not a disagreement. Everything else stands."""
+    problems = netns.disagreements(kernel, answer, dump, exact_endpoint=False)
+    if kernel.verdict != "ACCEPT" or answer.exit_code != 1:
+        return problems
+    kdnat = kernel.dnat
+    failing = [b for b in answer.branches if netns.disposition_class(str(b.get("disposition"))) != "pass"
+               or netns.disposition_class(str((b.get("reply") or {}).get("disposition", "FORWARDED"))) != "pass"]
+    explained = (kernel.reply_ok is False and any(b.get("dnat") == kdnat for b in failing)) or \
+        any(b.get("dnat") != kdnat for b in failing)
+    return [p for p in problems if not (explained and p.startswith("exit code:"))]
 
 
 def kernel_to_json(k: KernelResult) -> dict[str, Any]:
@@ -475,7 +512,7 @@ def _shares(lab: IpvsLab, client: str, svc: Service, count: int) -> dict[str, An
             for role, agent in lab.agents.items():
                 for ev in agent.received_since(before[role]):
                     if ev.get("sport") == sport:
-                        got = f"{netns.LOCAL_PODS.get(role, role)}:{ev['dport']}"
+                        got = f"{ev['dst']}:{ev['dport']}"
             time.sleep(0.01)
         answered.append(got if res.get("result") == "connected" else None)
         listed.append(lab.ipvs_connection(svc.proto, src, sport))
@@ -500,21 +537,28 @@ def run(out: Path, *, live: bool = True, shares: bool = True) -> dict[str, Any]:
         for state_name in order:
             state = STATES[state_name]
             ts = time.monotonic()
-            where = lab.apply(state, out)
+            try:
+                where = lab.apply(state, out)
+            except LabError as exc:  # this state could not be made: said in the results, the others still run
+                _progress(f"{state_name}: cannot be made: {exc}")
+                results["states"][state_name] = {"error": str(exc)}
+                continue
             results["states"][state_name] = {"dir": where.name, "ipvsadm": sh(["ipvsadm", "-Ln"], ns=lab.node,
                                                                               check=False).stdout}
             _progress(f"{state_name}: loaded in {time.monotonic() - ts:.0f}s")
             for probe in (p for p in PROBES if p.state == state_name):
                 _progress(f"{state_name}: {probe.name}")
                 flow = probe.flow()
+                sport = lab._next_sport()
+                tl = time.monotonic()
+                answer = lab.live_why(flow, sport) if live and probe.live else None
                 tp = time.monotonic()
-                kernel = lab.probe(flow)
+                kernel = lab.probe(flow, sport=sport)
                 record: dict[str, Any] = {"probe": asdict(probe), "kernel": kernel_to_json(kernel),
                                           "ipvs_conn": lab.ipvs_connection(flow.proto, flow.src, kernel.sport)}
-                tl = time.monotonic()
-                if live and probe.live:
-                    record["live"] = lab.live_why(flow)
-                record["seconds"] = {"kernel": round(tl - tp, 1), "live": round(time.monotonic() - tl, 1)}
+                if answer is not None:
+                    record["live"] = answer
+                record["seconds"] = {"kernel": round(time.monotonic() - tp, 1), "live": round(tp - tl, 1)}
                 _progress(f"  {record['seconds']}")
                 results["probes"].append(record)
                 (out / "partial.json").write_text(json.dumps(results) + "\n")  # what a timeout leaves behind

@@ -116,7 +116,7 @@ def _view(view, cluster, rs, g):  # type: ignore[no-untyped-def]
     from ipaddress import ip_address
 
     t = trace_flow(cluster[0], Flow(ip_address("10.244.1.5"), ip_address("10.96.0.10"), "udp", None, 53), cluster)
-    return render.trace_view(g, t, "node-a")
+    return render.trace_view(g, t, "node-a", rs)
 
 
 def test_mermaid_escapes_quotes_and_hashes() -> None:
@@ -182,3 +182,51 @@ def test_svg_without_graphviz_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(render.shutil, "which", lambda name: None)
     with pytest.raises(KptraceError, match="needs Graphviz's `dot`"):
         render.to_svg("digraph {}")
+
+
+def _broken_drop():  # type: ignore[no-untyped-def]
+    from ipaddress import ip_address
+
+    from kptrace import demos
+
+    cluster = load_cluster([demos.path("broken")])
+    rs = cluster[0].rulesets[4]
+    g = build_graph(rs)
+    t = trace_flow(cluster[0], Flow(ip_address("10.244.1.5"), ip_address("10.96.12.34"), "tcp", None, 80), cluster)
+    return g, render.trace_view(g, t, None, rs)
+
+
+def test_trace_view_shows_the_verdict_in_packet_order_with_service_names() -> None:
+    """Issue 19 item 9: hooks as the packet meets them, Services instead of chain hashes, the death marked."""
+    g, view = _broken_drop()
+    assert view.hooks == ["PREROUTING", "routing", "FORWARD"]
+    assert "DROPPED" in view.title
+    dies = [e for e in view.ends if e.kind == "dies"]
+    assert len(dies) == 1 and dies[0].after == ("chain", "filter", "FORWARD") and dies[0].share == 1.0
+    assert dies[0].cite == "broken-node/iptables-save.txt:16" and "POLICY DROP" in dies[0].label
+    svc = next(n for n in view.names if n[2].startswith("KUBE-SVC-"))
+    assert view.names[svc] == "default/web"
+    assert sorted(v for n, v in view.names.items() if n[2].startswith("KUBE-SEP-")) == [
+        "default/web → 10.244.1.12:8080", "default/web → 10.244.2.15:8080"]
+    dot = render.to_dot(g, view)
+    # the hook columns in order, joined by the packet's path; the drop an octagon after filter/FORWARD
+    order = [dot.index(f'"cluster_{h}"') for h in ("PREROUTING", "FORWARD")]
+    assert order == sorted(order)
+    assert '"hook:PREROUTING" -> "routing:1"' in dot and '"routing:1" -> "hook:FORWARD"' in dot
+    assert re.search(r'"end1" \[label="✖ DROPPED: POLICY DROP \(policy\)\\nbroken-node/iptables-save.txt:16", '
+                     r"shape=octagon", dot)
+    assert '"filter/FORWARD" -> "end1"' in dot
+    assert "nat: default/web\\nKUBE-SVC · 3 rules" in dot
+    mermaid = render.to_mermaid(g, view)
+    assert check_mermaid(mermaid) == [] and "class end1 dies" in mermaid
+    doc = render.to_json(g, view)
+    assert doc["hooks"] == view.hooks and doc["ends"][0]["kind"] == "dies"
+    assert any(n.get("service") == "default/web" for n in doc["nodes"])
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot")
+def test_trace_svg_draws_the_drop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    g, view = _broken_drop()
+    svg = render.to_svg(render.to_dot(g, view))
+    assert "<svg" in svg and "✖ DROPPED: POLICY DROP (policy)" in svg and "default/web → 10.244.1.12:8080" in svg
+    assert "#ff4d4d" in svg  # the octagon where the packet dies is filled red

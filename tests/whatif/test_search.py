@@ -105,6 +105,16 @@ def test_reject_before_kube_and_ip_forward_off(tmp_path: Path) -> None:
             "iptables -t filter -A FORWARD -d 10.244.0.0/16 -j REJECT --reject-with icmp-port-unreachable")
     assert _sets(s) == {("sysctl -w net.ipv4.ip_forward=1", *move)}
     assert not any(t.arrives for t in s.alone.values())
+    # Without KPT203 (no checks run), the move is the generic candidate once the trace stops at the REJECT.
+    from kptrace.walkers.netfilter import trace_flow
+    from kptrace.whatif.apply import apply_changes
+    from kptrace.whatif.grammar import parse_changes
+    from kptrace.whatif.search import candidates
+
+    [fwd] = apply_changes(load_cluster([b], [], []), parse_changes(["sysctl -w net.ipv4.ip_forward=1"])).cluster
+    t = trace_flow(fwd, flow, [fwd])
+    assert t.disposition.value == "REJECTED"
+    assert [c.changes for c in candidates([fwd], fwd, t, findings=[])] == [move]
 
 
 def test_default_route_only_via_a_gateway_the_input_names(tmp_path: Path) -> None:
@@ -119,6 +129,70 @@ def test_default_route_only_via_a_gateway_the_input_names(tmp_path: Path) -> Non
     _edit(b / "ip-route.txt", lambda t: t + "10.0.0.0/8 via 192.168.56.1 dev eth0\n")
     s = _search(b, out)
     assert s.status == FOUND and _sets(s) == {("ip route add default via 192.168.56.1 dev eth0",)}
+
+
+def test_a_fix_that_gets_the_packet_further_brings_the_next_nodes_candidates(tmp_path: Path) -> None:
+    # The demo cluster: node-a does not forward, node-b's filter FORWARD drops and flannel's accept is gone.
+    # The first trace stops on node-a; node-b's policy shows only once node-a forwards: its generic candidate
+    # joins then, and the search starts again from sets of one.
+    c = _copy(ROOT / "kptrace" / "demo" / "cluster", tmp_path, "cluster")
+    _edit(c / "node-a" / "sysctl.txt", lambda t: re.sub(r"(net\.ipv4\.(ip_forward|conf\.\S+\.forwarding)) = 1",
+                                                       r"\1 = 0", t))
+    _edit(c / "node-b" / "iptables-save.txt", lambda t: t.replace(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]", 1)
+        .replace('-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD\n', ""))
+    cluster = load_cluster([c], [], [])
+    assert [n.name for n in cluster] == ["node-a", "node-b"]
+    s = search_fix(cluster, cluster[0], Flow(ip_address("10.244.1.5"), ip_address("10.244.2.7"), "udp", None, 53))
+    assert s.status == FOUND and s.before == "DROPPED"
+    forward = "@node-a sysctl -w net.ipv4.ip_forward=1"
+    assert _sets(s) == {(forward, "@node-b iptables -P FORWARD ACCEPT"),
+                        (forward, *(f"@node-b {c}" for c in FORWARD_PAIR))}
+    # node-b's policy was no candidate at first: the node-a trace does not reach it.
+    [node_a] = [n for n in cluster if n.name == "node-a"]
+    from kptrace.walkers.netfilter import trace_flow
+    from kptrace.whatif.search import candidates
+
+    first = candidates(cluster, node_a, trace_flow(node_a, s.flow, cluster))
+    assert ("@node-b iptables -P FORWARD ACCEPT",) not in [x.changes for x in first]
+
+
+def test_a_large_dump_read_lazily_gets_the_generic_candidates() -> None:
+    # As a 10k-Service dump is read (KPTRACE_LAZY_MIN_LINES=0: every dump): the checks are not run, so the
+    # candidates are the generic ones, and they still find the pair; the output says the catalogue was left out.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KPTRACE_LAZY_MIN_LINES": "0"}
+    r = subprocess.run([sys.executable, "-m", "kptrace", "why", "10.96.12.34:80", "--from", "10.244.1.5", "--dump",
+                        str(BROKEN), "--no-cache", "--suggest-fix", "-o", "json"], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=300, check=False)
+    doc = json.loads(r.stdout)
+    assert any("parsed when the trace reads them" in a for a in doc["assumptions"]), doc["assumptions"]
+    search = doc["suggest_fix"]
+    assert search["catalogue"] is False and {c["origin"] for c in search["candidates"]} == {"generic"}
+    assert [f["changes"] for f in search["fixes"]] == [
+        ["iptables -P FORWARD ACCEPT", "sysctl -w net.bridge.bridge-nf-call-iptables=1"]]
+
+
+def test_hairpin_off_on_the_sources_port(tmp_path: Path) -> None:
+    # kube-dns's pod 10.244.1.9 sits on vethaa5fcf1f (neighbour MAC, learned on that port): hairpin off there.
+    b = _copy(NODE_A, tmp_path, "hairpin")
+    _edit(b / "bridge-link.txt", lambda t: "".join(
+        f"{ln}\n    hairpin {'off' if 'vethaa5fcf1f' in ln else 'on'} guard off learning on flood on\n"
+        for ln in t.splitlines()))
+    [node] = load_cluster([b], [], [])
+    flow = Flow(ip_address("10.244.1.9"), ip_address("10.96.0.10"), "udp", None, 53)
+    s = search_fix([node], node, flow)
+    assert s.status == FOUND and _sets(s) == {("ip link set vethaa5fcf1f type bridge_slave hairpin on",)}
+    assert s.candidates[s.fixes[0].members[0]].origin == "KPT404"
+    # Without the checks (a large dump), the same change is the generic candidate for the source's port.
+    from kptrace.walkers.netfilter import trace_flow
+    from kptrace.whatif.search import candidates
+
+    generic = candidates([node], node, trace_flow(node, flow, [node]), findings=[])
+    assert [c.changes for c in generic] == [("ip link set vethaa5fcf1f type bridge_slave hairpin on",)]
 
 
 def test_a_flow_that_arrives_needs_nothing() -> None:
@@ -176,6 +250,21 @@ def test_what_if_and_fix_outputs_validate(validator: Any, why_doc: dict[str, Any
     assert not list(validator.iter_errors(check_doc))
     # With FORWARD ACCEPT tried, only the bridge sysctl is left to find.
     assert [f["changes"] for f in why_doc["suggest_fix"]["fixes"]] == [["sysctl -w net.bridge.bridge-nf-call-iptables=1"]]
+
+
+def test_check_suggest_fix_searches_what_the_fix_leaves(validator: Any) -> None:
+    code, out = _run("check", "--dump", str(BROKEN), "--suggest-fix", "-o", "json")
+    doc = json.loads(out)
+    assert not list(validator.iter_errors(doc))
+    fix = next(r["fix"] for r in doc["results"] if r["id"] == "KPT201")
+    # KPT201's fix leaves flows that still fail for KPT101: the search pairs the two.
+    search = fix["search"]
+    assert search["status"] == "found" and search["size"] == 2
+    assert ["sysctl -w net.bridge.bridge-nf-call-iptables=1"] in [
+        [c for c in f["changes"] if c.startswith("sysctl")] for f in search["fixes"]]
+    assert not any("search" in r.get("fix", {}) for r in doc["results"] if r["id"] == "KPT101")
+    assert list(validator.iter_errors(_set(doc, ["results", doc["results"].index(
+        next(r for r in doc["results"] if r["id"] == "KPT201")), "fix", "search", "flow"], "10.244.1.5")))
 
 
 def _set(doc: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def upstream_loopback(ctx: CheckContext) -> Iterator[Outcome]:
         loops = [(s, src) for s, src in servers if is_loopback(s)]
         if not loops:
             yield passed(f"the servers kubelet gives CoreDNS from {where} are not loopback: "
-                         f"{', '.join(s for s, _ in servers) or 'none'}",
+                         f"{', '.join(s for s, _ in servers) or 'none'}" + "".join(f" ({n})" for n in kr.notes),
                          *(src for _, src in servers[:1]), kr.setting)
             return
         server, src = loops[0]

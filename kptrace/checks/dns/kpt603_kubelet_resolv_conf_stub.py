@@ -32,7 +32,8 @@ def kubelet_resolv_conf_stub(ctx: CheckContext) -> Iterator[Outcome]:
     stub = kr.stub or (bool(servers) and all(server_ip(s) == STUB for s, _ in servers))
     if not stub:
         yield passed(f"kubelet reads {where}, whose servers are not systemd-resolved's stub: "
-                     f"{', '.join(s for s, _ in servers) or 'none'}", setting, *(src for _, src in servers[:1]))
+                     f"{', '.join(s for s, _ in servers) or 'none'}" + "".join(f" ({n})" for n in kr.notes),
+                     setting, *(src for _, src in servers[:1]))
         return
     real = file_at(node, SYSTEMD_RESOLV)
     line = servers[0][1]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kptrace.checks.facts import CheckContext, rule_texts
-from kptrace.checks.registry import Outcome, check, fail, missing, passed
+from kptrace.checks.registry import Outcome, check, fail, missing, passed, warn
 from kptrace.model.finding import Location, Severity
 
 UNSUPPORTED = "[unsupported revision]"
@@ -43,5 +43,17 @@ def iptables_version(ctx: CheckContext) -> Iterator[Outcome]:
                 found = True
                 yield fail(f"`{line.strip()}` has lost its `-m mark --mark 0x8000/0x8000` match: every packet through "
                            f"KUBE-FIREWALL is dropped (two iptables versions rewrote each other's rules)", src)
+    versions = ctx.node.iptables_versions or {}
+    if versions.get("mismatch") is True and versions.get("used") != "host":
+        # kptrace collect saw two versions and could not run the host's own (manifest.json: iptables_versions).
+        found = True
+        yield warn(f"manifest.json: the rules were read with the iptables beside kptrace "
+                   f"({str(versions.get('container'))[:80]}), the host's is {str(versions.get('host'))[:80]}: rules one of "
+                   f"them cannot represent may be printed wrongly; collect with the host's root mounted (--host-root) "
+                   f"to read them with the host's own", Location(_manifest_label(ctx), 1))
     if not found:
         yield passed(f"no unreadable rule revisions in {', '.join(t.label for t in texts)}")
+
+
+def _manifest_label(ctx: CheckContext) -> str:
+    return next((i.file for i in ctx.node.inputs if i.kind == "manifest"), "manifest.json")

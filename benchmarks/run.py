@@ -342,7 +342,7 @@ for cluster in clusters:
     # A bare iptables-save does not say the node's pod subnet (a bundle's node.yaml does): give the generator's.
     cluster[0].pod_subnet = ip_network(subnet)
 t1, c1 = time.perf_counter(), time.process_time()
-results = [Sweeper(cluster, checks=False).sweep() for cluster in clusters]
+results = [Sweeper(cluster, checks=False, keep_traces=False).sweep() for cluster in clusters]  # as the CLI
 changes = diff_rows(results[0].rows, results[1].rows) if len(results) == 2 else []
 t2, c2 = time.perf_counter(), time.process_time()
 rows = results[0].rows

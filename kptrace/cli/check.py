@@ -55,6 +55,8 @@ def check(
     only: list[str] = typer.Option(None, "--only", help="Only these checks: IDs or names, comma-separated or "
                                    "repeated (KPT001 and KPT003 always show)."),
     skip: list[str] = typer.Option(None, "--skip", help="Not these checks: IDs or names, comma-separated or repeated."),
+    width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the "
+                              "terminal's; piped: no wrapping)."),
     baseline: Path = typer.Option(None, "--baseline", help="Known findings: a `kptrace check -o json` document or a "
                                   "file of fingerprints, one a line; they are left out of the output and exit code."),
     what_if: list[str] = typer.Option(None, "--what-if", help="A change tried on the model before the checks run, never "
@@ -143,7 +145,7 @@ def check(
     else:
         from kptrace.render.human import make_console
 
-        console = make_console()
+        console = make_console(width)
         if what_if:
             from kptrace.whatif.cli import render_applied
 

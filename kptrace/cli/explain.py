@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -12,6 +11,8 @@ from kptrace.errors import KptraceError
 
 def explain(
     key: str = typer.Argument(None, metavar="[KPTnnn|NAME]", help="A check's id or name; without it, list the checks."),
+    width: int = typer.Option(None, "--width", min=40, help="Columns (default: COLUMNS or the terminal's; piped: "
+                              "no wrapping)."),
 ) -> None:
     """Print a check's documentation page, or list every check.
 
@@ -25,7 +26,9 @@ def explain(
     """
     from kptrace.checks.registry import all_checks, doc_page, get_check
 
-    console = Console()
+    from kptrace.render.human import make_console
+
+    console = make_console(width)
     if key is None:
         table = Table("check", "severity", "name", "summary", box=None, pad_edge=False)
         for spec in all_checks():

@@ -54,6 +54,8 @@ def parse(
     files: list[Path] = typer.Argument(..., help="Files, bundle directories or .tar.gz bundles to read."),
     output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", case_sensitive=False,
                                         help="human, json or yaml."),
+    width: int = typer.Option(None, "--width", min=40, help="Columns (default: COLUMNS or the terminal's; piped: "
+                              "no wrapping)."),
 ) -> None:
     """Show what kptrace recognised in each input: sections, counts, and every line it could not read.
 
@@ -131,9 +133,9 @@ def parse(
 
         typer.echo(dumps(doc, output.value))
     else:
-        from kptrace.render.safe import safe_console
+        from kptrace.render.human import make_console
 
-        _render(records, node, safe_console(highlight=False))
+        _render(records, node, make_console(width))
     raise typer.Exit(int(exit_code(records)))
 
 

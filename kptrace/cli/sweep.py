@@ -127,7 +127,8 @@ def sweep(
         targets = [n for n in cluster if n.name == node]
         if not targets:
             raise KptraceError(f"--node '{node}': no such node in the input ({', '.join(n.name for n in cluster)})")
-    sweeper = Sweeper(cluster, checks=checks, progress=progress_bar(output == SweepFormat.human and sys.stderr.isatty()))
+    sweeper = Sweeper(cluster, checks=checks, progress=progress_bar(output == SweepFormat.human and sys.stderr.isatty()),
+                      keep_traces=False)  # no output shows whole traces
     result = sweeper.sweep(service, kinds, targets)
     if service is not None and not any(n.service_ports for n in result.nodes):
         raise KptraceError(f"--service '{service}': no such Service port in the input (kptrace services lists them)")

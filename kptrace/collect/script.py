@@ -13,7 +13,7 @@ the one thing it creates is the output directory (mkdir fails if anything is at 
 
 What it does not do: the pyroute2 and python-iptables fallbacks (a missing tool is a missing file,
 named in the manifest), the host root (`--host-root`; run the script on the host instead) and
-`--redact` (run `kptrace collect --redact` where kptrace runs, or do not share the bundle).
+`--redact` (its bundle is not redacted: share it only where the node's names and addresses may go).
 """
 
 from __future__ import annotations

@@ -171,8 +171,9 @@ def render_findings(findings: list[Finding], console: Console, verbose: bool = F
     if fixes:
         console.print(Text("how to fix:", style="bold"))
         for f in fixes.values():
+            # One line, never wrapped: a fix command cut mid-argument cannot be pasted into a shell.
             console.print(Text(f"  {f.id} {f.name}: ", style="bold") + Text(printable(f.remediation))
-                          + Text(f"  (kptrace explain {f.id})", style="dim"))
+                          + Text(f"  (kptrace explain {f.id})", style="dim"), soft_wrap=True)
     if len(node_names(findings)) > 1:
         render_nodes(findings, console)
     line = cannot_tell_line(findings)

@@ -133,12 +133,17 @@ def _pct(p: float) -> str:
     return f"{p * 100:.4g} %"
 
 
+def _shares(t: Trace) -> dict[str, float]:
+    """Each endpoint's share of the packets, in the order of t.endpoints (one pass over the branches)."""
+    shares = dict.fromkeys(t.endpoints, 0.0)
+    for b in t.branches:
+        if b.dnat:
+            shares[b.dnat] += b.probability
+    return shares
+
+
 def _endpoint_text(t: Trace) -> str:
-    parts = []
-    for ep in t.endpoints:
-        p = sum(b.probability for b in t.branches if b.dnat == ep)
-        parts.append(f"{ep} ({_pct(p)})")
-    return " or ".join(parts)
+    return " or ".join(f"{ep} ({_pct(p)})" for ep, p in _shares(t).items())
 
 
 MANY_ENDPOINTS = 3  # past this the first line gives the endpoints' count and shares, not the list
@@ -146,7 +151,7 @@ MANY_ENDPOINTS = 3  # past this the first line gives the endpoints' count and sh
 
 def _endpoints_many(t: Trace) -> str:
     """`one of 12 endpoints (8.333 % each)`, or with their share range when kube-proxy weighs them unevenly."""
-    shares = [sum(b.probability for b in t.branches if b.dnat == ep) for ep in t.endpoints]
+    shares = list(_shares(t).values())
     lo, hi = min(shares), max(shares)
     each = f"{_pct(lo)} each" if abs(hi - lo) < 1e-9 else f"{_pct(lo)} to {_pct(hi)}"
     return f"one of {len(t.endpoints)} endpoints ({each})"
@@ -562,6 +567,9 @@ def _keep(steps: list[Step], i: int, detail: Detail) -> bool:
     # A RETURN changes nothing; a jump is shown only when something in the chain it enters acts
     # (a mark, a translation, a verdict): a jump that came back without one does not change the fate.
     if s.action == "RETURN":
+        return False
+    # Of the link-layer steps in a row (device, neighbour, fdb), the last says where the frame goes.
+    if s.action == "LINK" and i + 1 < len(steps) and steps[i + 1].action == "LINK" and steps[i + 1].node == s.node:
         return False
     if s.action in ("JUMP", "GOTO"):
         for nxt in steps[i + 1:]:

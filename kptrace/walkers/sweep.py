@@ -78,7 +78,13 @@ class Row:
     endpoints: tuple[EndpointShare, ...]
     deciding: tuple[Decision, ...]  # for a fate that is not DELIVERED/FORWARDED/ACCEPTED
     findings: tuple[str, ...]  # ids of the checks that explain it
-    trace: Trace = field(compare=False, repr=False)
+    retrace: Callable[[], Trace] = field(compare=False, repr=False)  # the trace: kept, or walked again
+
+    @property
+    def trace(self) -> Trace:
+        """The whole trace of this flow (what `kptrace why` shows): the one the sweep kept, or, when the sweep
+        keeps none (`Sweeper(keep_traces=False)`: 50 KB a flow), the same flow walked again."""
+        return self.retrace()
 
     @property
     def service(self) -> str:
@@ -146,8 +152,12 @@ class Sweeper:
 
     def __init__(self, cluster: list[Node], checks: bool = True,
                  progress: Callable[[str, int, int], None] | None = None,
-                 external_client: dict[int, IPAddress] | None = None) -> None:
+                 external_client: dict[int, IPAddress] | None = None, keep_traces: bool = True) -> None:
         self.cluster = cluster
+        # Traces are what a sweep's memory goes to (about 50 KB a flow: every branch's steps and reply). Without
+        # them a row keeps what it shows, and `row.trace` walks its flow again (what `diff` does for a change).
+        self.keep_traces = keep_traces
+        self._derived: dict[tuple[str, Flow], _Derived] = {}
         self.external_client = {**EXTERNAL_CLIENT, **(external_client or {})}  # the outside client, by IP version
         self.checks = checks  # name the findings that explain a flow that does not arrive
         self._findings: list[Finding] | None = None  # run once, at the first such flow
@@ -210,12 +220,15 @@ class Sweeper:
     # --- the sweep -------------------------------------------------------------------------------
 
     def trace(self, start: Node, flow: Flow) -> Trace:
+        """The trace of `flow` from `start`: memoised when the sweep keeps traces, else walked again."""
         from kptrace.walkers.netfilter import trace_flow
 
         key = (start.name, flow)
         t = self._traces.get(key)
         if t is None:
-            t = self._traces[key] = trace_flow(start, flow, self.cluster)
+            t = trace_flow(start, flow, self.cluster)
+            if self.keep_traces:
+                self._traces[key] = t
         return t
 
     def sweep_node(self, node: Node, services: str | None = None, kinds: Sequence[str] = SOURCE_KINDS) -> NodeSweep:
@@ -276,7 +289,22 @@ class Sweeper:
                 yield kind, "cluster-ip", node, Flow(own, dst, svc.protocol, None, svc.port)
 
     def row(self, node: Node, svc: Service, kind: str, entry: str, start: Node, flow: Flow) -> Row:
-        t = self.trace(start, flow)
+        key = (start.name, flow)
+        d = self._derived.get(key)  # a peer's pod flow is the same flow for each node's remote rows
+        kept: Trace | None = None
+        if d is None:
+            kept = t = self.trace(start, flow)
+            d = self._derived[key] = self._derive(t, start)
+        elif self.keep_traces:
+            kept = self.trace(start, flow)
+        assert flow.dport is not None
+        return Row(node=node.name, namespace=svc.namespace, name=svc.name, port_name=svc.port_name,
+                   protocol=svc.protocol, source_kind=kind, entry=entry, src=str(flow.src), dst=str(flow.dst),
+                   dport=flow.dport, start=start.name, fate=d.fate, status=d.status, endpoints=d.endpoints,
+                   deciding=d.deciding, findings=d.findings,
+                   retrace=_Retrace(kept if self.keep_traces else None, self, start, flow))
+
+    def _derive(self, t: Trace, start: Node) -> _Derived:
         status = row_status(t)
         deciding: tuple[Decision, ...] = ()
         found: tuple[str, ...] = ()
@@ -287,11 +315,30 @@ class Sweeper:
                 from kptrace.checks.trace import findings_for_trace
 
                 found = tuple(dict.fromkeys(f.id for f in findings_for_trace(t, findings)))
-        assert flow.dport is not None
-        return Row(node=node.name, namespace=svc.namespace, name=svc.name, port_name=svc.port_name,
-                   protocol=svc.protocol, source_kind=kind, entry=entry, src=str(flow.src), dst=str(flow.dst),
-                   dport=flow.dport, start=start.name, fate=t.disposition, status=status,
-                   endpoints=endpoint_shares(t, start.name), deciding=deciding, findings=found, trace=t)
+        return _Derived(t.disposition, status, endpoint_shares(t, start.name), deciding, found)
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """What a row shows of its trace."""
+
+    fate: Disposition
+    status: str
+    endpoints: tuple[EndpointShare, ...]
+    deciding: tuple[Decision, ...]
+    findings: tuple[str, ...]
+
+
+class _Retrace:
+    """A row's trace: the one kept, else its flow walked again from its start node."""
+
+    __slots__ = ("kept", "sweeper", "start", "flow")
+
+    def __init__(self, kept: Trace | None, sweeper: Sweeper, start: Node, flow: Flow) -> None:
+        self.kept, self.sweeper, self.start, self.flow = kept, sweeper, start, flow
+
+    def __call__(self) -> Trace:
+        return self.kept if self.kept is not None else self.sweeper.trace(self.start, self.flow)
 
 
 def _host(address: str) -> IPAddress | None:

@@ -308,7 +308,8 @@ def _moves(node: Node, trace: Trace, start: Node) -> Iterator[tuple[tuple[str, .
         outer = next((steps[i] for i in range(verdict, -1, -1)
                       if steps[i].depth == 0 and steps[i].hook == steps[verdict].hook and steps[i].table == "filter"
                       and steps[i].source), None)
-        if outer is None or outer.source is None or outer.source in done or outer.chain not in BUILTIN_CHAINS:
+        if outer is None or outer.source is None or outer.source in done or \
+                outer.chain not in BUILTIN_CHAINS["filter"]:
             continue
         done.add(outer.source)
         for rs in (node.rulesets.get(trace.flow.dst.version), node.legacy_rulesets.get(trace.flow.dst.version)):
@@ -321,12 +322,12 @@ def _moves(node: Node, trace: Trace, start: Node) -> Iterator[tuple[tuple[str, .
             rule = chain.rules[k]
             if rule.source.file == ASSUMED_FILE:
                 break
-            later = [r for r in chain.rules[k + 1:] if r.target is not None
-                     and (is_kube_chain(r.target.name) or is_cni_chain(r.target.name))]
-            if later:
+            later = next((r for r in chain.rules[k + 1:] if r.target is not None
+                          and (is_kube_chain(r.target.name) or is_cni_chain(r.target.name))), None)
+            if later is not None and later.target is not None:
                 yield ((f"delete {rule.source.file}:{rule.source.line}", f"iptables -t filter {render_rule(rule)}"),
-                       f"`{rule.text.strip()}` ({rule.source}) comes before the jump to {later[0].target.name}"  # type: ignore[union-attr]
-                       f" ({later[0].source})")
+                       f"`{rule.text.strip()}` ({rule.source}) comes before the jump to {later.target.name} "
+                       f"({later.source})")
             break
 
 

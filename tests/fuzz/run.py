@@ -98,7 +98,7 @@ def save_crasher(data: bytes, exc: BaseException) -> Path:
 
 
 SLOWEST: list[tuple[float, str]] = []  # the slowest inputs of the run: (CPU seconds, target)
-WALLS: list[float] = []  # the longest wall time of one input (on a shared machine, mostly the neighbours' load)
+WALLS: list[float] = [0.0]  # the longest wall time of one input (on a shared machine, mostly the neighbours' load)
 RSS_JUMPS: list[tuple[int, str]] = []  # inputs that raised the peak RSS by more than 50 MB: (MB, target)
 
 
@@ -126,8 +126,7 @@ def python_engine(seconds: float, inputs: int | None, seed: int, timeout: float)
             crashes.append(save_crasher(data, e))
             print(f"CRASH {target_of(data)}: {type(e).__name__}: {str(e)[:200]} -> {crashes[-1]}", file=sys.stderr)
         took = time.process_time() - started  # the input's own CPU time (what the time limit counts by default)
-        WALLS.append(time.monotonic() - wall)
-        del WALLS[:-1] if WALLS[-1] > max(WALLS[:-1], default=0.0) else WALLS[-1:]
+        WALLS[0] = max(WALLS[0], time.monotonic() - wall)
         if done % 200 == 0:
             # ParseErrors keep their frames (and the input) in reference cycles, which the cyclic collector's
             # last generation reaches only now and then: collected here, the peak RSS is one input's.
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "clock": os.environ.get("KPTRACE_FUZZ_CLOCK", "cpu"),
                "slowest_inputs_s": [(round(t, 2), n) for t, n in SLOWEST],  # CPU seconds
-               "longest_wall_s": round(max(WALLS, default=0.0), 2),
+               "longest_wall_s": round(WALLS[0], 2),
                "rss_jumps_mb": RSS_JUMPS[:20],
                "open_bugs_hit": OPEN_HITS if engine == "python" else
                dict(Counter(p.name.split("-")[1] for p in CRASHERS.glob("open-*"))),

@@ -13,6 +13,7 @@ Namespaces are `kpt-e<pid>-…` (this helper's prefix), only lab addresses; dele
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -98,7 +99,7 @@ def whatif_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def _in_netns(lab: Lab, change: str) -> None:
     """The fix as the SRE runs it on the node (here: in the lab node's namespace, nft backend)."""
-    words = change.split()
+    words = shlex.split(change)  # as a shell would: iptables-save quotes comments
     if words[0] == "iptables":
         words[0] = "iptables-nft"
     sh(words, ns=lab.node)
@@ -165,7 +166,25 @@ TWO_FAULTS: dict[str, TwoFaults] = {
                                             Flow("pod-a", POD_A, CLUSTER_IP, 53, "udp"),
                                             lambda lab: broken.bridge_nf_call_iptables(lab, False),
                                             needs_bridge_sysctl=True),
+    # ip_forward=0 and a REJECT before kube-proxy's jumps: the fix moves the REJECT (`delete FILE:LINE`, then
+    # `iptables -A`), run on the node as `iptables -D` of the rule the citation names.
+    "reject-before-kube+ip-forward-off": TwoFaults(
+        NodeRuleset(services=[web(Endpoint(POD_B, 8080), node_port=30080)],
+                    user_rules=[UserRule("filter", f"-I FORWARD 1 -d {netns.POD_CIDR} -j REJECT")]).render(),
+        Flow("world", EXTERNAL_CLIENT_IP, NODE_IP, 30080), lambda lab: broken.ip_forward(lab, False)),
 }
+
+
+def _as_typed(change: str, bundle: Path) -> str:
+    """`delete FILE:LINE` as the node takes it: `iptables -t TABLE -D` of the rule the bundle has at that line."""
+    if not change.startswith("delete "):
+        return change
+    cited, _, line = change.split()[1].rpartition(":")
+    lines = (bundle / cited.rpartition("/")[2]).read_text().splitlines()
+    rule = lines[int(line) - 1]
+    table = next(ln[1:] for ln in reversed(lines[:int(line)]) if ln.startswith("*"))
+    assert rule.startswith("-A "), rule
+    return f"iptables -t {table} -D {rule[3:]}"
 
 
 def _broken_probe(lab: Lab, sc: TwoFaults, name: str, changes: list[str]) -> netns.KernelResult:
@@ -195,17 +214,14 @@ def test_suggested_fix_is_minimal_and_works_in_the_kernel(whatif_lab: Lab, name:
     assert not _works(before), f"the lab is not broken:\n{before.describe()}"
     search = run.doc["suggest_fix"]
     assert run.rc == 1 and search["status"] == "found" and search["size"] == 2, run.brief()
-    # Only commands the node runs as typed (a `delete FILE:LINE` cites the bundle, not the node).
-    fixes = [f for f in search["fixes"] if not any(c.startswith("delete ") for c in f["changes"])]
-    assert fixes, search
-    fix = fixes[0]
-    members = [search["candidates"][i]["changes"] for i in fix["candidates"]]
+    fix = search["fixes"][0]
+    members = [[_as_typed(c, loaded.bundle) for c in search["candidates"][i]["changes"]] for i in fix["candidates"]]
     for k, part in enumerate(members):
         alone = _broken_probe(lab, sc, f"suggest-{name}-part{k}", part)
         assert not _works(alone), (f"the kernel works with only {part} of {fix['changes']}: the fix kptrace found "
                                    f"is not minimal\n{alone.describe()}")
-    after = _broken_probe(lab, sc, f"suggest-{name}-all", fix["changes"])
-    assert _works(after), f"kptrace's fix {fix['changes']} does not work in the kernel:\n{after.describe()}"
+    after = _broken_probe(lab, sc, f"suggest-{name}-all", [c for part in members for c in part])
+    assert _works(after), f"kptrace's fix {members} does not work in the kernel:\n{after.describe()}"
 
 
 # --- nft: `nft add rule` / `nft delete rule` as --what-if, then the same command in the namespace -------------
@@ -277,7 +293,8 @@ NFT_CASES = {
     # nft add rule: an accept appended to a policy-drop chain opens the port.
     "add-accept": (NFT_FW, "pod-a", ["nft add rule inet fw forward ip daddr 10.244.1.0/24 tcp dport 8080 accept"]),
     # nft add rule after a drop that matches first: the kernel still drops, and kptrace must say so.
-    "add-after-drop": (NFT_FW, "blocked", ["nft add rule inet fw forward ip daddr 10.244.1.0/24 tcp dport 8080 accept"]),
+    "add-after-drop": (NFT_FW, "blocked",
+                       ["nft add rule inet fw forward ip daddr 10.244.1.0/24 tcp dport 8080 accept"]),
     # nft delete rule … handle H: the drop goes, the policy accepts.
     "delete-drop": (NFT_FW_DROP, "pod-a", ["nft delete rule inet fw forward handle {drop}"]),
     # nft insert rule: an accept before the drop.

@@ -401,10 +401,14 @@ class IpvsLab(netns.Lab):
         so TRACE shows an accepted packet. The node's ICMP OutDestUnreachs counter going up while
         a virtual service exists for the packet and lists no connection for it is that refusal."""
         before = self.icmp_unreachables()
-        kernel = super().probe(flow, timeout=timeout, sport=sport, retry=retry)
+        # No retry: a second attempt would reuse `sport` (the one live `why` was asked about) and meet
+        # the first attempt's conntrack entry. The agents listen long before the first probe.
+        kernel = super().probe(flow, timeout=timeout, sport=sport, retry=False)
         sent = self.icmp_unreachables() - before
         if kernel.delivery is None and kernel.client_result == "timeout" and flow.proto == "tcp":
             kernel.delivery = self.half_open(kernel)
+            if kernel.delivery is not None:
+                kernel.verdict = netns.verdict_of(kernel.events, delivered=True, client_result=kernel.client_result)
         if (kernel.verdict == "ACCEPT" and kernel.delivery is None and sent > 0 and self.has_virtual_service(flow)
                 and self.ipvs_connection(flow.proto, flow.src, kernel.sport) is None):
             kernel.verdict = "REJECT"

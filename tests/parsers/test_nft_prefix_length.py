@@ -30,7 +30,8 @@ def test_text_prefix_too_long_is_an_error_at_its_column(rule: str, col: int, val
 
 
 def test_longest_prefixes_are_fine() -> None:
-    rs = parse_nft_text(HEAD + "\t\tip saddr 10.244.0.1/32 accept\n\t\tip6 saddr fd00::1/128 accept\n\t}\n}\n", "ok.nft")
+    rs = parse_nft_text(HEAD + "\t\tip saddr 10.244.0.1/32 accept\n\t\tip6 saddr fd00::1/128 accept\n\t}\n}\n",
+                        "ok.nft")
     rules = rs.tables[("ip", "filter")].chains["forward"].rules
     assert [r.text for r in rules] == ["ip saddr 10.244.0.1/32 accept", "ip6 saddr fd00::1/128 accept"]
 

@@ -86,7 +86,8 @@ def test_br_netfilter_not_loaded_gives_modprobe(tmp_path: Path) -> None:
     _edit(b / "sysctl.txt", lambda t: "".join(ln + "\n" for ln in t.splitlines() if "net.bridge." not in ln))
     s = _search(b, WEB)
     assert s.status == FOUND
-    assert _sets(s) == {(*FORWARD_PAIR, "modprobe br_netfilter"), ("iptables -P FORWARD ACCEPT", "modprobe br_netfilter")}
+    assert _sets(s) == {(*FORWARD_PAIR, "modprobe br_netfilter"),
+                        ("iptables -P FORWARD ACCEPT", "modprobe br_netfilter")}
 
 
 def test_reject_before_kube_and_ip_forward_off(tmp_path: Path) -> None:
@@ -249,7 +250,8 @@ def test_what_if_and_fix_outputs_validate(validator: Any, why_doc: dict[str, Any
     assert not list(validator.iter_errors(why_doc))
     assert not list(validator.iter_errors(check_doc))
     # With FORWARD ACCEPT tried, only the bridge sysctl is left to find.
-    assert [f["changes"] for f in why_doc["suggest_fix"]["fixes"]] == [["sysctl -w net.bridge.bridge-nf-call-iptables=1"]]
+    assert [f["changes"] for f in why_doc["suggest_fix"]["fixes"]] == [
+        ["sysctl -w net.bridge.bridge-nf-call-iptables=1"]]
 
 
 def test_check_suggest_fix_searches_what_the_fix_leaves(validator: Any) -> None:

@@ -168,3 +168,6 @@ def test_the_kernel_labs_thinning_finds_a_changed_answer(tmp_path: Path) -> None
         else:
             doctored = {**doc, "results": [{**r, "status": "INFO"} for r in doc["results"]]}
         assert thinning.thinned_disagreements(argv, doctored, count=2), f"{args[0]}: a changed answer went unnoticed"
+    # A known gap that no longer shows fails, as xfail(strict=True) does.
+    with pytest.raises(AssertionError, match="no longer shows"):
+        thinning.assert_thinned(argv, doc, known_gaps={"without no-such-file.txt": "a gap"})

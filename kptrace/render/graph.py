@@ -336,15 +336,15 @@ def _trace_dot(g: Any, view: View) -> str:
         share = f"\n{e.share * 100:.4g} %" if len(view.ends) > 1 or e.share < 1 else ""
         text = e.label + (f"\n{e.cite}" if e.cite else "") + share
         if e.kind == "dies":
-            attrs = 'shape=octagon, style=filled, fillcolor="#ff4d4d", fontcolor=white, color="#990000", penwidth=2'
+            look = 'shape=octagon, style=filled, fillcolor="#ff4d4d", fontcolor=white, color="#990000", penwidth=2'
             edge = 'color="#cc0000", penwidth=3'
         elif e.kind == "unknown":
-            attrs = 'shape=octagon, style=filled, fillcolor="#ffe680", color="#b38f00"'
+            look = 'shape=octagon, style=filled, fillcolor="#ffe680", color="#b38f00"'
             edge = 'color="#b38f00", penwidth=2, style=dashed'
         else:
-            attrs = 'shape=box, style="filled,rounded", fillcolor="#c8f7c5", color="#1e7b1e", penwidth=2'
+            look = 'shape=box, style="filled,rounded", fillcolor="#c8f7c5", color="#1e7b1e", penwidth=2'
             edge = 'color="#1e7b1e", penwidth=3'
-        lines.append(f"  {_dq(e.id)} [label={_dq(text)}, {attrs}];")
+        lines.append(f"  {_dq(e.id)} [label={_dq(text)}, {look}];")
         after = node_id(e.after) if e.after is not None else (spine[-1] if spine else None)
         if after is not None:
             lines.append(f"  {_dq(after)} -> {_dq(e.id)} [{edge}];")

@@ -83,6 +83,10 @@ class ChainWalker:
     def __init__(self, ruleset: Ruleset, ctx: MatchContext, hook: str, node: str | None = None) -> None:
         self.ruleset, self.ctx, self.hook, self.node = ruleset, ctx, hook, node
         self.budget: SplitBudget | None = None
+        # The steps of this hook's rules, made once: every branch that passes a rule shows the same step
+        # (100k IPVS real servers pass POSTROUTING's rules 100k times). Keyed by where the rule is (a lazily
+        # read ruleset may make a rule's object again), what it did and how deep.
+        self._steps: dict[tuple[object, ...], Step] = {}
 
     def walk(self, table: str, chain_name: str, path: Path, depth: int = 0, ref: object = None) -> list[Outcome]:
         if depth == 0 or self.budget is None:
@@ -104,7 +108,12 @@ class ChainWalker:
         return go_on(path.given(condition))
 
     def _step(self, rule: Rule, action: str, depth: int) -> Step:
-        return Step(self.hook, rule.table, rule.chain, rule.index, str(rule.source), action, rule.text, depth, self.node)
+        key = (rule.source, rule.table, rule.chain, rule.index, action, depth)
+        s = self._steps.get(key)
+        if s is None:
+            s = self._steps[key] = Step(self.hook, rule.table, rule.chain, rule.index, str(rule.source), action,
+                                        rule.text, depth, self.node)
+        return s
 
     def _rules(self, chain: Chain, start: int, path: Path, depth: int) -> list[Outcome]:
         """Every way `path` leaves `chain` from rule `start` on. The paths a random rule or a returning jump
@@ -183,8 +192,11 @@ class ChainWalker:
                     pending.push(i + 1, path)
                 return out
         if chain.policy is not None:
-            s = Step(self.hook, chain.table, chain.name, None, str(chain.source), f"POLICY {chain.policy}",
-                     chain.source.text, depth, self.node)
+            key = (chain.source, chain.table, chain.name, None, chain.policy, depth)
+            s = self._steps.get(key)
+            if s is None:
+                s = self._steps[key] = Step(self.hook, chain.table, chain.name, None, str(chain.source),
+                                            f"POLICY {chain.policy}", chain.source.text, depth, self.node)
             out.append((path.step(s), chain.policy))
         elif chain.builtin and path.conditions:
             # A built-in chain whose policy the input does not show, on a what-if branch that assumes what is

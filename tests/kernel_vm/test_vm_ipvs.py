@@ -132,7 +132,7 @@ def test_probe_agrees(vm_lab: VmLab, probe: ipvs_vm.Probe) -> None:
 
 
 def _why_offline(vm_lab: VmLab, client: str, svc: ipvs_vm.Service) -> dict[str, float]:
-    flow = netns.Flow(client, netns.LOCAL_PODS[client], svc.vip, svc.port, svc.proto)
+    flow = ipvs_vm.Probe("share", "base", client, svc.vip, svc.port, svc.proto).flow()
     answer = netns.run_kptrace(vm_lab.bundle("base"), flow, node_ips=())
     shares: dict[str, float] = {}
     for b in answer.branches:

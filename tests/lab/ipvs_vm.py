@@ -240,11 +240,12 @@ STATES: dict[str, State] = {
     "kpt301-broken": State("kpt301-broken", no_ip_vs=True),
 }
 # Many connections to one virtual service: (name, client, service, connections).
+# Clients that are not real servers of the service (a pod reaching itself is the hairpin case).
 SHARES: tuple[tuple[str, str, str, int], ...] = (
-    ("rr", "pod-b", "web", 30),
+    ("rr", "pod-c", "web", 30),
     ("wrr", "pod-b", "weighted", 40),
-    ("sh", "pod-b", "hashed", 12),
-    ("sh", "pod-c", "hashed", 12),
+    ("sh", "node", "hashed", 12),
+    ("sh", "rpod", "hashed", 12),
 )
 
 
@@ -312,6 +313,8 @@ def kptrace_in(ns: str, args: list[str], timeout: float = 300.0) -> tuple[int, s
 class IpvsLab(netns.Lab):
     """netns.Lab whose node runs kube-proxy's IPVS mode."""
 
+    reply_events: list[TraceEvent] = []  # the last TCP probe's answer (SYN-ACK), as TRACE saw it
+
     def build(self) -> IpvsLab:
         super().build()
         sh(["ip", "link", "add", KUBE_IPVS0, "type", "dummy"], ns=self.node)
@@ -359,6 +362,10 @@ class IpvsLab(netns.Lab):
         if rc not in (0, 4) or not bundle.is_dir():
             raise LabError(f"kptrace collect failed in {state.name}: rc={rc} {err[-2000:]}")
         self.monitor.install_trace_rules()
+        # The answer too: a SYN-ACK towards a probe's port, so a lost reply shows where it died.
+        probe = f"{netns.PROBE_SPORTS[0]}:{netns.PROBE_SPORTS[-1]}"
+        sh(["iptables", "-t", "raw", "-I", "PREROUTING", "-p", "tcp", "-m", "tcp", "--dport", probe,
+            "--tcp-flags", "SYN,ACK", "SYN,ACK", "-j", "TRACE"], ns=n)
         self.monitor.wait_ready()
         return where
 
@@ -399,7 +406,10 @@ class IpvsLab(netns.Lab):
         """netns.Lab.probe, plus IPVS's own refusal: with no real server to take the connection,
         ip_vs_leave() answers ICMP port unreachable from LOCAL_IN, after netfilter's INPUT chains,
         so TRACE shows an accepted packet. The node's ICMP OutDestUnreachs counter going up while
-        a virtual service exists for the packet and lists no connection for it is that refusal."""
+        the packet got no further than INPUT, a virtual service exists for it and lists no
+        connection for it, is that refusal."""
+        assert self.monitor is not None
+        first_line = self.monitor.line_count()
         before = self.icmp_unreachables()
         # No retry: a second attempt would reuse `sport` (the one live `why` was asked about) and meet
         # the first attempt's conntrack entry. The agents listen long before the first probe.
@@ -409,7 +419,15 @@ class IpvsLab(netns.Lab):
             kernel.delivery = self.half_open(kernel)
             if kernel.delivery is not None:
                 kernel.verdict = netns.verdict_of(kernel.events, delivered=True, client_result=kernel.client_result)
-        if (kernel.verdict == "ACCEPT" and kernel.delivery is None and sent > 0 and self.has_virtual_service(flow)
+        self.reply_events = []
+        ct = kernel.conntrack
+        if ct is not None and flow.proto == "tcp":
+            events = netns.parse_trace_lines(self.monitor.lines(first_line))
+            self.reply_events = [e for e in events if e.packet.get("SRC") == ct.reply_src
+                                 and e.packet.get("SPORT") == str(ct.reply_sport)
+                                 and e.packet.get("DPORT") == str(ct.reply_dport)]
+        if (kernel.verdict == "ACCEPT" and kernel.delivery is None and sent > 0 and kernel.hooks[-1:] == ["INPUT"]
+                and self.has_virtual_service(flow)
                 and self.ipvs_connection(flow.proto, flow.src, kernel.sport) is None):
             kernel.verdict = "REJECT"
         return kernel
@@ -418,15 +436,18 @@ class IpvsLab(netns.Lab):
         """A SYN that reached its listener whose SYN-ACK never made it back (a hairpin without hairpin
         mode): the listener never accepts, so the agent reports nothing, but the listener's
         namespace holds the connection in SYN-RECV, from the (masqueraded) source it saw."""
-        target = kernel.dnat or f"{kernel.flow.dst}:{kernel.flow.dport}"
-        ip, _, port = target.rpartition(":")
+        ct = kernel.conntrack
+        if ct is None:
+            return None  # without the connection's entry a SYN-RECV socket cannot be tied to this probe
+        # The listener sees the connection as the reply tuple turned around: from the (masqueraded)
+        # source to the (DNATed) destination. Anything else is another probe's half-open socket.
+        server, peer = f"{ct.reply_src}:{ct.reply_sport}", f"{ct.reply_dst}:{ct.reply_dport}"
         for role in (*netns.LOCAL_PODS, *netns.REMOTE_PODS, "node"):
             out = sh(["ss", "-Htn", "state", "syn-recv"], ns=self.ns_of(role), check=False).stdout
             for line in out.splitlines():
                 f = line.split()
-                if len(f) >= 4 and f[-2] == f"{ip}:{port}":
-                    src, _, sport = f[-1].rpartition(":")
-                    return Delivery(role, src, int(sport), ip, int(port))
+                if len(f) >= 4 and f[-2] == server and f[-1] == peer:
+                    return Delivery(role, ct.reply_dst, ct.reply_dport, ct.reply_src, ct.reply_sport)
         return None
 
     def icmp_unreachables(self) -> int:
@@ -503,7 +524,7 @@ def kernel_from_json(doc: dict[str, Any]) -> KernelResult:
 
 def _shares(lab: IpvsLab, client: str, svc: Service, count: int) -> dict[str, Any]:
     """`count` connections from one client to one virtual service; who answered each."""
-    src = netns.LOCAL_PODS[client]
+    src = Probe("share", "base", client, svc.vip, svc.port).flow().src
     answered: list[str | None] = []
     listed: list[str | None] = []
     for _ in range(count):
@@ -562,6 +583,7 @@ def run(out: Path, *, live: bool = True, shares: bool = True) -> dict[str, Any]:
                                           "ipvs_conn": lab.ipvs_connection(flow.proto, flow.src, kernel.sport)}
                 if answer is not None:
                     record["live"] = answer
+                record["reply_events"] = [asdict(e) for e in lab.reply_events]
                 record["seconds"] = {"kernel": round(time.monotonic() - tp, 1), "live": round(tp - tl, 1)}
                 _progress(f"  {record['seconds']}")
                 results["probes"].append(record)

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,10 +204,21 @@ def thinned_disagreements(argv: list[str], whole: dict[str, Any], *, kernel_clas
 
 
 def assert_thinned(argv: list[str], whole: dict[str, Any], *, kernel_classes: Iterable[str] | None = None,
-                   what: str = "") -> None:
-    """thinned_disagreements, as an assertion naming the scenario and how to rerun it."""
+                   what: str = "", known_gaps: dict[str, str] | None = None) -> None:
+    """thinned_disagreements, as an assertion naming the scenario and how to rerun it.
+
+    known_gaps: deletion ("without nft-ruleset.txt") -> why kptrace still answers wrongly without that input, for
+    gaps found by this test and not fixed yet. Like `xfail(strict=True)`: the gap must show (the deletions are
+    seeded), so a fix makes the test fail until the entry goes; a problem of any other deletion still fails."""
     started = time.monotonic()
     problems = thinned_disagreements(argv, whole, kernel_classes=set(kernel_classes) if kernel_classes else None)
+    for key, why in (known_gaps or {}).items():
+        hit = [p for p in problems if key in p.split(":", 1)[0]]
+        if not hit:
+            raise AssertionError(f"known gap '{key}' ({why}) no longer shows{' (' + what + ')' if what else ''}: "
+                                 f"remove it from the test")
+        problems = [p for p in problems if p not in hit]
+        warnings.warn(f"known gap, {what}: {hit[0]} ({why})", stacklevel=2)
     log = os.environ.get(LOG_ENV)
     if log:  # what the thinning costs, per scenario (docs/lab.md: the kernel lab's run time)
         with open(log, "a", encoding="utf-8") as f:

@@ -37,6 +37,7 @@ def path(name: str | None = None) -> Path:
 
 def hoist(argv: list[str]) -> list[str]:
     """`--demo NAME` and `--demo=NAME` become `--demo`, with NAME selected (before `--`)."""
+    _selected["name"] = "cluster"  # each command line selects afresh (tests run many in one process)
     out: list[str] = []
     i = 0
     while i < len(argv):

@@ -8,11 +8,24 @@ import sys
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from kptrace import __version__
 from kptrace.errors import ExitCode, KptraceError
 
+
+class _Group(TyperGroup):
+    """The command line as kubectl users type it: `--debug` anywhere before `--`, and `--demo NAME`
+    (kptrace/demos.py) turned into the `--demo` flag with NAME selected, before click parses it."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        from kptrace import demos
+
+        return super().parse_args(ctx, demos.hoist(_hoist_debug(list(args))))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="kptrace",
     help=(
         "Follow a hypothetical packet through a Kubernetes node's netfilter state and say what happens to it.\n\n"
@@ -135,9 +148,6 @@ def main() -> None:
     _register(argv)
     _guard_stdout()
     try:
-        from kptrace import demos
-
-        argv = demos.hoist(argv)
         _check_dump_args(argv)
         # Without standalone mode click returns the command's exit code instead of exiting.
         code = app(args=argv, prog_name="kptrace", standalone_mode=False)

@@ -62,3 +62,22 @@ def resolve_service(dest: str, nodes: list[Node], proto: str | None) -> tuple[st
     if not s.cluster_ips or s.port is None:
         raise KptraceError(f"destination '{dest}': the input shows no cluster IP and port for {s.display_name}")
     return s.cluster_ips[0], s.port, s.protocol.lower()
+
+
+def service_at(nodes: list[Node], ip: str, port: int, proto: str) -> str | None:
+    """The name of the one Service port the input's rules give `ip:port/proto` (its cluster, external or load
+    balancer IP, or a node port on a node's address), or None: none, several, or only unnamed ones (IPVS)."""
+    from ipaddress import ip_address
+
+    from kptrace.services import collect
+
+    addr = ip_address(ip)
+    on_node = any(addr in n.local_addresses() for n in nodes)
+    names: set[str] = set()
+    for s in collect(nodes):
+        if s.protocol.lower() != proto or not {"iptables", "nftables"} & set(s.source_kinds):
+            continue
+        if (s.port == port and ip in (*s.cluster_ips, *s.external_ips, *s.load_balancer_ips)) or \
+                (on_node and s.node_port == port):
+            names.add(s.display_name)
+    return names.pop() if len(names) == 1 else None

@@ -27,7 +27,8 @@ def graph(
                            "or the first)."),
     service: str = typer.Option(None, "--service", "-s", help="Only this Service's chains: NAMESPACE/NAME."),
     src: str = typer.Option(None, "--from", help="With --to: draw the chains a `kptrace why` trace visits."),
-    to: str = typer.Option(None, "--to", help="The trace's destination, IP:PORT (as `kptrace why DEST`)."),
+    to: str = typer.Option(None, "--to", help="The trace's destination, as `kptrace why DEST` takes it: IP:PORT, "
+                           "IP:PORT/PROTO, ns/name:port or svc/ns/name:port."),
     proto: str = typer.Option(None, "--proto", "-p", help="The trace's protocol: tcp, udp, sctp or icmp."),
     family: int = typer.Option(None, "--family", help="4 or 6 (default: --to's, else 4).", min=4, max=6),
     output: GraphFormat = typer.Option(GraphFormat.dot, "--output", "-o", case_sensitive=False,
@@ -76,8 +77,15 @@ def graph(
         from kptrace.model.flow import Flow
         from kptrace.walkers.netfilter import trace_flow
 
-        host, port = parse_dest(to)
-        p = (proto or ("tcp" if port is not None else "icmp")).lower()
+        from kptrace.cli.dest import is_service_ref, resolve_service, split_proto
+
+        if is_service_ref(to):
+            # ns/name:port or svc/ns/name:port, as `kptrace why` takes it (from the rules' comments).
+            host, port, p = resolve_service(to, cluster, proto)
+        else:
+            bare, suffix = split_proto(to)
+            host, port = parse_dest(bare)
+            p = (proto or suffix or ("tcp" if port is not None else "icmp")).lower()
         if p not in PROTOS:
             raise KptraceError(f"--proto '{proto}': expected one of {', '.join(PROTOS)}")
         dst = ip_address(host)

@@ -184,7 +184,7 @@ def why(
         from kptrace.whatif.cli import render_applied
 
         render_applied(changed, console)
-        render_trace(trace, console, detail)
+        render_trace(trace, console, detail, _service_named(trace, cluster, paths))
         if was is not None:
             from kptrace.whatif.verify import fate
 
@@ -197,6 +197,19 @@ def why(
 
             render_search(fix_search, console)
     raise typer.Exit(int(exit_code(trace)))
+
+
+def _service_named(trace: Trace, cluster: list[Node], paths: list[Path]) -> str | None:
+    """The Service port the destination is, from the input's Service table (kube-proxy's rule comments), for a
+    first line whose trace stopped before a rule naming it. Large inputs are read lazily: left unnamed there."""
+    from kptrace.render.human import service_name
+
+    f = trace.flow
+    if service_name(trace) or f.dport is None or (paths and _input_bytes(paths) > CHECKS_MAX_BYTES):
+        return None
+    from kptrace.cli.dest import service_at
+
+    return service_at(cluster, str(f.dst), f.dport, f.proto)
 
 
 def _findings(trace: Trace, node: Node, cluster: list[Node], paths: list[Path],

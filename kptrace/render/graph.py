@@ -102,7 +102,8 @@ def service_view(g: Any, rs: Ruleset, service: str) -> View:
                            "comment names it (`kptrace services` lists the Services the rules show)")
     nodes = _reachable(g, roots)
     context = {u for u, v in g.edges() if v in roots and u not in nodes}
-    return View(f"chains of Service {service} in {rs.file}", nodes | context, context)
+    return View(f"chains of Service {service} in {rs.file}", nodes | context, context,
+                names=_service_names(g, nodes | context, rs))
 
 
 _FATAL = ("DROP", "REJECT", "POLICY DROP", "POLICY REJECT", "BLACKHOLE", "PROHIBIT", "UNREACHABLE", "NONE",
@@ -315,7 +316,8 @@ def _trace_dot(g: Any, view: View) -> str:
                 attrs.append('fillcolor="#ffd6d6"')
             src = g.nodes[n].get("source")
             if src:
-                attrs.append(f"tooltip={_dq(src)}")
+                # A chain shown by its Service's name keeps its own name where the pointer rests.
+                attrs.append(f"tooltip={_dq((n[2] + ' ' if n in view.names else '') + src)}")
             lines.append(f"    {_dq(node_id(n))} [{', '.join(attrs)}];")
         lines.append("  }")
     for a, b in zip(spine, spine[1:]):
@@ -380,7 +382,8 @@ def to_dot(g: Any, view: View) -> str:
                 attrs.append('color="red"')
             src = g.nodes[n].get("source")
             if src:
-                attrs.append(f"tooltip={_dq(src)}")
+                # A chain shown by its Service's name keeps its own name where the pointer rests.
+                attrs.append(f"tooltip={_dq((n[2] + ' ' if n in view.names else '') + src)}")
             lines.append(f"    {_dq(node_id(n))} [{', '.join(attrs)}];")
         lines.append("  }")
     for u, v, k, d in _edges(g, view):

@@ -182,13 +182,13 @@ def service_name(t: Trace) -> str | None:
     return names[0] if len(distinct) == 1 else None
 
 
-def _flow_text(t: Trace) -> str:
+def _flow_text(t: Trace, service: str | None = None) -> str:
     f = t.flow
     dst = f"[{f.dst}]" if f.dst.version == 6 and f.dport is not None else str(f.dst)
     port = f":{f.dport}" if f.dport is not None else ""
     extra = [f.state] if f.state != "new" else []
     extra += [f"mark {f.mark:#x}"] if f.mark else []
-    svc = service_name(t)
+    svc = service_name(t) or service
     if svc:
         return f"{f.src} → {svc} ({', '.join([f'{dst}{port}/{f.proto}', *extra])})"
     return f"{f.src} → {dst}{port}/{f.proto}" + (f" ({', '.join(extra)})" if extra else "")
@@ -283,7 +283,7 @@ def _reason(b: Branch) -> str:
     return f"{why} ({place})" if place else why
 
 
-def summary_line(t: Trace) -> str:
+def summary_line(t: Trace, service: str | None = None) -> str:
     """The whole answer on one line: `SRC → ns/svc:port (DST:PORT/PROTO): VERDICT — reason (where, file:line)`,
     for a Service: the endpoints and what becomes of the packet at each, or their count and shares."""
     outcomes = [(b, _outcome(b)) for b in t.branches]
@@ -320,8 +320,8 @@ def summary_line(t: Trace) -> str:
         parts.append(f"but the REPLY fails ({_pct(broken)})")
     nxt = what_decides_next(t)
     if nxt:
-        return f"{_flow_text(t)}: {t.disposition.value} — {nxt}"
-    return f"{_flow_text(t)}: {t.disposition.value} — " + ", ".join(parts)
+        return f"{_flow_text(t, service)}: {t.disposition.value} — {nxt}"
+    return f"{_flow_text(t, service)}: {t.disposition.value} — " + ", ".join(parts)
 
 
 def what_decides_next(t: Trace) -> str:
@@ -741,9 +741,11 @@ def _bullets(console: Console, title: str, items: list[str], title_style: str, s
     console.print(grid)
 
 
-def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary) -> None:
+def render_trace(t: Trace, console: Console, detail: Detail = Detail.summary, service: str | None = None) -> None:
+    """`service`: the Service port the destination is, when the caller knows it from elsewhere (the input's
+    Service table) and the trace's own steps do not name it (it was decided before kube-proxy's rules)."""
     # The answer is one line whatever the width: a pipe, a ticket and grep get it whole (a terminal wraps it).
-    console.print(_text(summary_line(t), _STYLE[t.disposition]), soft_wrap=True)
+    console.print(_text(summary_line(t, service), _STYLE[t.disposition]), soft_wrap=True)
     if detail == Detail.minimal:
         _minimal(t, console)
         return

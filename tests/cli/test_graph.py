@@ -31,7 +31,12 @@ def test_dot_whole_ruleset() -> None:
 
 def test_mermaid_service() -> None:
     code, out = graph("--demo", "--service", "kube-system/kube-dns", "-o", "mermaid")
-    assert code == 0 and check_mermaid(out) == [] and "KUBE-SVC-TCOU7JCQXEZGVUNU" in out
+    # Chains by their Service's name (issue 19), not the hash; -o json keeps the chain's own name.
+    assert code == 0 and check_mermaid(out) == [] and "kube-system/kube-dns:dns<br/>KUBE-SVC · 3 rules" in out
+    assert "KUBE-SVC-TCOU7JCQXEZGVUNU" not in out
+    code, doc = graph("--demo", "--service", "kube-system/kube-dns", "-o", "json")
+    svc = next(n for n in json.loads(doc)["nodes"] if n.get("chain") == "KUBE-SVC-TCOU7JCQXEZGVUNU")
+    assert svc["service"] == "kube-system/kube-dns:dns"
 
 
 def test_json_trace_path_on_node_b() -> None:
@@ -65,3 +70,15 @@ def test_errors_are_one_line_exit_2(args: list[str], message: str) -> None:
     p = subprocess.run([sys.executable, "-m", "kptrace", "graph", *args], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stderr
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_trace_graph_takes_destinations_as_why_does_and_marks_the_drop() -> None:
+    code, out = graph("--demo", "broken", "--from", "10.244.1.5", "--to", "svc/default/web:80", "-o", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["graph"]["title"] == "10.244.1.5 → 10.96.12.34:80/tcp: DROPPED"
+    assert doc["hooks"] == ["PREROUTING", "routing", "FORWARD"]
+    assert [(e["kind"], e["after"], e["cite"]) for e in doc["ends"]] == [
+        ("dies", "filter/FORWARD", "broken-node/iptables-save.txt:16")]
+    code, out = graph("--demo", "--from", "10.244.1.5", "--to", "10.96.0.10:53/udp", "-o", "json")
+    assert code == 0 and json.loads(out)["graph"]["title"].startswith("10.244.1.5 → 10.96.0.10:53/udp: FORWARDED")

@@ -5,6 +5,7 @@ and tickets. These run the real entry point (`python -m kptrace`) where main() i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,22 @@ def test_hairpin_is_read_from_ip_d_link() -> None:
     js = ('[{"ifname":"veth1","master":"cni0","linkinfo":{"info_kind":"veth","info_slave_kind":"bridge",'
           '"info_slave_data":{"state":"forwarding","hairpin":true}}},{"ifname":"eth0"}]')
     assert [(p.name, p.hairpin) for p in ports_of_ip_link(js, "ip-link.json")] == [("veth1", True)]
+
+
+def test_the_first_line_names_the_service_even_when_the_trace_stops_before_its_rules(tmp_path: Path) -> None:
+    """A packet dropped before kube-proxy's chains: the name comes from the input's Service table."""
+    from typer.testing import CliRunner
+
+    from kptrace import demos
+    from kptrace.cli.app import _register, app
+
+    bundle = tmp_path / "node-a"
+    shutil.copytree(demos.path() / "node-a", bundle)
+    rules = (bundle / "iptables-save.txt").read_text()
+    at = rules.index("COMMIT", rules.index("*mangle"))
+    (bundle / "iptables-save.txt").write_text(rules[:at] + "-A PREROUTING -d 10.96.0.10/32 -p udp -j DROP\n" + rules[at:])
+    _register()
+    r = CliRunner().invoke(app, ["why", "10.96.0.10:53", "-p", "udp", "--from", "10.244.1.5", "--dump", str(bundle)])
+    assert r.exit_code == 1
+    assert r.stdout.splitlines()[0] == ("10.244.1.5 → kube-system/kube-dns:dns (10.96.0.10:53/udp): DROPPED — a DROP "
+                                        "rule (mangle/PREROUTING, node-a/iptables-save.txt:11)")

@@ -24,7 +24,8 @@ from tests.kernel.conftest import skip_or_fail  # noqa: E402
 from tests.lab import vm  # noqa: E402
 
 # The whole VM-side lab under TCG; the boot itself takes ~15 s.
-VM_TIMEOUT_S = float(os.environ.get("KPTRACE_VM_TIMEOUT", "900"))
+VM_TIMEOUT_S = float(os.environ.get("KPTRACE_VM_TIMEOUT", "1500"))
+RESULTS_ENV = "KPTRACE_VM_RESULTS"  # a kept lab directory (…/vm-lab0/lab) to judge without booting
 
 
 class VmLab:
@@ -51,6 +52,11 @@ class VmLab:
 
 @pytest.fixture(scope="session")
 def vm_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VmLab:
+    kept = os.environ.get(RESULTS_ENV)
+    if kept:
+        # Judge an earlier run again (its directory: results.json and the states' bundles), no boot.
+        root = Path(kept)
+        return VmLab(root, json.loads((root / "results.json").read_text()), 0.0)
     reason = vm.unavailable_reason()
     if reason is not None:
         skip_or_fail(reason)

@@ -136,7 +136,10 @@ def ruleset(state: State) -> str:
 
     text = _render_iptables(_IpsetState(ipset_members(state), []), CLUSTER_CIDR, True, "nft", 1733600000)
     if state.forward_drop:
-        text = text.replace(":FORWARD ACCEPT [0:0]\n:OUTPUT", ":FORWARD DROP [0:0]\n:OUTPUT", 1)
+        # filter FORWARD's policy (Docker's DROP), not mangle's: the filter table's own header line.
+        head, sep, rest = text.partition("*filter\n")
+        assert sep and ":FORWARD ACCEPT [0:0]\n" in rest, "no filter FORWARD chain in the generated rules"
+        text = head + sep + rest.replace(":FORWARD ACCEPT [0:0]\n", ":FORWARD DROP [0:0]\n", 1)
     return text
 
 
@@ -539,8 +542,15 @@ def _shares(lab: IpvsLab, client: str, svc: Service, count: int) -> dict[str, An
                     if ev.get("sport") == sport:
                         got = f"{ev['dst']}:{ev['dport']}"
             time.sleep(0.01)
+        chosen = lab.ipvs_connection(svc.proto, src, sport)
+        if got is None and chosen is not None:
+            # Masqueraded (a node's own connection): the listener saw another source port; the one
+            # new connection at the server IPVS chose is this one (the lab sends one at a time).
+            for role, agent in lab.agents.items():
+                if any(f"{ev['dst']}:{ev['dport']}" == chosen for ev in agent.received_since(before[role])):
+                    got = chosen
         answered.append(got if res.get("result") == "connected" else None)
-        listed.append(lab.ipvs_connection(svc.proto, src, sport))
+        listed.append(chosen)
     return {"client": client, "service": svc.name, "answered": answered, "ipvsadm": listed}
 
 

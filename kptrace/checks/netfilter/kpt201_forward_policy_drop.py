@@ -47,7 +47,7 @@ def _policy_dropped(chain: Chain) -> Outcome | None:
         return None
     packets, size = chain.counters
     return warn(f"filter FORWARD's policy DROP has dropped {packets} packets ({size} bytes) since its counters were "
-                f"last zeroed ({chain.source}): forwarded packets no rule accepted; on a Kubernetes node these are "
+                f"last zeroed: forwarded packets no rule accepted; on a Kubernetes node these are "
                 f"pod or Service traffic unless the node forwards other traffic too (watch the counter while the "
                 f"failing connection is tried)", chain.source)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from kptrace.checks.facts import (
@@ -73,7 +74,8 @@ def _grepped_without_endpoints(ctx: CheckContext, known: set[str]) -> Iterator[O
             if grep is None:
                 continue
             seen.add(svc)
-            command = grep[1].text[max(grep[1].text.find("ip"), 0):].strip()[:80]
+            m = re.search(r"(sudo\s+)?\S*ip6?tables\S*-save\b.*", grep[1].text)  # the command, without its prompt
+            command = (m.group(0) if m else grep[1].text).strip()[:80]
             yield warn(f"{svc} likely has no endpoints: `{command}` prints every rule holding "
                        f"'{grep[0]}', which kube-proxy writes into each jump from {chain} to one of the Service's "
                        f"endpoints (comment \"{svc} …\"), and it printed none, only the jump to {chain} ({r.source}); "

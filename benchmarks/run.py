@@ -363,6 +363,7 @@ class SweepResultBench:
     cpu: float = 0.0
     rss_mb: float = 0.0
     load_s: float = 0.0
+    load_cpu: float = 0.0
     sweep_s: float = 0.0
     sweep_cpu: float = 0.0
     flows: int = 0
@@ -387,7 +388,12 @@ def changed_copy(dump: Path, dst: Path, n: int = DIFF_SERVICES) -> Path:
     lines = dump.read_text().splitlines(keepends=True)
     jumps = [i for i, ln in enumerate(lines) if ln.startswith("-A KUBE-SERVICES ") and " -j KUBE-SVC-" in ln
              and "cluster IP" in ln]
-    drop = {jumps[k * len(jumps) // n] for k in range(n)} if len(jumps) >= n else set(jumps)
+    by_service: dict[str, int] = {}  # one port of each Service: `--comment "ns/name:port cluster IP"`
+    for i in jumps:
+        name = lines[i].split('--comment "', 1)[-1].split(" ", 1)[0].split(":", 1)[0]
+        by_service.setdefault(name, i)
+    firsts = list(by_service.values())
+    drop = {firsts[k * len(firsts) // n] for k in range(n)} if len(firsts) >= n else set(firsts)
     dst.write_text("".join(ln for i, ln in enumerate(lines) if i not in drop))
     return dst
 
@@ -414,7 +420,7 @@ def bench_sweep(spec: str, dump: Path, rs: GeneratedRuleset, restore: tuple[floa
         res.notes.append(f"sweep harness failed (rc={run.rc}): {run.stderr[-300:]!r}")
         return res
     res.load_s, res.sweep_s, res.sweep_cpu, res.flows = out["load_s"], out["sweep_s"], out["sweep_cpu"], out["flows"]
-    res.ports, res.broken = out["ports"], out["broken"]
+    res.ports, res.broken, res.load_cpu = out["ports"], out["broken"], out["load_cpu"]
     if diff:
         other = changed_copy(dump, dump.with_name(dump.stem + "-changed.txt"))
         run, out = _sweep_child([dump, other], rs)
@@ -429,11 +435,11 @@ def bench_sweep(spec: str, dump: Path, rs: GeneratedRuleset, restore: tuple[floa
 
 
 def sweep_table(results: list[SweepResultBench], why_inproc: dict[str, float | None]) -> str:
-    rows = [("size", "ports", "flows", "wall", "CPU", "load", "sweep CPU", "per flow", "peak RSS", "why loop/flow",
+    rows = [("size", "ports", "flows", "wall", "CPU", "load CPU", "sweep CPU", "per flow", "peak RSS", "why loop/flow",
              "vs restore", "diff wall", "diff CPU", "diff RSS", "diff/sweep", "changes")]
     for r in results:
         loop = why_inproc.get(r.label)
-        rows.append((r.label, f"{r.ports:,}", f"{r.flows:,}", fmt_s(r.wall), fmt_s(r.cpu), fmt_s(r.load_s),
+        rows.append((r.label, f"{r.ports:,}", f"{r.flows:,}", fmt_s(r.wall), fmt_s(r.cpu), fmt_s(r.load_cpu),
                      fmt_s(r.sweep_cpu), f"{r.per_flow_ms:.2f} ms", f"{r.rss_mb:.0f} MB",
                      "n/a" if loop is None else fmt_s(loop),
                      "n/a" if not r.restore_s else f"{r.wall / r.restore_s:.1f}x",

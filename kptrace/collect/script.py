@@ -271,7 +271,13 @@ ENDED=$(date -u +%s)
     "$(js "$(uname -r)")" "$(js "$(uname -v)")" "$(js "$(uname -m)")"
   printf '  "created": "%s",\n  "duration_s": %s,\n  "uid": %s,\n' \
     "$(date -u -d "@$STARTED" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)" "$((ENDED - STARTED))" "$(id -u)"
-  printf '  "include": [%s],\n  "redacted": false,\n  "warnings": [' "$([ -z "$INCLUDE" ] || printf '"conntrack"')"
+  printf '  "include": [%s],\n  "redacted": false,\n' "$([ -z "$INCLUDE" ] || printf '"conntrack"')"
+  # The script runs on the node itself: its iptables is the host's own (kptrace collect's `used`).
+  IPTV=null
+  if ipts=$(tool iptables-save); then v=$("$ipts" --version 2>/dev/null | head -n 1); [ -z "$v" ] || IPTV="\"$(js "$v")\""; fi
+  printf '  "iptables_versions": {"container": %s, "host": null, "host_root": null, "used": "container", "mismatch": false, "note": "collect --script: read with the iptables on the node'"'"'s PATH"},\n' "$IPTV"
+  printf '  "warnings": ['
+
   sed -e 's/^/"/' -e 's/$/"/' "$TMP/warnings" | paste -sd, - | sed 's/,/, /g' | tr -d '\n'
   printf '],\n  "commands": [\n'
   sed -e 's/^/    /' -e '$!s/$/,/' "$TMP/commands"

@@ -41,6 +41,11 @@ ENDS = (DROP, REJECT, UNDETERMINED)
 _RESUME = "RESUME"  # a jump's sub-walk fell off its chain: the caller goes on at its next rule
 
 Outcome = tuple[Path, str]
+# The step a rule (or a chain's policy) makes, made once and shared by every branch that passes it: steps are
+# values (frozen), a function of the key (100k IPVS real servers pass POSTROUTING's rules, and their replies
+# theirs, 100k times). Keyed by everything the step shows; cleared past MAX_SHARED_STEPS.
+MAX_SHARED_STEPS = 65_536
+_STEPS: dict[tuple[object, ...], Step] = {}
 
 
 def _condition(rule: Rule, why: str) -> str:
@@ -83,10 +88,7 @@ class ChainWalker:
     def __init__(self, ruleset: Ruleset, ctx: MatchContext, hook: str, node: str | None = None) -> None:
         self.ruleset, self.ctx, self.hook, self.node = ruleset, ctx, hook, node
         self.budget: SplitBudget | None = None
-        # The steps of this hook's rules, made once: every branch that passes a rule shows the same step
-        # (100k IPVS real servers pass POSTROUTING's rules 100k times). Keyed by where the rule is (a lazily
-        # read ruleset may make a rule's object again), what it did and how deep.
-        self._steps: dict[tuple[object, ...], Step] = {}
+        self._steps = _STEPS
 
     def walk(self, table: str, chain_name: str, path: Path, depth: int = 0, ref: object = None) -> list[Outcome]:
         if depth == 0 or self.budget is None:
@@ -108,9 +110,11 @@ class ChainWalker:
         return go_on(path.given(condition))
 
     def _step(self, rule: Rule, action: str, depth: int) -> Step:
-        key = (rule.source, rule.table, rule.chain, rule.index, action, depth)
+        key = (self.hook, self.node, rule.source, rule.text, rule.table, rule.chain, rule.index, action, depth)
         s = self._steps.get(key)
         if s is None:
+            if len(self._steps) >= MAX_SHARED_STEPS:
+                self._steps.clear()
             s = self._steps[key] = Step(self.hook, rule.table, rule.chain, rule.index, str(rule.source), action,
                                         rule.text, depth, self.node)
         return s
@@ -192,9 +196,12 @@ class ChainWalker:
                     pending.push(i + 1, path)
                 return out
         if chain.policy is not None:
-            key = (chain.source, chain.table, chain.name, None, chain.policy, depth)
+            key = (self.hook, self.node, chain.source, chain.source.text, chain.table, chain.name, None, chain.policy,
+                   depth)
             s = self._steps.get(key)
             if s is None:
+                if len(self._steps) >= MAX_SHARED_STEPS:
+                    self._steps.clear()
                 s = self._steps[key] = Step(self.hook, chain.table, chain.name, None, str(chain.source),
                                             f"POLICY {chain.policy}", chain.source.text, depth, self.node)
             out.append((path.step(s), chain.policy))

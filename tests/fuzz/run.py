@@ -98,6 +98,7 @@ def save_crasher(data: bytes, exc: BaseException) -> Path:
 
 
 SLOWEST: list[tuple[float, str]] = []  # the slowest inputs of the run: (CPU seconds, target)
+STOP: list[int] = []  # a signal asked the run to stop: the inputs so far are summed up (kill -TERM, Ctrl-C)
 WALLS: list[float] = [0.0]  # the longest wall time of one input (on a shared machine, mostly the neighbours' load)
 RSS_JUMPS: list[tuple[int, str]] = []  # inputs that raised the peak RSS by more than 50 MB: (MB, target)
 
@@ -110,7 +111,7 @@ def python_engine(seconds: float, inputs: int | None, seed: int, timeout: float)
     end = time.monotonic() + seconds
     # The seeds themselves first, unmodified.
     queue = list(pool)
-    while (inputs is None and time.monotonic() < end) or (inputs is not None and done < inputs):
+    while ((inputs is None and time.monotonic() < end) or (inputs is not None and done < inputs)) and not STOP:
         data = queue.pop() if queue else mutate(rng, rng.choice(pool), pool)
         started, wall = time.process_time(), time.monotonic()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -207,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             engine = "python"
     start = time.monotonic()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: STOP.append(signum))
     if engine == "atheris":
         total, crashes = atheris_engine(args.seconds, args.jobs, args.timeout)
     else:
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         k = classify_crash(c.read_bytes())
         kinds[k] = kinds.get(k, 0) + 1
     summary = {"engine": engine, "seconds": round(time.monotonic() - start, 1), "inputs": total,
+               "stopped_by_signal": bool(STOP),
                "crashes": len(crashes), "crash_kinds": kinds, "targets": len(NAMES),
                # Every input runs in this process: its peak RSS bounds each input's (python engine).
                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

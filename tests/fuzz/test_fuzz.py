@@ -97,3 +97,19 @@ def test_structured_mutators(target: str) -> None:
         body = MUTATORS[target](rng, rng.choice(pool))
         with time_limit(10.0):
             run_one(encode(target, body))
+
+
+def test_the_time_limit_counts_the_inputs_own_cpu_time() -> None:
+    """On a shared machine wall time measures the neighbours: by default the limit counts CPU time (ITIMER_PROF),
+    so waiting does not time out and work does."""
+    import time
+
+    with time_limit(0.2):
+        time.sleep(0.5)  # no CPU spent: not a timeout
+    with pytest.raises(TimeoutError, match=r"longer than 0.2 s \(cpu time\)"):
+        with time_limit(0.2):
+            while True:
+                pass
+    with pytest.raises(TimeoutError, match=r"\(wall time\)"):
+        with time_limit(0.2, clock="wall"):
+            time.sleep(1)

@@ -69,7 +69,7 @@ def test_reply_through_an_empty_load_balancer_set_is_decided() -> None:
 def _check(state: str) -> dict[str, list[dict[str, Any]]]:
     proc = subprocess.run([sys.executable, "-m", "kptrace", "check", "--dump", str(ROOT / state), "-o", "json"],
                           cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode in (0, 1, 4), proc.stderr  # 4: some check FAILed
     out: dict[str, list[dict[str, Any]]] = {}
     for r in json.loads(proc.stdout)["results"]:
         out.setdefault(r["id"], []).append(r)

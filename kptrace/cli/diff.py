@@ -81,8 +81,8 @@ def diff(
         assert changed is not None
         cb = changed.cluster
         na, nb = _pick(ca, node, "--node"), _pick(cb, node, "--node")
-        sa = Sweeper(ca, checks=checks).sweep_node(na, service, kinds)
-        sb = Sweeper(cb, checks=checks).sweep_node(nb, service, kinds)
+        sa = Sweeper(ca, checks=checks, keep_traces=False).sweep_node(na, service, kinds)
+        sb = Sweeper(cb, checks=checks, keep_traces=False).sweep_node(nb, service, kinds)
         label_a = ", ".join(str(p) for p in (list(dump or []) + paths)) or "demo"
         label_b = f"{label_a} with " + "; ".join(f"{c.cite} {c.text}" for c in changed.changes)
         all_inputs = [i for n in cb for i in n.inputs]
@@ -93,7 +93,7 @@ def diff(
         if node is None:
             raise KptraceError("--vs needs --node: the node to compare it with")
         na, nb = _pick(cluster, node, "--node"), _pick(cluster, vs, "--vs")
-        sweeper = Sweeper(cluster, checks=checks)
+        sweeper = Sweeper(cluster, checks=checks, keep_traces=False)  # a change walks its flow again
         sa, sb = sweeper.sweep_node(na, service, kinds), sweeper.sweep_node(nb, service, kinds)
         label_a = label_b = ", ".join(str(p) for p in (list(dump or []) + paths)) or "demo"
         all_inputs = [i for n in cluster for i in n.inputs]
@@ -107,8 +107,8 @@ def diff(
         ca = load_for_sweep([paths[0]], False, strict=strict)
         cb = load_for_sweep([paths[1]], False, strict=strict)
         na, nb = _pick(ca, node, "--node"), _pick(cb, node, "--node")
-        sa = Sweeper(ca, checks=checks).sweep_node(na, service, kinds)
-        sb = Sweeper(cb, checks=checks).sweep_node(nb, service, kinds)
+        sa = Sweeper(ca, checks=checks, keep_traces=False).sweep_node(na, service, kinds)
+        sb = Sweeper(cb, checks=checks, keep_traces=False).sweep_node(nb, service, kinds)
         label_a, label_b = str(paths[0]), str(paths[1])
         all_inputs = [i for n in ca + cb for i in n.inputs]
     changes = diff_rows(sa.rows, sb.rows)

@@ -732,6 +732,7 @@ def _finish_node(node: Node, where: str) -> Node:
                 # The nft ruleset lists every nf_tables table, iptables-nft's included.
                 node.rulesets[fam] = Ruleset(getattr(node.nft, "file", "nft"), fam)
     _uncollected_legacy(node)
+    _unknown_nft(node)
     for rs in [*node.rulesets.values(), *node.legacy_rulesets.values()]:
         add_kube_proxy_jumps(rs)
     if not node.pod_cidrs:
@@ -1145,6 +1146,43 @@ def _uncollected_legacy(node: Node) -> None:
         rs = unknown_ruleset(fam, why=f"{name} was not collected ({why}): the legacy backend's rules are unknown")
         node.legacy_rulesets[fam] = rs
         node.assumptions.append(rs.assumptions[0])
+
+
+# Chains kube-proxy writes in iptables and IPVS mode (kubelet's KUBE-FIREWALL, KUBE-KUBELET-CANARY are not among them).
+_KUBE_PROXY_CHAINS = re.compile(r"KUBE-(SERVICES|FORWARD|NODEPORTS|POSTROUTING|PROXY-CANARY|EXTERNAL-SERVICES|"
+                                r"PROXY-FIREWALL|(SVC|SEP|FW|XLB|EXT|SVL)-.*)$")
+
+
+def _unknown_nft(node: Node) -> None:
+    """No nft ruleset in the input: are there nft tables of the node's own (kube-proxy's nftables mode, firewalld)?
+
+    Absent is not empty (issue 15): they are unknown, and every walk meets a stand-in for them
+    (walkers/absent.py), when a manifest says the ruleset was not collected, or when the input shows a Kubernetes
+    node (node.yaml, `kubectl get node`, kubelet's settings, a KUBE-* chain) whose kube-proxy mode it does not
+    show as iptables or IPVS: its Service rules may be an nft table. As for legacy tables, an input with no such
+    sign (a pasted iptables-save of kube-proxy's iptables mode, a Docker host's) is taken to have none, which
+    the answer says."""
+    name = "nft-ruleset.txt"
+    if node.nft is not None or name in node.absent or "nft-ruleset.json" in node.absent or not node.rulesets:
+        return
+    why = node.not_collected.get(name) or node.not_collected.get("nft-ruleset.json")
+    if why is None and node.not_collected.get("<collector>") == "kptrace":
+        return  # kptrace's collector lists the ruleset; with none listed, the node has no nft tables
+    shown = [rs for rs in [*node.rulesets.values(), *node.legacy_rulesets.values()] if rs.file != "<not in the input>"]
+    kube_proxy = bool(node.ipvs) or any(_KUBE_PROXY_CHAINS.match(c) for rs in shown for t in rs.tables.values()
+                                        for c in t.chains)
+    kubernetes = (node.level("node_meta") is not None or bool(node.kube_nodes) or bool(node.kubelet_dns)
+                  or any(c.startswith("KUBE-") for rs in shown for t in rs.tables.values() for c in t.chains))
+    if why is None and (kube_proxy or not kubernetes):
+        mode = ("kube-proxy runs in IPVS mode (ipvsadm)" if node.ipvs else
+                "kube-proxy runs in iptables mode (its KUBE-* chains)" if kube_proxy else "nothing shows a Kubernetes node")
+        node.assumptions.append(f"no nft ruleset in the input (give `nft list ruleset`): {mode}, so kptrace assumes "
+                                f"the node has no nft tables of its own (firewalld's, say)")
+        return
+    node.nft_unknown = (f"the nft ruleset was not collected ({why})" if why else
+                        "the node's nft tables are not in the input (give `nft list ruleset`): it is a Kubernetes node "
+                        "whose kube-proxy Service rules are neither in iptables nor in IPVS, so they may be in one")
+    node.assumptions.append(node.nft_unknown)
 
 
 def _unknown_tables(rs: Ruleset, label: str) -> None:

@@ -574,4 +574,8 @@ def live_node(node_ips: list[str] | None = None, pod_cidrs: list[str] | None = N
     node = load_node_from_texts(files, node_ips, pod_cidrs, labels)
     # What the node does not have, as a bundle's manifest says it (`absent_file`): known, not unknown.
     node.absent.update({c.name: c.message[:200] or "absent" for c in caps if c.status == ABSENT})
+    # Both iptables versions, as a bundle's manifest records them (KPT209 warns of a mismatch read with the wrong one).
+    versions = next((c.facts["iptables_versions"] for c in caps if "iptables_versions" in c.facts), None)
+    if isinstance(versions, dict):
+        node.iptables_versions = {str(k): v for k, v in versions.items() if isinstance(v, (str, bool, type(None)))}
     return node, caps

@@ -171,6 +171,9 @@ class Node:
     # kubelet's DNS settings, from its config file and its command line (flags win); None: not in the input.
     kubelet_dns: list[KubeletDNS] | None = None
     absent: dict[str, str] = field(default_factory=dict)  # bundle file -> why the node has no such thing (manifest)
+    # Why the node's nft tables of its own (firewalld, kube-proxy's nftables mode) are unknown: no nft ruleset in the
+    # input and nothing showing there is none (kptrace.load); None: the input shows them, or that there are none.
+    nft_unknown: str | None = None
     # Modules a filtered module list shows are not loaded (`lsmod | grep br_netfilter` printing nothing).
     modules_not_loaded: dict[str, Source] = field(default_factory=dict)
     # nft chains shown without their `table` line: which table (and so which hook) they belong to is not

@@ -6,10 +6,16 @@ be there; the walk says the answer depends on it (and goes on past it where it c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Ruleset, Table
 from kptrace.model.node import Node
 from kptrace.model.source import Source
 from kptrace.parsers.placeholders import not_shown_rule
+
+if TYPE_CHECKING:
+    from kptrace.walkers.hooks import HookEntry
+    from kptrace.walkers.packet import Path
 
 NOT_GIVEN = "<not in the input>"  # the file the standing-in rules cite
 
@@ -34,3 +40,25 @@ def unknown_ruleset(family: int, not_collected: dict[str, str] | None = None, wh
             t.chains[b] = Chain(tname, b, None, src, [not_shown_rule(tname, b, src, f"{why}: unknown chain {tname}/{b}")])
     rs.assumptions.append(why)
     return rs
+
+
+def unknown_nft_entries(hook: str, why: str, label: str | None) -> list[HookEntry]:
+    """A base chain standing for the node's nft tables the input does not show, at one hook: the answer depends
+    on them (an UNDETERMINED branch), and the walk goes on past them as a what-if (they do not decide it)."""
+    from kptrace.model.trace import Step
+    from kptrace.walkers.chains import ACCEPT, MAX_CONDITIONS, UNDETERMINED
+    from kptrace.walkers.hooks import HookEntry
+
+    condition = "the node's nft tables (not in the input; give `nft list ruleset`): they do not decide it"
+    reason = f"{why}: an nft base chain at {hook} may translate, drop or accept the packet"
+
+    def walk(path: Path) -> list[tuple[Path, str]]:
+        if condition in path.conditions:
+            return [(path, ACCEPT)]
+        s = Step(hook, None, None, None, NOT_GIVEN, UNDETERMINED, reason, 0, label)
+        out: list[tuple[Path, str]] = [(path.step(s).unknown(reason), UNDETERMINED)]
+        if len(path.conditions) < MAX_CONDITIONS:
+            out.append((path.step(s).given(condition), ACCEPT))
+        return out
+
+    return [HookEntry(0, f"nft:{NOT_GIVEN}", False, walk)]

@@ -27,7 +27,7 @@ from kptrace.walkers.chains import ACCEPT, DROP, REJECT, UNDETERMINED, ChainWalk
 from kptrace.walkers.matches import MatchContext
 from kptrace.walkers.hooks import HookEntry
 from kptrace.walkers.packet import Packet, Path
-from kptrace.walkers.routing import RouteResult, describe, lookup
+from kptrace.walkers.routing import RouteResult, describe, knows_local, lookup
 
 if TYPE_CHECKING:
     from kptrace.walkers.ipvs import IpvsOutcome
@@ -97,6 +97,10 @@ class _Walk:
             from kptrace.walkers import nft  # imported on demand: most nodes have no nft ruleset of their own
 
             out.extend(nft.hook_entries(self.node.nft, hook, self.ruleset.family, lambda: self.ctx(hook), self.label))
+        elif self.node.nft_unknown is not None:
+            from kptrace.walkers.absent import unknown_nft_entries
+
+            out.extend(unknown_nft_entries(hook, self.node.nft_unknown, self.label))
         # Python's sort is stable: at equal priority iptables-nft, then legacy, then nft tables.
         out.sort(key=lambda e: e.priority)
         return out
@@ -172,6 +176,13 @@ class _Walk:
         res = lookup(self.node, dst, path.packet.src if iif else None, iif, None, path.packet.mark)
         for a in res.assumptions:
             path = path.assume(a)
+        if res.kind not in ("local", "undetermined") and not knows_local(self.node, dst) and dst not in self.local:
+            # Nothing in the input shows the node's addresses: whether `dst` is one of them (routed local,
+            # INPUT) is unknown. The answer depends on it; the walk goes on as if it is not, as a what-if.
+            reason = (f"whether {dst} is one of the node's own addresses (routed local, to INPUT) is not in the input: "
+                      f"nothing shows the node's addresses (give `ip addr` output, or --node-ip)")
+            self.finals.append((path.step(self.step(reason, None, "UNDETERMINED")).unknown(reason), Disposition.UNDETERMINED))
+            path = path.given(f"the node's addresses (not in the input; give `ip addr`): {dst} is not one of them")
         return path, res
 
     def fail(self, path: Path, res: RouteResult, dst: IPAddress) -> None:
@@ -193,7 +204,9 @@ def trace_flow(node: Node, flow: Flow, cluster: list[Node] | None = None, notes:
     assumptions = list(notes) + list(ruleset.assumptions) + list(node.assumptions)
     at = len(assumptions)  # the packet's conntrack state is said here, before the derived interface
     if not node.knows_addresses:
-        assumptions.append("no node addresses given (--node-ip or ip-addr.txt): only loopback counts as local")
+        assumptions.append("no node addresses given (--node-ip or ip-addr.txt): the source counts as the node's own only "
+                           "if it is loopback" + ("" if knows_local(node, flow.dst) else
+                                                 "; whether a destination is the node's own is unknown"))
     local_origin = _is_local(w, flow.src)
     origin = "local" if local_origin else ("pod" if _in_any(flow.src, node.pod_cidrs) else "external")
     in_iface = flow.in_iface

@@ -130,6 +130,17 @@ def route_sources(node: Node) -> set[IPAddress]:
     return {r.src for r in node.routes if r.src is not None}
 
 
+def knows_local(node: Node, dst: IPAddress) -> bool:
+    """Does the input show which addresses of dst's family are the node's (so that one not among them is not)?
+    An address list (`ip addr`, --node-ip, node.yaml), the `src` of a route, or the local routing table;
+    loopback addresses are always local."""
+    if (isinstance(dst, IPv4Address) and dst in _LOOPBACK4) or str(dst) == "::1":
+        return True
+    if node.knows_addresses or route_sources(node):
+        return True
+    return any(_table_name(r.table) == "local" and r.dst.version == dst.version for r in node.routes)
+
+
 def _fallback_local(node: Node, dst: IPAddress) -> bool:
     if isinstance(dst, IPv4Address) and dst in _LOOPBACK4:
         return True

@@ -48,7 +48,7 @@ def tarball(node: str = "node-a") -> bytes:
 def run(argv: list[str], cwd: Path, stdin: bytes | None = None, pass_fds: tuple[int, ...] = ()) \
         -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "kptrace", *argv], input=stdin, capture_output=True, cwd=cwd,
-                          env=ENV, timeout=120, pass_fds=pass_fds, check=False)
+                          env=ENV, timeout=600, pass_fds=pass_fds, check=False)
 
 
 def argv_for(name: str, where: str) -> list[str]:

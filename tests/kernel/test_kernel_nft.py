@@ -920,10 +920,7 @@ def test_legacy_and_nft(legacy_lab: tuple[NftLab, Loaded], name: str, flow: Flow
     """Rules loaded with iptables-legacy-restore and iptables-nft-restore next to kube-proxy's nft
     table: legacy rules are found by their packet counters (nft monitor trace does not see them)."""
     lab, loaded = legacy_lab
-    gaps = {"without nft-ruleset.txt": "a bundle without nft-ruleset.txt (and no manifest saying it was not "
-                                       "collected) is read as a node without nft tables: kube-proxy's nftables-mode "
-                                       "DNAT is taken as absent, not unknown (issue 15, point 5)"}
-    check(lab, loaded, flow, verdict, endpoints, masq, known_gaps=gaps if name == "nft-service" else None)
+    check(lab, loaded, flow, verdict, endpoints, masq)
 
 
 # -- kube-proxy's own expected ruleset (conformance corpus), loaded after reordering ----------------

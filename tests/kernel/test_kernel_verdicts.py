@@ -136,7 +136,4 @@ def test_dnat_to_node_address_known_from_route_src(lab: Lab, kptrace, tmp_path: 
     problems = netns.disagreements(kernel, answer, dump, exact_endpoint=True)
     assert not problems, netns.format_report(kernel, answer, problems)
     thinning.assert_thinned(answer.argv, answer.report, what=str(kernel.flow),
-                            kernel_classes=thinning.kernel_classes(kernel.verdict), known_gaps={
-                                "without ip-route.txt": "then nothing in the bundle shows a node address (no ip-addr, "
-                                "no node.yaml, no route src), and kptrace assumes only loopback is local, which it "
-                                "states, where whether the DNAT target is the node's own is unknown (issue 15, point 5)"})
+                            kernel_classes=thinning.kernel_classes(kernel.verdict))

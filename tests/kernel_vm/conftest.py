@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,28 +52,73 @@ class VmLab:
                 and (state is None or p["probe"]["state"] == state)]
 
 
+class _Background:
+    """The VM lab started at collection time, so its minutes under TCG overlap the rest of the suite.
+
+    qemu is a separate process, so the thread that waits for it costs the suite nothing; the fixture
+    joins it when the first VM test (sorted last, see tests/conftest.py) asks for the results.
+    """
+
+    def __init__(self, cache: Path):
+        self.cache = cache
+        self.result: VmLab | None = None
+        self.skip: str | None = None
+        self.failure: str | None = None
+        self.thread = threading.Thread(target=self._run, name="kptrace-vm-lab", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            reason = vm.unavailable_reason()
+            if reason is not None:
+                self.skip = reason
+                return
+            try:
+                image = vm.build_image(self.cache)
+            except vm.VmError as exc:
+                self.skip = f"the VM image cannot be built: {exc}"
+                return
+            out = Path(tempfile.mkdtemp(prefix="kptrace-vm-lab-"))
+            run = vm.Vm(image, out).run([sys.executable, "-m", "tests.lab.ipvs_vm", "run", f"{vm.GUEST_OUT}/lab"],
+                                        timeout=VM_TIMEOUT_S)
+            problem = run.failure()
+            results = out / "lab" / "results.json"
+            if problem is not None or not results.is_file():
+                self.failure = (f"the VM lab did not finish ({image.package.name} {image.package.version}):\n"
+                                f"{problem}")
+                return
+            self.result = VmLab(out / "lab", json.loads(results.read_text()), run.seconds)
+        except Exception as exc:  # reported by the fixture, in the test that needs it
+            self.failure = f"the VM lab crashed: {type(exc).__name__}: {exc}"
+
+
+_STARTED: list[_Background] = []
+
+
+def start_in_background(config: pytest.Config) -> None:
+    """Begin the VM lab now (called once the session knows it will run VM tests)."""
+    if _STARTED or os.environ.get(RESULTS_ENV):
+        return
+    cache = Path(config.cache.mkdir("kptrace-vm")) if config.cache else REPO_ROOT / ".pytest_cache"
+    job = _Background(cache)
+    _STARTED.append(job)
+    job.thread.start()
+
+
 @pytest.fixture(scope="session")
-def vm_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VmLab:
+def vm_lab(request: pytest.FixtureRequest) -> VmLab:
     kept = os.environ.get(RESULTS_ENV)
     if kept:
         # Judge an earlier run again (its directory: results.json and the states' bundles), no boot.
         root = Path(kept)
         return VmLab(root, json.loads((root / "results.json").read_text()), 0.0)
-    reason = vm.unavailable_reason()
-    if reason is not None:
-        skip_or_fail(reason)
-    cache = Path(request.config.cache.mkdir("kptrace-vm")) if request.config.cache else REPO_ROOT / ".pytest_cache"
-    try:
-        image = vm.build_image(cache)
-    except vm.VmError as exc:
-        skip_or_fail(f"the VM image cannot be built: {exc}")
-        raise
-    out = tmp_path_factory.mktemp("vm-lab")
-    run = vm.Vm(image, out).run([sys.executable, "-m", "tests.lab.ipvs_vm", "run", f"{vm.GUEST_OUT}/lab"],
-                                timeout=VM_TIMEOUT_S)
-    problem = run.failure()
-    results = out / "lab" / "results.json"
-    if problem is not None or not results.is_file():
-        pytest.fail(f"the VM lab did not finish ({image.package.name} {image.package.version}):\n{problem}",
-                    pytrace=False)
-    return VmLab(out / "lab", json.loads(results.read_text()), run.seconds)
+    start_in_background(request.config)
+    job = _STARTED[0]
+    job.thread.join(VM_TIMEOUT_S + 900)  # the image build and the lab's own timeout, with room
+    if job.thread.is_alive():
+        pytest.fail("the VM lab is still running after its timeout", pytrace=False)
+    if job.skip is not None:
+        skip_or_fail(job.skip)
+    if job.failure is not None or job.result is None:
+        pytest.fail(job.failure or "the VM lab gave no results", pytrace=False)
+    assert job.result is not None
+    return job.result

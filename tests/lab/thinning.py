@@ -8,12 +8,12 @@ files, runs the same command line again and holds the answer to the whole bundle
 
 - `why`: every branch it still determines (anything but UNDETERMINED) is one the whole bundle gives, with
   the same endpoint; when the answer as a whole is determined, it is the kernel's outcome;
-- `check`: every determined status (PASS, FAIL, INFO) of a check is one the whole bundle gives it. Less
-  evidence may leave a check inconclusive instead: CANNOT_TELL, or a WARN (a diagnosis the input shows but
-  cannot prove; `kptrace check` exits 4 on both), as a bundle less its iptables-save gives "hairpin is off on
-  vethX: a pod behind it that is a Service endpoint cannot reach itself" where the whole bundle proves it (FAIL).
-  A thinned PASS or FAIL the whole bundle does not give is a changed answer. KPT001 and KPT002 report on the
-  input itself, so theirs change with it by design.
+- `check`: every status of a check is one the whole bundle gives it, or CANNOT_TELL (the definition of
+  tests/test_monotonic.py): a check unsure because evidence is missing says CANNOT_TELL, naming the input that
+  would settle it, as a bundle less its iptables-save gives "cannot tell: give iptables-save.txt (hairpin is off
+  on vethX; whether a Service endpoint sits behind it is in kube-proxy's rules …)" where the whole bundle proves
+  it (FAIL). A thinned PASS, FAIL, INFO or WARN the whole bundle does not give is a changed answer. KPT001 and
+  KPT002 report on the input itself, so theirs change with it by design.
 
 The choice is seeded by the scenario (its command line), so a failure reproduces; `KPTRACE_THIN_PER_SCENARIO`
 sets how many thinned bundles each scenario gets (default 2: a file and a chain), 0 turns it off.
@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PER_SCENARIO_ENV = "KPTRACE_THIN_PER_SCENARIO"
 LOG_ENV = "KPTRACE_THIN_LOG"  # a file: one line per scenario, the seconds its thinned runs took
 INPUT_CHECKS = {"KPT001", "KPT002"}
-INCONCLUSIVE = {"CANNOT_TELL", "WARN"}  # `kptrace check` exits 4 on either: what the input could not settle
+INCONCLUSIVE = {"CANNOT_TELL"}  # what the input could not settle (as in tests/test_monotonic.py)
 UNDETERMINED = "UNDETERMINED"
 # Files in iptables-save form, whose user chains can be taken away one at a time.
 SAVE_FILES = ("iptables-save.txt", "ip6tables-save.txt", "iptables-legacy-save.txt", "iptables-nft-save.txt",

@@ -44,11 +44,11 @@ def hairpin(ctx: CheckContext) -> Iterator[Outcome]:
             endpoints.setdefault(ip, r.comment() or r.chain)
     off = {p.name: p for p in ports if p.hairpin is False}
     if off and not endpoints and "rules" in evidence_gaps_of(node):
-        # Which pods are endpoints is in kube-proxy's rules, which the input does not show whole.
-        yield warn(f"hairpin is off on {len(off)} of {len(ports)} pod bridge port(s) ({', '.join(sorted(off)[:4])}"
-                   f"{', …' if len(off) > 4 else ''}): a pod behind one of them that is a Service endpoint cannot reach "
-                   f"itself through the Service (the kubelet's --hairpin-mode decides this for new pods)",
-                   *(p.source for p in list(off.values())[:4]))
+        # Which pods are endpoints is in kube-proxy's rules, which the input does not show whole: the whole rules
+        # settle it (FAIL or PASS), so this is a CANNOT_TELL that says what the input does show.
+        yield missing("iptables-save.txt", why=f"hairpin is off on {len(off)} of {len(ports)} pod bridge port(s) "
+                      f"({', '.join(sorted(off)[:4])}{', …' if len(off) > 4 else ''}); whether a Service endpoint sits "
+                      f"behind one of them is in kube-proxy's rules, which the input does not show whole")
         return
     if not off or not endpoints:
         yield passed(f"hairpin is on for all {len(ports)} pod ports" if not off else

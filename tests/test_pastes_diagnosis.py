@@ -20,11 +20,14 @@ from kptrace.checks.run import run_all
 from kptrace.load import load_cluster
 
 PASTES = Path(__file__).resolve().parent / "fixtures" / "pastes"
-# Measured on this corpus: 24 of 28 (86 %), one of them by `why`'s first line (the issue's goal is 80 %). Not
+# Measured on this corpus: 23 of 28 (82 %), one of them by `why`'s first line (the issue's goal is 80 %). Not
 # named, and rightly so from what they show: microk8s-1157 (cut before firewalld's REJECT), cilium-19761 and
 # k8s-33798 (the same keys before and after the fix: two states of one node, left unknown), clearlinux-904 (the
-# peer's flannel.1 MAC, which only the peer's own output shows).
-MIN_NAMED = 0.85
+# peer's flannel.1 MAC, which only the peer's own output shows), k8s-43966 (hairpin off on two named ports, but
+# whether an endpoint sits behind them is in kube-proxy's rules, not pasted: KPT404 says CANNOT_TELL, naming the
+# ports and iptables-save, since a whole bundle can PASS there; it WARNed, 24 of 28, before issue 15 point 2 was
+# held as strictly as tests/test_monotonic.py holds it).
+MIN_NAMED = 0.82
 
 
 def _cases() -> list[tuple[str, dict[str, Any]]]:

@@ -176,13 +176,15 @@ class _Walk:
         res = lookup(self.node, dst, path.packet.src if iif else None, iif, None, path.packet.mark)
         for a in res.assumptions:
             path = path.assume(a)
-        if res.kind not in ("local", "undetermined") and not knows_local(self.node, dst) and dst not in self.local:
+        condition = f"the node's addresses (not in the input; give `ip addr`): {dst} is not one of them"
+        if res.kind not in ("local", "undetermined") and condition not in path.conditions \
+                and not knows_local(self.node, dst) and dst not in self.local:
             # Nothing in the input shows the node's addresses: whether `dst` is one of them (routed local,
             # INPUT) is unknown. The answer depends on it; the walk goes on as if it is not, as a what-if.
             reason = (f"whether {dst} is one of the node's own addresses (routed local, to INPUT) is not in the input: "
                       f"nothing shows the node's addresses (give `ip addr` output, or --node-ip)")
             self.finals.append((path.step(self.step(reason, None, "UNDETERMINED")).unknown(reason), Disposition.UNDETERMINED))
-            path = path.given(f"the node's addresses (not in the input; give `ip addr`): {dst} is not one of them")
+            path = path.given(condition)
         return path, res
 
     def fail(self, path: Path, res: RouteResult, dst: IPAddress) -> None:

@@ -126,7 +126,7 @@ def test_strings_are_escaped_before_layout() -> None:
 @pytest.mark.parametrize("detail", ["minimal", "summary", "full"])
 def test_why_human_output(dumps: dict[str, Path], where: str, detail: str) -> None:
     code, out, err = cli("why", "10.96.0.10:53", "--proto", "udp", "--from", "10.244.1.5", "--dump",
-                         str(dumps[where]), "--detail", detail, "--width", "1000")
+                         str(dumps[where]), "--node-ip", "192.168.0.2", "--detail", detail, "--width", "1000")
     assert code == 1, err  # DNAT, then FORWARD's DROP
     assert_safe(out)
     assert_safe(err)
@@ -141,7 +141,7 @@ def test_why_human_output(dumps: dict[str, Path], where: str, detail: str) -> No
 
 def test_why_json_keeps_the_text_escaped_as_json(dumps: dict[str, Path]) -> None:
     code, out, _ = cli("why", "10.96.0.10:53", "--proto", "udp", "--from", "10.244.1.5", "--dump",
-                       str(dumps["directory"]), "-o", "json")
+                       str(dumps["directory"]), "--node-ip", "192.168.0.2", "-o", "json")
     assert code == 1
     assert_safe(out)
     doc = json.loads(out)

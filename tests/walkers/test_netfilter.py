@@ -230,3 +230,62 @@ def test_legacy_and_nft_backends_both_run(tmp_path: Path) -> None:
     assert t.disposition == Disposition.DROPPED
     last = t.branches[0].steps[-1]
     assert last.source == "split/iptables-legacy-save.txt:3" and last.action == "POLICY DROP"
+
+
+# --- absent is not empty (issue 15, point 5) ------------------------------------------------------------
+
+DNAT_TO_NODE = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -d 198.51.100.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 192.168.0.2:10250
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+"""
+
+
+def test_without_node_addresses_whether_a_destination_is_local_is_a_branch(tmp_path: Path) -> None:
+    """Nothing shows the node's addresses: 192.168.0.2 may be one (DELIVERED through INPUT) or not (FORWARD's
+    DROP policy); the answer depends on it and says what would settle it, the rest a what-if."""
+    d = tmp_path / "b"
+    d.mkdir()
+    (d / "iptables-save.txt").write_text(DNAT_TO_NODE)
+    flow = Flow(ip_address("203.0.113.2"), ip_address("198.51.100.10"), "tcp", None, 80)
+    t = trace_flow(load_node([d]), flow)
+    assert t.disposition == Disposition.UNDETERMINED
+    assert any("node's own addresses" in u for b in t.branches for u in b.unknowns), t.branches
+    assert {b.disposition for b in t.conditional} == {Disposition.DROPPED}
+    assert trace_flow(load_node([d], [NODE_IP]), flow).disposition == Disposition.DELIVERED
+    (d / "ip-route.txt").write_text("192.168.0.0/24 dev eth0 proto kernel scope link src 192.168.0.2\n")
+    assert trace_flow(load_node([d]), flow).disposition == Disposition.DELIVERED
+
+
+def test_without_an_nft_ruleset_a_kubernetes_nodes_nft_tables_are_unknown(tmp_path: Path) -> None:
+    """A Kubernetes node (node.yaml) whose iptables show no kube-proxy chain: its Service rules may be an nft
+    table, so without `nft list ruleset` the answer depends on it. kube-proxy's chains in iptables (its mode)
+    or an nft ruleset given settle it."""
+    d = tmp_path / "b"
+    d.mkdir()
+    (d / "iptables-save.txt").write_text("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                                         ":KUBE-FIREWALL - [0:0]\nCOMMIT\n")
+    (d / "node.yaml").write_text("node_ips: [192.168.0.2]\npod_cidr: 10.244.1.0/24\n")
+    (d / "ip-route.txt").write_text("default via 192.168.0.1 dev eth0\n"
+                                    "192.168.0.0/24 dev eth0 proto kernel scope link src 192.168.0.2\n")
+    flow = Flow(ip_address("10.244.1.5"), ip_address("10.96.0.10"), "tcp", None, 80, "cni0")
+    t = trace_flow(load_node([d]), flow)
+    assert t.disposition == Disposition.UNDETERMINED
+    assert any("nft" in u for b in t.branches for u in b.unknowns), t.branches
+    assert {b.disposition for b in t.conditional} == {Disposition.FORWARDED}
+    (d / "nft-ruleset.txt").write_text("table inet filter {\n}\n")
+    assert trace_flow(load_node([d]), flow).disposition == Disposition.FORWARDED
+    (d / "nft-ruleset.txt").unlink()
+    (d / "iptables-save.txt").write_text("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\nCOMMIT\n")
+    t = trace_flow(load_node([d]), flow)
+    assert t.disposition == Disposition.FORWARDED
+    assert any("no nft ruleset in the input" in a for a in t.assumptions), t.assumptions

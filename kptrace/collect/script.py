@@ -297,8 +297,16 @@ exit 0
 '''
 
 
+# Lines of the sh script (its own `ipt` and `run` functions), not an argv: the sh script is
+# checked as a whole by tests/kernel/test_kernel_collect_script.py.
+_RULESETS = """\
+ipt iptables
+ipt ip6tables
+run nft-ruleset.json nft -j list ruleset"""
+
+
 def _iptables_and_iproute() -> str:
-    lines = ["ipt iptables", "ipt ip6tables", "run nft-ruleset.json nft -j list ruleset"]
+    lines = _RULESETS.splitlines()
     for name, argv, _ in IPROUTE:
         lines.append(f"run {shlex.quote(name)} {' '.join(shlex.quote(a) for a in argv)}")
     return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@ be there; the walk says the answer depends on it (and goes on past it where it c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING
 
 from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Ruleset, Table
@@ -42,7 +44,7 @@ def unknown_ruleset(family: int, not_collected: dict[str, str] | None = None, wh
     return rs
 
 
-def unknown_nft_entries(hook: str, why: str, label: str | None) -> list[HookEntry]:
+def unknown_nft_entries(hook: str, why: str, label: str | None, pods: Sequence[IPv4Network | IPv6Network] = ()) -> list[HookEntry]:
     """A base chain standing for the node's nft tables the input does not show, at one hook: the answer depends
     on them (an UNDETERMINED branch), and the walk goes on past them as a what-if (they do not decide it)."""
     from kptrace.model.trace import Step
@@ -53,7 +55,10 @@ def unknown_nft_entries(hook: str, why: str, label: str | None) -> list[HookEntr
     reason = f"{why}: an nft base chain at {hook} may translate, drop or accept the packet"
 
     def walk(path: Path) -> list[tuple[Path, str]]:
-        if condition in path.conditions:
+        dst = path.packet.dst
+        if condition in path.conditions or any(dst.version == n.version and dst in n for n in pods):
+            # kube-proxy's nft table, the one the input suggests (load._unknown_nft), handles only Service
+            # traffic: a packet to a pod address is not its.
             return [(path, ACCEPT)]
         s = Step(hook, None, None, None, NOT_GIVEN, UNDETERMINED, reason, 0, label)
         out: list[tuple[Path, str]] = [(path.step(s).unknown(reason), UNDETERMINED)]

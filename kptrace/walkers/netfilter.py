@@ -100,7 +100,7 @@ class _Walk:
         elif self.node.nft_unknown is not None:
             from kptrace.walkers.absent import unknown_nft_entries
 
-            out.extend(unknown_nft_entries(hook, self.node.nft_unknown, self.label))
+            out.extend(unknown_nft_entries(hook, self.node.nft_unknown, self.label, self.node.pod_cidrs))
         # Python's sort is stable: at equal priority iptables-nft, then legacy, then nft tables.
         out.sort(key=lambda e: e.priority)
         return out

@@ -63,6 +63,12 @@ mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
 mkdir -p /host/tmp/kpt-vm-out
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /host/tmp/kpt-vm-out || echo "kpt-vm: no out"
+# The project itself, at its own path: a clone under /tmp (CI's, say) is hidden by the tmpfs above.
+if [ -s /host/tmp/kpt-vm-out/repo ]; then
+  repo=$(cat /host/tmp/kpt-vm-out/repo)
+  mkdir -p "/host$repo" 2>/dev/null
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 repo "/host$repo" || echo "kpt-vm: no repo"
+fi
 mount --move /proc /host/proc
 mount --move /sys /host/sys
 mount --move /dev /host/dev
@@ -273,12 +279,16 @@ class Vm:
                      "KPT_VM_OUT": GUEST_OUT, "KPT_VM_MODULES": GUEST_MODULES, "LANG": "C.UTF-8", **(env or {})}
         (self.out / "env.sh").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in variables.items()))
         (self.out / "run.sh").write_text(f"exec {shlex.join(argv)}\n")
+        (self.out / "repo").write_text(str(REPO_ROOT))
         cmd = [QEMU, "-accel", "tcg", "-smp", str(self.cpus), "-m", str(self.memory_mb), "-nographic",
                "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel", str(self.image.kernel),
                "-initrd", str(self.image.initrd),
                "-append", "console=ttyS0 quiet panic=-1 loglevel=4",
                "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-               "-virtfs", f"local,path={self.out},mount_tag=out,security_model=none,multidevs=remap"]
+               "-virtfs", f"local,path={self.out},mount_tag=out,security_model=none,multidevs=remap",
+               # qemu's option syntax doubles a comma inside a value
+               "-virtfs", (f"local,path={str(REPO_ROOT).replace(',', ',,')},mount_tag=repo,security_model=none,"
+                           "readonly=on,multidevs=remap")]
         start = time.monotonic()
         with tempfile.TemporaryFile() as console:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT)

@@ -314,11 +314,7 @@ def _trace_dot(g: Any, view: View) -> str:
                 attrs = [a for a in attrs if not a.startswith("style=")]
                 attrs.append('style="filled' + ("" if g.nodes[n].get("builtin") else ",rounded") + '"')
                 attrs.append('fillcolor="#ffd6d6"')
-            src = g.nodes[n].get("source")
-            if src:
-                # A chain shown by its Service's name keeps its own name where the pointer rests.
-                attrs.append(f"tooltip={_dq((n[2] + ' ' if n in view.names else '') + src)}")
-            lines.append(f"    {_dq(node_id(n))} [{', '.join(attrs)}];")
+            lines.append(_node_line(g, n, view, attrs))
         lines.append("  }")
     for a, b in zip(spine, spine[1:]):
         lines.append(f"  {_dq(a)} -> {_dq(b)} [color=grey40, penwidth=3, arrowhead=vee];")
@@ -326,7 +322,7 @@ def _trace_dot(g: Any, view: View) -> str:
         if d.get("kind") == "hook":
             attrs = [f"label={_dq(_order(d))}", "style=dotted"]
         else:
-            attrs = [f"label={_dq(('goto ' if d.get('kind') == 'goto' else '') + 'r' + str(d.get('rule')))}"]
+            attrs = [_rule_label(d)]
             if d.get("kind") == "goto":
                 attrs.append("style=dashed")
             if d.get("source"):
@@ -380,11 +376,7 @@ def to_dot(g: Any, view: View) -> str:
                 attrs.append(f"style={_dq(','.join(styles))}")
             if n in view.visited_nodes:
                 attrs.append('color="red"')
-            src = g.nodes[n].get("source")
-            if src:
-                # A chain shown by its Service's name keeps its own name where the pointer rests.
-                attrs.append(f"tooltip={_dq((n[2] + ' ' if n in view.names else '') + src)}")
-            lines.append(f"    {_dq(node_id(n))} [{', '.join(attrs)}];")
+            lines.append(_node_line(g, n, view, attrs))
         lines.append("  }")
     for u, v, k, d in _edges(g, view):
         attrs = []
@@ -392,7 +384,7 @@ def to_dot(g: Any, view: View) -> str:
             attrs.append(f"label={_dq(_order(d))}")
             attrs.append("style=dotted")
         else:
-            attrs.append(f"label={_dq(('goto ' if d.get('kind') == 'goto' else '') + 'r' + str(d.get('rule')))}")
+            attrs.append(_rule_label(d))
             if d.get("kind") == "goto":
                 attrs.append("style=dashed")
             if d.get("source"):
@@ -512,3 +504,16 @@ def to_svg(dot_text: str, dot: str | None = None) -> str:
         first = (p.stderr.strip().splitlines() or ["no message"])[0]
         raise KptraceError(f"Graphviz `dot -Tsvg` failed (rc={p.returncode}): {first}")
     return p.stdout
+
+
+def _node_line(g: Any, n: Any, view: Any, attrs: list[str]) -> str:
+    """One chain node's DOT line; a chain shown by its Service's name keeps its own name in the tooltip."""
+    src = g.nodes[n].get("source")
+    if src:
+        attrs = [*attrs, f"tooltip={_dq((n[2] + ' ' if n in view.names else '') + src)}"]
+    return f"    {_dq(node_id(n))} [{', '.join(attrs)}];"
+
+
+def _rule_label(d: dict[str, Any]) -> str:
+    """An edge's label: the rule number that jumps (or goes) there."""
+    return f"label={_dq(('goto ' if d.get('kind') == 'goto' else '') + 'r' + str(d.get('rule')))}"

@@ -18,7 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `tests.lab` must import however pytest was started
 
-from tests.lab import netns, thinning
+from tests.lab import cluster, netns, thinning
+from tests.lab.cluster import ClusterLab
 
 REQUIRE_ENV = "KPTRACE_REQUIRE_KERNEL"
 
@@ -54,6 +55,32 @@ def lab(kernel_lab: netns.Lab) -> Iterator[netns.Lab]:
         yield kernel_lab
     finally:
         kernel_lab.reset_link_state()
+
+
+@pytest.fixture(scope="module")
+def cluster_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
+    """The two-node cluster lab (tests/lab/cluster.py), one per test module that asks for it."""
+    reason = cluster.unavailable_reason()
+    if reason is not None:
+        skip_or_fail(reason)
+    cluster.cleanup_stale_namespaces()
+    made = cluster.make_cluster(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]),
+                                seed=netns.lab_seed())
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def clean_cluster(cluster_lab: ClusterLab) -> Iterator[ClusterLab]:
+    """The module's cluster, back to the baseline (forwarding on, rp_filter 0, br_netfilter on,
+    default routes) before and after each test."""
+    cluster_lab.reset()
+    try:
+        yield cluster_lab
+    finally:
+        cluster_lab.reset()
 
 
 class Oracle:

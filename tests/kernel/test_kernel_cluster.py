@@ -11,12 +11,11 @@ endpoint, masquerade and reply (tests.lab.cluster.disagreements).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import Oracle, skip_or_fail
+from tests.kernel.conftest import Oracle
 from tests.lab import cluster as cl
 from tests.lab import netns, thinning
 from tests.lab.cluster import (
@@ -45,28 +44,9 @@ pytestmark = pytest.mark.kernel
 NODE_A, NODE_B = NODES["nodeA"], NODES["nodeB"]
 
 
-@pytest.fixture(scope="module")
-def cluster_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
-    reason = cl.unavailable_reason()
-    if reason is not None:
-        skip_or_fail(reason)
-    cl.cleanup_stale_namespaces()
-    lab = cl.make_cluster(tmp_path_factory.mktemp("cluster-lab"), seed=netns.lab_seed())
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 @pytest.fixture
-def lab(cluster_lab: ClusterLab) -> Iterator[ClusterLab]:
-    """The module's cluster, back to the baseline (forwarding on, rp_filter 0, br_netfilter on,
-    default routes) before and after each test."""
-    cluster_lab.reset()
-    try:
-        yield cluster_lab
-    finally:
-        cluster_lab.reset()
+def lab(clean_cluster: ClusterLab) -> ClusterLab:
+    return clean_cluster
 
 
 def check(kptrace: Oracle, kernel: ClusterResult, scen: Path) -> None:

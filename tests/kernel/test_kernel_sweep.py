@@ -12,7 +12,6 @@ its only pod is an endpoint), so node-b's pod rows and node-a's remote rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from ipaddress import ip_address
 
 import pytest
@@ -20,7 +19,6 @@ import pytest
 from kptrace.load import load_cluster
 from kptrace.render.jsonout import trace_json
 from kptrace.walkers.sweep import Row, Sweeper
-from tests.kernel.conftest import skip_or_fail
 from tests.lab import cluster as cl
 from tests.lab import netns
 from tests.lab.cluster import EXTERNAL_CLIENT_IP, NODES, POD_IPS, ClusterFlow, ClusterLab, from_node, from_pod, from_world
@@ -30,26 +28,9 @@ pytestmark = pytest.mark.kernel
 _EXIT = {"ok": 0, "broken": 1, "undetermined": 4}
 
 
-@pytest.fixture(scope="module")
-def cluster_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
-    reason = cl.unavailable_reason()
-    if reason is not None:
-        skip_or_fail(reason)
-    cl.cleanup_stale_namespaces()
-    lab = cl.make_cluster(tmp_path_factory.mktemp("sweep-lab"), seed=netns.lab_seed())
-    try:
-        yield lab
-    finally:
-        lab.close()
-
-
 @pytest.fixture
-def lab(cluster_lab: ClusterLab) -> Iterator[ClusterLab]:
-    cluster_lab.reset()
-    try:
-        yield cluster_lab
-    finally:
-        cluster_lab.reset()
+def lab(clean_cluster: ClusterLab) -> ClusterLab:
+    return clean_cluster
 
 
 def _probe_flow(r: Row) -> ClusterFlow | None:

@@ -282,7 +282,7 @@ class RouteGet:
 
 
 @dataclass
-class NodeObservation:
+class NodeObservation(netns.TracedPacket):
     role: str
     events: list[TraceEvent]
     conntrack: ConntrackEntry | None
@@ -294,28 +294,9 @@ class NodeObservation:
         return NODES[self.role].name
 
     @property
-    def rules(self) -> list[TraceEvent]:
-        return [e for e in self.events if e.kind == "rule" and not e.text.endswith("-j TRACE")]
-
-    @property
     def in_iface(self) -> str | None:
         """IN= of the packet's first event on this node (None: generated here)."""
         return self.events[0].packet.get("IN") or None if self.events else None
-
-    @property
-    def egress(self) -> str | None:
-        """OUT= when the packet left this node's netfilter through POSTROUTING."""
-        if self.events and self.events[-1].hook == "POSTROUTING":
-            return self.events[-1].packet.get("OUT")
-        return None
-
-    @property
-    def hooks(self) -> list[str]:
-        seen: list[str] = []
-        for e in self.events:
-            if e.table != "raw" and (not seen or seen[-1] != e.hook):
-                seen.append(e.hook)
-        return seen
 
 
 @dataclass

@@ -548,8 +548,35 @@ class Delivery:
     dport: int
 
 
+class TracedPacket:
+    """What a packet's TRACE events say, for a result holding them as `events` (one node's or one flow's)."""
+
+    events: list[TraceEvent]
+
+    @property
+    def rules(self) -> list[TraceEvent]:
+        """Rules the packet matched, minus the lab's own TRACE rules."""
+        return [e for e in self.events if e.kind == "rule" and not e.text.endswith("-j TRACE")]
+
+    @property
+    def egress(self) -> str | None:
+        """Interface the packet left by, when netfilter last saw it in POSTROUTING."""
+        if self.events and self.events[-1].hook == "POSTROUTING":
+            return self.events[-1].packet.get("OUT")
+        return None
+
+    @property
+    def hooks(self) -> list[str]:
+        """The hooks the packet passed, in order (raw's events left out)."""
+        seen: list[str] = []
+        for e in self.events:
+            if e.table != "raw" and (not seen or seen[-1] != e.hook):
+                seen.append(e.hook)
+        return seen
+
+
 @dataclass
-class KernelResult:
+class KernelResult(TracedPacket):
     flow: Flow
     sport: int
     verdict: str  # ACCEPT | DROP | REJECT | VANISHED | LOST, see verdict_of()
@@ -585,25 +612,6 @@ class KernelResult:
             return False
         return None
 
-    @property
-    def rules(self) -> list[TraceEvent]:
-        """Rules the packet matched, minus the lab's own TRACE rules."""
-        return [e for e in self.events if e.kind == "rule" and not e.text.endswith("-j TRACE")]
-
-    @property
-    def egress(self) -> str | None:
-        """Interface the packet left by, when netfilter last saw it in POSTROUTING."""
-        if self.events and self.events[-1].hook == "POSTROUTING":
-            return self.events[-1].packet.get("OUT")
-        return None
-
-    @property
-    def hooks(self) -> list[str]:
-        seen: list[str] = []
-        for e in self.events:
-            if e.table != "raw" and (not seen or seen[-1] != e.hook):
-                seen.append(e.hook)
-        return seen
 
     def describe(self) -> str:
         lines = [(f"kernel: {self.flow} sport={self.sport} verdict={self.verdict} "

@@ -1,44 +1,78 @@
-"""The `kptrace` command: wires the sub-commands and turns errors into one line and an exit code."""
+"""The `kptrace` command: wires the sub-commands and turns errors into one line and an exit code.
+
+Start-up is part of every answer: this module imports no CLI framework. `main` first offers the command
+line to kptrace/cli/fast.py (a plain `kptrace why`, run without typer); everything else goes to the typer
+app, built on first use (`app` is made by `_app()`, and `from kptrace.cli.app import app` still works)."""
 
 from __future__ import annotations
 
 import io
 import os
 import sys
-from typing import Any
-
-import typer
-from typer.core import TyperGroup
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kptrace import __version__
 from kptrace.errors import ExitCode, KptraceError
 
+if TYPE_CHECKING:
+    import typer
 
-class _Group(TyperGroup):
-    """The command line as kubectl users type it: `--debug` anywhere before `--`, and `--demo NAME`
-    (kptrace/demos.py) turned into the `--demo` flag with NAME selected, before click parses it."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        from kptrace import demos
-
-        return super().parse_args(ctx, demos.hoist(_hoist_debug(list(args))))
-
-
-app = typer.Typer(
-    cls=_Group,
-    name="kptrace",
-    help=(
-        "Follow a hypothetical packet through a Kubernetes node's netfilter state and say what happens to it.\n\n"
-        "Exit codes: 0 accepted/delivered/forwarded, 1 dropped/rejected/no route, 2 usage or unusable input, "
-        "3 internal error, 4 undetermined."
-    ),
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    add_completion=True,
-    # kubectl's habits: -h as well as --help, in every command (click's contexts inherit it).
-    context_settings={"help_option_names": ["-h", "--help"]},
+HELP = (
+    "Follow a hypothetical packet through a Kubernetes node's netfilter state and say what happens to it.\n\n"
+    "Exit codes: 0 accepted/delivered/forwarded, 1 dropped/rejected/no route, 2 usage or unusable input, "
+    "3 internal error, 4 undetermined."
 )
 state = {"debug": False}
+_APP: list[typer.Typer] = []
+
+
+def _app() -> typer.Typer:
+    """The typer app (typer and click imported here, once)."""
+    if _APP:
+        return _APP[0]
+    import typer
+    from typer.core import TyperGroup
+
+    class _Group(TyperGroup):
+        """The command line as kubectl users type it: `--debug` anywhere before `--`, and `--demo NAME`
+        (kptrace/demos.py) turned into the `--demo` flag with NAME selected, before click parses it."""
+
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            from kptrace import demos
+
+            return super().parse_args(ctx, demos.hoist(_hoist_debug(list(args))))
+
+    app = typer.Typer(
+        cls=_Group,
+        name="kptrace",
+        help=HELP,
+        pretty_exceptions_enable=False,
+        no_args_is_help=True,
+        add_completion=True,
+        # kubectl's habits: -h as well as --help, in every command (click's contexts inherit it).
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    def _version(value: bool) -> None:
+        if value:
+            typer.echo(f"kptrace {__version__}")
+            raise typer.Exit(0)
+
+    @app.callback()
+    def root(
+        debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error instead of one line."),
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    ) -> None:
+        state["debug"] = debug or bool(os.environ.get("KPTRACE_DEBUG"))
+
+    _APP.append(app)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _print_error(prefix: str, message: str) -> None:
@@ -60,20 +94,6 @@ def _show_usage_error(e: Exception) -> None:
     _print_error("error: ", f"{message} ({path} --help)")
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"kptrace {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def root(
-    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error instead of one line."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    state["debug"] = debug or bool(os.environ.get("KPTRACE_DEBUG"))
-
-
 COMMANDS = ("why", "check", "explain", "collect", "graph", "services", "parse", "sweep", "diff", "dns")
 
 
@@ -85,7 +105,7 @@ def _register(argv: list[str] | None = None) -> None:
     wanted = [a for a in (argv or [])[:4] if not a.startswith("-")][:1]
     names = wanted if wanted and wanted[0] in COMMANDS else list(COMMANDS)
     for name in names:
-        importlib.import_module(f"kptrace.cli.{name}").register(app)
+        importlib.import_module(f"kptrace.cli.{name}").register(_app())
 
 
 def _check_dump_args(argv: list[str]) -> None:
@@ -145,12 +165,20 @@ def _hoist_debug(argv: list[str]) -> list[str]:
 
 def main() -> None:
     argv = _hoist_debug(sys.argv[1:])
+    if not os.environ.get("KPTRACE_NO_FAST"):
+        from kptrace.cli import fast
+
+        code = fast.main(argv)
+        if code is not None:
+            sys.exit(code)
+    import typer
+
     _register(argv)
     _guard_stdout()
     try:
         _check_dump_args(argv)
         # Without standalone mode click returns the command's exit code instead of exiting.
-        code = app(args=argv, prog_name="kptrace", standalone_mode=False)
+        code = _app()(args=argv, prog_name="kptrace", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except KptraceError as e:
         if state["debug"]:
@@ -172,6 +200,11 @@ def main() -> None:
             sys.exit(int(ExitCode.USAGE))
         if state["debug"]:
             raise
-        msg = f"{type(e).__name__}: {e} — rerun with --debug for the traceback"
-        _print_error("internal error (KPT003): ", msg)
-        sys.exit(int(ExitCode.INTERNAL))
+        internal_error(e)
+
+
+def internal_error(e: Exception) -> NoReturn:
+    """A bug: one line on stderr and exit 3, never a traceback."""
+    msg = f"{type(e).__name__}: {e} — rerun with --debug for the traceback"
+    _print_error("internal error (KPT003): ", msg)
+    sys.exit(int(ExitCode.INTERNAL))

@@ -1,4 +1,8 @@
-"""`kptrace why DEST`: trace one hypothetical packet and print what happens to it."""
+"""`kptrace why DEST`: trace one hypothetical packet and print what happens to it.
+
+`run` is the command; `register` wraps it for typer. This module imports neither typer nor the model at
+start-up: a plain `kptrace why` is answered without the CLI framework (kptrace/cli/fast.py), and start-up
+is part of every answer."""
 
 from __future__ import annotations
 
@@ -6,16 +10,18 @@ import re
 from enum import Enum
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-
-import typer
+from typing import TYPE_CHECKING
 
 from kptrace.errors import ExitCode, KptraceError
-from kptrace.model.flow import STATES, Flow, IPAddress
-from kptrace.model.node import Node
-from kptrace.model.finding import Finding
-from kptrace.model.trace import Disposition, Trace
 from kptrace.render.detail import Detail
-from kptrace.whatif.cli import HELP as WHAT_IF_HELP
+
+if TYPE_CHECKING:
+    import typer
+
+    from kptrace.model.finding import Finding
+    from kptrace.model.flow import IPAddress
+    from kptrace.model.node import Node
+    from kptrace.model.trace import Trace
 
 PROTOS = ("tcp", "udp", "sctp", "icmp")
 
@@ -46,6 +52,8 @@ def parse_dest(text: str) -> tuple[str, int | None]:
 
 
 def exit_code(t: Trace) -> ExitCode:
+    from kptrace.model.trace import Disposition
+
     kinds = {b.disposition for b in t.branches}
     if any(k.failed for k in kinds) or any(b.reply_failed for b in t.branches):
         return ExitCode.FAIL
@@ -54,54 +62,14 @@ def exit_code(t: Trace) -> ExitCode:
     return ExitCode.OK
 
 
-def why(
-    dest: str = typer.Argument(..., help="Destination: IP:PORT, IP:PORT/PROTO, IP (icmp), [IPv6]:PORT, or a Service: "
-                               "ns/name:port or svc/ns/name:port (resolved from the rules' comments)."),
-    src: str = typer.Option(None, "--from", help="Source address (default: a node address, i.e. locally generated)."),
-    proto: str = typer.Option(None, "--proto", "-p", help="tcp, udp, sctp or icmp (default tcp, icmp without a port)."),
-    sport: int = typer.Option(None, "--sport", help="Source port, for rules that test it.", min=1, max=65535),
-    in_iface: str = typer.Option(None, "--in-iface", help="Interface the packet arrives on (default: derived and stated)."),
-    dump: list[Path] = typer.Option(None, "--dump", "-d", help="A dump file, bundle directory or bundle .tar.gz; repeatable."),
-    node_ip: list[str] = typer.Option(None, "--node-ip", help="An address of this node (addrtype LOCAL); repeatable."),
-    pod_cidr: list[str] = typer.Option(None, "--pod-cidr", help="The cluster's pod CIDR (default: read from kube-proxy's rules)."),
-    on: str = typer.Option(None, "--node", help="The node the packet starts on (default: the one owning --from or its pod "
-                           "subnet; for an outside client the one owning the destination, else the one on its subnet)."),
-    state: str = typer.Option("new", "--state", help="The packet's conntrack state: new (a connection's first packet), "
-                              "established (a later one), related, or reply (the answer direction)."),
-    mark: str = typer.Option(None, "--mark", help="The packet's mark when it enters, e.g. 0x4000."),
-    service_cidr: list[str] = typer.Option(None, "--service-cidr", help="The cluster's Service range (default: node.yaml); "
-                                           "a destination in it that no Service has is answered NO_SERVICE."),
-    demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace (flannel VXLAN, node-a and node-b)."),
-    output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", case_sensitive=False,
-                                        help="human, json or yaml."),
-    checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect (inputs under 4 MiB; "
-                                "`kptrace check` for larger ones)."),
-    strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large iptables-save and nft dumps are otherwise read lazily)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache of large dumps (KPTRACE_NO_CACHE=1)."),
-    detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
-    width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the terminal)."),
-    what_if: list[str] = typer.Option(None, "--what-if", help=WHAT_IF_HELP),
-    suggest_fix: bool = typer.Option(False, "--suggest-fix", help="When the packet does not arrive, search the smallest "
-                                     "set of candidate changes (the checks' remediations and the fixes they imply) that "
-                                     "makes it arrive, each verified by re-tracing on the model (docs/what-if.md)."),
-    suggest_max_size: int = typer.Option(3, "--suggest-max-size", min=1, max=5,
-                                         help="--suggest-fix: the largest set of changes tried."),
-) -> None:
-    """Trace one packet: which rule, route or setting decides its fate, step by step.
-
-    Examples:
-
-      kptrace why 10.96.0.10:53 --proto udp --from 10.244.1.5 --demo
-
-      kptrace why 192.168.0.2:30080 --from 203.0.113.7 --dump node-a/ -o json
-
-      kptrace why svc/kube-system/kube-dns:dns --from 10.244.1.5 --demo
-
-      kptrace why 10.244.2.5:8080 --from 10.244.1.5 --dump node-a/ --what-if 'iptables -P FORWARD ACCEPT'
-
-    Exit codes: 0 accepted, delivered or forwarded; 1 dropped, rejected, no route or no Service (on any
-    branch, or its reply fails); 2 usage error or unusable input; 3 internal error; 4 undetermined.
-    """
+def run(dest: str, src: str | None = None, proto: str | None = None, sport: int | None = None,
+        in_iface: str | None = None, dump: list[Path] | None = None, node_ip: list[str] | None = None,
+        pod_cidr: list[str] | None = None, on: str | None = None, state: str = "new", mark: str | None = None,
+        service_cidr: list[str] | None = None, demo: bool = False, output: OutputFormat = OutputFormat.human,
+        checks: bool = True, strict: bool = False, no_cache: bool = False, detail: Detail = Detail.summary,
+        width: int | None = None, what_if: list[str] | None = None, suggest_fix: bool = False,
+        suggest_max_size: int = 3) -> int:
+    """`kptrace why`: print the trace of one packet; returns the exit code (the command's docstring says which)."""
     from kptrace.load import LoadOptions, demo_path, load_cluster
 
     options = LoadOptions(strict=strict, cache=not no_cache and LoadOptions().cache)
@@ -137,13 +105,17 @@ def why(
         # ns/name:port, svc/ns/name:port: the Service's cluster IP and port, from the input's own rules.
         host, resolved, p = resolve_service(dest, cluster, proto)
         port = resolved
+    from kptrace.model.flow import STATES, Flow
+
     st = (state or "new").lower()
     if st not in STATES:
         raise KptraceError(f"--state '{state}': expected one of {', '.join(STATES)}")
     mark_value = _mark(mark)
-    from kptrace.whatif.cli import what_if as apply_what_if
+    changed = None
+    if what_if:  # the what-if modules only when asked for
+        from kptrace.whatif.cli import what_if as apply_what_if
 
-    changed = apply_what_if(cluster, what_if)
+        changed = apply_what_if(cluster, what_if)
     before = cluster
     if changed is not None:
         cluster = changed.cluster
@@ -163,10 +135,12 @@ def why(
 
         fix_search = search_fix(cluster, node, flow, tuple(notes), cidrs, max_size=suggest_max_size)
     if output in (OutputFormat.json, OutputFormat.yaml):
-        from kptrace.render.findings import finding_json
-
         doc = trace_json(trace)
-        doc["findings"] = [finding_json(f) for f in findings]
+        doc["findings"] = []
+        if findings:
+            from kptrace.render.findings import finding_json
+
+            doc["findings"] = [finding_json(f) for f in findings]
         if changed is not None and was is not None:
             from kptrace.whatif.cli import inputs_with_changes
 
@@ -176,27 +150,29 @@ def why(
             from kptrace.whatif.search import search_json
 
             doc["suggest_fix"] = search_json(fix_search)
-        typer.echo(dumps(doc, output.value))
+        echo(dumps(doc, output.value))
     else:
         from kptrace.render.human import make_console, render_trace
 
         console = make_console(width)
-        from kptrace.whatif.cli import render_applied
+        if changed is not None:
+            from kptrace.whatif.cli import render_applied
 
-        render_applied(changed, console)
+            render_applied(changed, console)
         render_trace(trace, console, detail, _service_named(trace, cluster, paths))
         if was is not None:
             from kptrace.whatif.verify import fate
 
             console.print(f"without the what-if changes: {fate(was)}", highlight=False)
-        from kptrace.render.findings import render_trace_findings
+        if findings:
+            from kptrace.render.findings import render_trace_findings
 
-        render_trace_findings(findings, trace, console, detail.value)
+            render_trace_findings(findings, trace, console, detail.value)
         if fix_search is not None:
             from kptrace.whatif.search import render_search
 
             render_search(fix_search, console)
-    raise typer.Exit(int(exit_code(trace)))
+    return int(exit_code(trace))
 
 
 def _service_named(trace: Trace, cluster: list[Node], paths: list[Path]) -> str | None:
@@ -336,5 +312,84 @@ def start_node(cluster: list[Node], src: IPAddress, name: str | None) -> Node:
     return cluster[0]
 
 
+def echo(text: str) -> None:
+    """typer.echo's output, without importing typer: the text and a newline, ANSI codes removed unless
+    stdout is a terminal, flushed."""
+    import codecs
+    import sys
+
+    out = sys.stdout
+    if codecs.lookup(getattr(out, "encoding", None) or "ascii").name == "ascii":
+        import typer  # click re-wraps a misconfigured (ASCII) stdout: let it
+
+        typer.echo(text)
+        return
+    try:
+        tty = out.isatty()
+    except Exception:  # noqa: BLE001 - click's isatty() answers False for any stream that cannot say
+        tty = False
+    out.write(text + "\n" if tty else _ANSI.sub("", text + "\n"))
+    out.flush()
+
+
+_ANSI = re.compile(r"\033\[[;?0-9]*[a-zA-Z]")  # click's strip_ansi
+
+
 def register(app: typer.Typer) -> None:
+    import typer
+
+    from kptrace.whatif.cli import HELP as WHAT_IF_HELP
+
+    def why(
+        dest: str = typer.Argument(..., help="Destination: IP:PORT, IP:PORT/PROTO, IP (icmp), [IPv6]:PORT, or a Service: "
+                                   "ns/name:port or svc/ns/name:port (resolved from the rules' comments)."),
+        src: str = typer.Option(None, "--from", help="Source address (default: a node address, i.e. locally generated)."),
+        proto: str = typer.Option(None, "--proto", "-p", help="tcp, udp, sctp or icmp (default tcp, icmp without a port)."),
+        sport: int = typer.Option(None, "--sport", help="Source port, for rules that test it.", min=1, max=65535),
+        in_iface: str = typer.Option(None, "--in-iface", help="Interface the packet arrives on (default: derived and stated)."),
+        dump: list[Path] = typer.Option(None, "--dump", "-d", help="A dump file, bundle directory or bundle .tar.gz; repeatable."),
+        node_ip: list[str] = typer.Option(None, "--node-ip", help="An address of this node (addrtype LOCAL); repeatable."),
+        pod_cidr: list[str] = typer.Option(None, "--pod-cidr", help="The cluster's pod CIDR (default: read from kube-proxy's rules)."),
+        on: str = typer.Option(None, "--node", help="The node the packet starts on (default: the one owning --from or its pod "
+                               "subnet; for an outside client the one owning the destination, else the one on its subnet)."),
+        state: str = typer.Option("new", "--state", help="The packet's conntrack state: new (a connection's first packet), "
+                                  "established (a later one), related, or reply (the answer direction)."),
+        mark: str = typer.Option(None, "--mark", help="The packet's mark when it enters, e.g. 0x4000."),
+        service_cidr: list[str] = typer.Option(None, "--service-cidr", help="The cluster's Service range (default: node.yaml); "
+                                               "a destination in it that no Service has is answered NO_SERVICE."),
+        demo: bool = typer.Option(False, "--demo", help="Use the demo cluster shipped with kptrace (flannel VXLAN, node-a and node-b)."),
+        output: OutputFormat = typer.Option(OutputFormat.human, "--output", "-o", case_sensitive=False,
+                                            help="human, json or yaml."),
+        checks: bool = typer.Option(True, "--checks/--no-checks", help="Show the `kptrace check` findings at the steps they affect (inputs under 4 MiB; "
+                                    "`kptrace check` for larger ones)."),
+        strict: bool = typer.Option(False, "--strict", help="Parse every rule of every dump (large iptables-save and nft dumps are otherwise read lazily)."),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache of large dumps (KPTRACE_NO_CACHE=1)."),
+        detail: Detail = typer.Option(Detail.summary, "--detail", help="minimal, summary or full."),
+        width: int = typer.Option(None, "--width", min=40, help="Columns for the human view (default: COLUMNS or the terminal)."),
+        what_if: list[str] = typer.Option(None, "--what-if", help=WHAT_IF_HELP),
+        suggest_fix: bool = typer.Option(False, "--suggest-fix", help="When the packet does not arrive, search the smallest "
+                                         "set of candidate changes (the checks' remediations and the fixes they imply) that "
+                                         "makes it arrive, each verified by re-tracing on the model (docs/what-if.md)."),
+        suggest_max_size: int = typer.Option(3, "--suggest-max-size", min=1, max=5,
+                                             help="--suggest-fix: the largest set of changes tried."),
+    ) -> None:
+        """Trace one packet: which rule, route or setting decides its fate, step by step.
+
+        Examples:
+
+          kptrace why 10.96.0.10:53 --proto udp --from 10.244.1.5 --demo
+
+          kptrace why 192.168.0.2:30080 --from 203.0.113.7 --dump node-a/ -o json
+
+          kptrace why svc/kube-system/kube-dns:dns --from 10.244.1.5 --demo
+
+          kptrace why 10.244.2.5:8080 --from 10.244.1.5 --dump node-a/ --what-if 'iptables -P FORWARD ACCEPT'
+
+        Exit codes: 0 accepted, delivered or forwarded; 1 dropped, rejected, no route or no Service (on any
+        branch, or its reply fails); 2 usage error or unusable input; 3 internal error; 4 undetermined.
+        """
+        raise typer.Exit(run(dest, src, proto, sport, in_iface, dump, node_ip, pod_cidr, on, state, mark, service_cidr,
+                             demo, output, checks, strict, no_cache, detail, width, what_if, suggest_fix,
+                             suggest_max_size))
+
     app.command(name="why")(why)

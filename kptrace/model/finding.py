@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from enum import Enum
 
+from kptrace.model._compiled import dataclass
 from kptrace.model.flow import Flow
 
 
@@ -72,4 +71,6 @@ class Finding:
         """sha256 of id, first cited file and line, and message: stable across runs on the same inputs."""
         first = self.locations[0] if self.locations else None
         parts = (self.id, first.file if first else "", str(first.line) if first else "", self.message)
+        import hashlib  # here: OpenSSL's start-up is paid only by the runs that print findings
+
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()

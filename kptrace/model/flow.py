@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+
+from kptrace.model._compiled import dataclass
 
 IPAddress = IPv4Address | IPv6Address
 STATES = ("new", "established", "related", "reply")

@@ -7,9 +7,10 @@ keeps the Source of the line it was read from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from kptrace.model._compiled import dataclass
 from kptrace.model.source import Source
 
 IPAddress = IPv4Address | IPv6Address

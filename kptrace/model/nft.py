@@ -9,9 +9,10 @@ kptrace does not model is kept as `UnknownExpr` / `UnknownStmt` with the words i
 from __future__ import annotations
 
 from collections.abc import Callable, ItemsView, Iterator, MutableMapping, ValuesView
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TypeVar
 
+from kptrace.model._compiled import dataclass
 from kptrace.model.netfilter import BUILTIN_CHAINS
 from kptrace.model.source import Source
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 from ipaddress import IPv4Interface, IPv6Interface, IPv4Network, IPv6Network
 
 from kptrace.errors import ParseError
+from kptrace.model._compiled import dataclass
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import Ruleset
-from kptrace.model.observed import KernelMessage, KubeletDNS, KubeNode, ResolvConf, SysValue, TraceEvent
-from kptrace.model.routing import BridgePort, FdbEntry, FlannelSubnet, KernelModule, Link, Neighbor, PolicyRule, Route
 from kptrace.model.source import Source
-from kptrace.model.trace import InputFile
 
 if TYPE_CHECKING:
+    # In annotations only: a node's routes and observations are imported by the code that reads them.
+    from kptrace.model.observed import KernelMessage, KubeletDNS, KubeNode, ResolvConf, SysValue, TraceEvent
+    from kptrace.model.routing import (BridgePort, FdbEntry, FlannelSubnet, KernelModule, Link, Neighbor, PolicyRule,
+                                       Route)
+    from kptrace.model.trace import InputFile
     from kptrace.model.ipvs import IpsetSet, IpvsConnection, IpvsService  # IPVS nodes only: not imported for the others
 
 IPInterface = IPv4Interface | IPv6Interface

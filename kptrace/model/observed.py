@@ -7,8 +7,7 @@ These are observations, each with the line it was read from; walkers and checks 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from kptrace.model._compiled import dataclass
 from kptrace.model.source import Source
 
 

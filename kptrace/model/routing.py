@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from kptrace.model._compiled import dataclass
 from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import IPNetwork
 from kptrace.model.source import Source

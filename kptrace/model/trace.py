@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum
 
+from kptrace.model._compiled import dataclass
 from kptrace.model.flow import Flow
 
 

@@ -37,7 +37,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.conformance.test_kube_proxy_nftables import OVERALL_CASES
 from tests.kernel.conftest import skip_or_fail
-from tests.lab import thinning
+from tests.lab import netns, thinning
 from tests.lab.netns import BUNDLE_COMMANDS, BUNDLE_SYSCTL, Agent, parse_conntrack
 from tests.lab_tools.make_nft_fixtures import (
     Endpoint,
@@ -79,11 +79,8 @@ TALLY: dict[str, int] = {"probes": 0, "kptrace_runs": 0, "rules_compared": 0, "f
 
 def sh(args: list[str], ns: str | None = None, stdin: str | None = None, check: bool = True,
        timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + args
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} -> rc={proc.returncode}: {proc.stderr.strip()}")
-    return proc
+    """The lab's runner (a failure or timeout is a LabError, a RuntimeError), with this lab's longer timeout."""
+    return netns.sh(args, ns=ns, stdin=stdin, check=check, timeout=timeout)
 
 
 def unavailable() -> str | None:

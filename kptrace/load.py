@@ -38,7 +38,7 @@ from kptrace.parsers.ip_neigh import parse_ip_neigh
 from kptrace.parsers.ip_route import parse_ip_route
 from kptrace.parsers.ip_rule import parse_ip_rule
 from kptrace.parsers.modules import parse_modules
-from kptrace.parsers.iptables_save import backend_of_header, parse_iptables_save
+from kptrace.parsers.iptables_save import backend_of_header, parse_iptables_save, parse_iptables_save_mapped
 from kptrace.parsers.iptables_scan import HINTS_FORMAT, scan_iptables_save
 from kptrace.parsers.sysctl import parse_sysctl
 from kptrace.walkers.kube_jumps import add_kube_proxy_jumps
@@ -130,6 +130,26 @@ def decode(data: bytes | MappedFile, label: str) -> str:
         raise ParseError(label, line, col, f"invalid UTF-8 byte 0x{data[e.start]:02x}") from None
 
 
+def _decode_mapped(mm: mmap.mmap, label: str) -> str:
+    """A mapped file's text, decoded from the mapping (no copy of its bytes first); errors as decode()'s."""
+    _check_bytes(mm, label)
+    try:
+        return str(mm, "utf-8")
+    except UnicodeDecodeError as e:
+        before = mm[: e.start]
+        line = before.count(b"\n") + 1
+        col = e.start - (before.rfind(b"\n") + 1) + 1
+        raise ParseError(label, line, col, f"invalid UTF-8 byte 0x{mm[e.start]:02x}") from None
+
+
+def _drop_pages(mm: mmap.mmap) -> None:
+    """Give back the pages of a mapped dump read whole (the page cache keeps them; a later read maps them again)."""
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def _check_bytes(data: bytes | mmap.mmap, label: str) -> None:
     if b"\x00" in data[:65536] or b"\x00" in data[-65536:]:
         raise InputError(f"{label}:1:1: binary data (NUL bytes), not a command's text output")
@@ -160,9 +180,7 @@ def _is_dump_header(first: str) -> bool:
 
 def _large_dump_kind(name: str, label: str, f: MappedFile, options: LoadOptions = DEFAULT) -> str | None:
     """The kind of a large file when its head alone tells it is an iptables-save dump (read lazily,
-    from the mapped bytes); None sends it through the full decode and sniff."""
-    if options.strict:
-        return None
+    from the mapped bytes, or parsed whole from them with --strict); None sends it through the full decode and sniff."""
     _check_bytes(f.mm, label)
     head = f.mm[:262144].decode("utf-8", "ignore")
     if "\n*" not in "\n" + head[:200000]:
@@ -1073,7 +1091,11 @@ def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest:
     level = COMPLETE
     try:
         if options.strict:
-            rs = parse_iptables_save(data if isinstance(data, str) else decode(data[:], label), label, family).ruleset
+            if isinstance(data, str):
+                rs = parse_iptables_save(data, label, family).ruleset
+            else:
+                _decode_mapped(data, label)  # (the whole text decodes: errors as decode()'s, before any other)
+                rs = parse_iptables_save_mapped(data, label, family).ruleset
         else:
             hints = cache.get(digest, options.cache)
             if hints is not None and hints.get("format") != HINTS_FORMAT:
@@ -1092,6 +1114,8 @@ def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest:
             _unknown_tables(rs, label)
     rs.text = data
     rs.comments = _comment_lines(data, label)
+    if options.strict and not isinstance(data, str):
+        _drop_pages(data)  # every rule is parsed: the pages read for it are given back
     for c in rs.comments:
         if c.text.lstrip("# ").startswith(("Warning: iptables-legacy tables present", "Warning: ip6tables-legacy tables")):
             # iptables-nft says the legacy backend holds tables this dump does not show: unknown, not empty.
@@ -1219,11 +1243,16 @@ def _comment_lines(data: str | mmap.mmap, label: str) -> list[Any]:
             pos = data.find("\n#", start)
     else:
         pos = 0 if data[:1] == b"#" else data.find(b"\n#")
+        counted, newlines = 0, 0  # newlines before offset `counted`, counted a MiB at a time (no copy of the file)
         while pos >= 0 and len(out) < 50:
             start = pos if data[pos:pos + 1] == b"#" else pos + 1
             end = data.find(b"\n", start)
             line = data[start: end if end >= 0 else len(data)].decode("utf-8", "replace").rstrip("\r")
-            out.append(Source(label, data[:start].count(b"\n") + 1, 1, line))
+            while counted < start:
+                step = min(start, counted + (1 << 20))
+                newlines += data[counted:step].count(b"\n")
+                counted = step
+            out.append(Source(label, newlines + 1, 1, line))
             pos = data.find(b"\n#", start)
     return out
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Generic, Protocol, TypeVar
@@ -111,6 +111,15 @@ class Rule:
     counters: tuple[int, int] | None = None
     tokens: tuple[str, ...] = ()  # the rule's words after `-A CHAIN`, unquoted
 
+    def __getattr__(self, name: str) -> Any:
+        # A rule read by the fast path (parsers/iptables_fast.py) leaves `tokens` unset: few readers ask for
+        # them, and 300k tuples of words are ~30 MB. They are the words of its line, made when first read.
+        if name == "tokens" and LAZY_TOKENS:
+            tokens = LAZY_TOKENS[0](self)
+            object.__setattr__(self, "tokens", tokens)
+            return tokens
+        raise AttributeError(name)
+
     @property
     def text(self) -> str:
         return self.source.text
@@ -122,6 +131,10 @@ class Rule:
                 if o is not None:
                     return o.value()
         return None
+
+
+# How a rule whose `tokens` were left unset makes them (set by kptrace.parsers.iptables_fast, which makes such rules).
+LAZY_TOKENS: list[Callable[[Rule], tuple[str, ...]]] = []
 
 
 class RawRules(Protocol):

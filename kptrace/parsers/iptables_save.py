@@ -18,7 +18,10 @@ kept as Match(known=False), never dropped; words iptables itself would reject ra
 
 from __future__ import annotations
 
+import gc
+import mmap
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
@@ -230,19 +233,81 @@ def parse_iptables_save(text: str, file: str = "iptables-save", family: int | No
     UNDETERMINED; a table cut before COMMIT keeps its chains, the last one marked as shown in part;
     a jump to a chain the input does not hold is left for the walk to report.
     """
+    return _parse_lines(text.splitlines(), file, family, lenient)
+
+
+def parse_iptables_save_mapped(data: Buffer, file: str = "iptables-save", family: int | None = None) -> ParseResult:
+    """parse_iptables_save of a large dump's bytes (UTF-8; an mmap of the file works), which the caller has
+    checked decode. The text is decoded and split a few MiB at a time, and the pages of a mapping read so far
+    are given back as it goes: neither the whole text nor a list of all its lines is held at once."""
+    return _parse_lines(_mapped_lines(data), file, family, None)
+
+
+Buffer = bytes | mmap.mmap
+_CHUNK = 4 << 20
+
+
+def _mapped_lines(data: Buffer) -> Iterator[str]:
+    """The lines of `data` as str.splitlines() of its whole text gives them: chunks end just after a "\n",
+    which ends a line in both, and splitlines reads every other line break inside a chunk alike."""
+    pos, n = 0, len(data)
+    while pos < n:
+        end = data.find(b"\n", min(pos + _CHUNK, n) - 1)
+        end = n if end < 0 else end + 1
+        yield from data[pos:end].decode("utf-8").splitlines()
+        if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            done = end - end % mmap.PAGESIZE
+            if done > 0:
+                try:
+                    data.madvise(mmap.MADV_DONTNEED, 0, done)
+                except (OSError, ValueError):
+                    pass
+        pos = end
+
+
+def _parse_lines(lines: Iterable[str], file: str, family: int | None,
+                 lenient: list[ParseError] | None) -> ParseResult:
+    # Hundreds of thousands of small objects and no cycles among them: the cyclic GC would only rescan them.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse(lines, file, family, lenient)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse(lines: Iterable[str], file: str, family: int | None, lenient: list[ParseError] | None) -> ParseResult:
     rs = Ruleset(file=file, family=family or 4)
     result = ParseResult(rs)
     table: Table | None = None
     saw_v6 = False
     last_chain: Chain | None = None
+    from kptrace.parsers.iptables_fast import FastParser, shape
+
+    fast: FastParser | None = None
 
     def problem(e: ParseError) -> None:
         if lenient is None:
             raise e
         lenient.append(e)
 
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    lineno = 0
+    for lineno, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r")
+        if line[:3] == "-A " and table is not None:
+            # kube-proxy's few rule shapes (nearly every rule of a large dump): one regex, the same Rule.
+            if fast is None or fast.table != table.name:
+                fast = FastParser(table.name, file)
+            m = shape(line)
+            if m is not None:
+                chain = table.chains.get(m.group(1))
+                if chain is not None and chain._rules is not None:
+                    rule = fast.rule(line, lineno, len(chain._rules) + 1, m)
+                    if rule is not None:
+                        chain._rules.append(rule)
+                        last_chain = chain
+                        continue
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -291,7 +356,7 @@ def parse_iptables_save(text: str, file: str = "iptables-save", family: int | No
         _add_rule(table.chains[rule.chain], rule, line, file, lineno)
         last_chain = table.chains[rule.chain]
     if table is not None:
-        n = len(text.splitlines())
+        n = lineno  # the number of lines
         problem(ParseError(file, n or 1, 1, f"table '{table.name}' has no COMMIT (truncated dump?)"))
         _cut(table, last_chain, file, n or 1)
     if family is None and saw_v6:
@@ -360,9 +425,10 @@ def _add_rule(chain: Chain, rule: Rule, line: str, file: str, lineno: int) -> No
 
 
 def _reindex(rule: Rule, index: int, tokens: tuple[str, ...]) -> Rule:
-    from dataclasses import replace
-
-    return replace(rule, index=index, tokens=tokens)
+    """The rule at another index (dataclasses.replace, without its cost: every field, positionally)."""
+    r = rule
+    return Rule(r.table, r.chain, index, r.source, r.proto, r.src, r.dst, r.in_iface, r.out_iface, r.fragment,
+                r.matches, r.target, r.counters, tokens)
 
 
 def _check_jumps(rs: Ruleset, result: ParseResult, lenient: list[ParseError] | None = None) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 from kptrace.errors import ParseError
 from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, LazyChains, Rule, Ruleset, Table
 from kptrace.model.source import Source
+from kptrace.parsers.iptables_fast import FastParser
 from kptrace.parsers.iptables_save import POLICIES, _reindex, parse_iptables_save, parse_rule_line
 from kptrace.parsers.numbers import is_num
 
@@ -317,6 +318,7 @@ class _Section:
         self.decls = decls
         self.blocks: _Blocks | None = None
         self._full: Table | None = None
+        self.fast: FastParser | None = None  # kube-proxy's rule shapes, read by one regex (shared sub-objects)
 
     @classmethod
     def scan(cls, t: _Text, rs: Ruleset, name: str, head: int, commit: int, family: int | None,
@@ -384,7 +386,9 @@ class _Section:
         row, line = self.decls.line(cname)
         src = Source(self.file, row, 1, line.rstrip("\r"))
         counters = (int(pk), int(by)) if pk and by else None
-        raw = _LazyRules(lines, linenos, self.name, cname, self.file)
+        if self.fast is None:
+            self.fast = FastParser(self.name, self.file)
+        raw = _LazyRules(lines, linenos, self.name, cname, self.file, self.fast)
         return Chain(self.name, cname, policy if builtin else None, src, None, counters, raw)
 
     def full(self) -> Table:
@@ -482,11 +486,13 @@ class _Blocks:
 class _LazyRules:
     """Rule lines of one chain; `parse(i)` tokenizes line i on first use."""
 
-    __slots__ = ("lines", "linenos", "table", "chain", "file", "_parsed", "_hosts_of", "_ports", "_others", "_sources")
+    __slots__ = ("lines", "linenos", "table", "chain", "file", "fast", "_parsed", "_hosts_of", "_ports", "_others",
+                 "_sources")
 
-    def __init__(self, lines: list[str], linenos: Sequence[int], table: str, chain: str, file: str) -> None:
+    def __init__(self, lines: list[str], linenos: Sequence[int], table: str, chain: str, file: str,
+                 fast: FastParser | None = None) -> None:
         self.lines, self.linenos = lines, linenos
-        self.table, self.chain, self.file = table, chain, file
+        self.table, self.chain, self.file, self.fast = table, chain, file, fast
         self._parsed: dict[int, Rule] = {}
         self._hosts_of: list[str | None] | None = None
         self._ports: dict[int, list[int]] = {}
@@ -499,8 +505,13 @@ class _LazyRules:
     def parse(self, i: int) -> Rule:
         r = self._parsed.get(i)
         if r is None:
-            r = parse_rule_line(self.table, self.lines[i], self.file, self.linenos[i])
-            r = _reindex(r, i + 1, r.tokens)
+            line = self.lines[i]
+            fast = self.fast.rule(line, self.linenos[i], i + 1) if self.fast is not None else None
+            if fast is not None:
+                r = fast
+            else:
+                r = parse_rule_line(self.table, line, self.file, self.linenos[i])
+                r = _reindex(r, i + 1, r.tokens)
             self._parsed[i] = r
         return r
 

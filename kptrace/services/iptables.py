@@ -87,8 +87,9 @@ def _add(xs: list[str], x: str | None) -> None:
 
 
 def _rules(rs: Ruleset, table: str, chain: str) -> list[Rule]:
+    """A chain's rules (its own list: read, never changed here)."""
     c: Chain | None = rs.chain(table, chain)
-    return list(c.rules) if c is not None else []
+    return c.rules if c is not None else []
 
 
 class _Reader:
@@ -110,7 +111,7 @@ class _Reader:
         return key, a
 
     def entry_rules(self) -> None:
-        for r in _rules(self.rs, "nat", "KUBE-SERVICES") + _rules(self.rs, "nat", "KUBE-NODEPORTS"):
+        for r in [*_rules(self.rs, "nat", "KUBE-SERVICES"), *_rules(self.rs, "nat", "KUBE-NODEPORTS")]:
             m = _KIND.match(r.comment() or "")
             if m is None:
                 continue
@@ -192,16 +193,19 @@ class _Reader:
         out: list[Endpoint] = []
         remaining = 1.0
         for r in _rules(self.rs, "nat", chain):
-            tgt = _target(r)
+            tgt = r.target.name if r.target is not None else ""
             if not tgt.startswith("KUBE-SEP-"):
                 continue
-            if any(m.module == "recent" for m in r.matches):
+            matches = r.matches
+            if any(m.module == "recent" for m in matches):
                 self.affinity.add(key)  # sessionAffinity: ClientIP; the same endpoints follow without it
                 continue
             p = 1.0
-            for m in r.matches:
+            for m in matches:
+                if m.module != "statistic":
+                    continue
                 o = m.opt("--probability")
-                if m.module == "statistic" and o is not None:
+                if o is not None:
                     try:
                         p = float(o.value())
                     except ValueError:
@@ -209,17 +213,19 @@ class _Reader:
             share = remaining * p
             remaining -= share
             addr, cite = self.sep_target(tgt)
+            where = str(r.source)
             if addr is None:
                 em = _ENDPOINT.match(r.comment() or "")
-                addr, cite = (em.group("ep"), str(r.source)) if em else (tgt, str(r.source))
-            a.sources.append(str(r.source))
+                addr, cite = (em.group("ep"), where) if em else (tgt, where)
+            a.sources.append(where)
             out.append(Endpoint(addr, round(share, 12), cite))
         return tuple(out)
 
     def sep_target(self, chain: str) -> tuple[str | None, str | None]:
         for r in _rules(self.rs, "nat", chain):
-            if _target(r) == "DNAT" and r.target is not None:
-                o = r.target.opt("--to-destination")
+            t = r.target
+            if t is not None and t.name == "DNAT":
+                o = t.opt("--to-destination")
                 if o is not None:
                     return o.value(), str(r.source)
         return None, None

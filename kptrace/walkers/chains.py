@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from ipaddress import ip_address
 
+from kptrace.model.flow import IPAddress
 from kptrace.model.netfilter import Chain, Rule, Ruleset, Target
 from kptrace.model.trace import Step
 from kptrace.walkers.matches import Chance, MatchContext, Unknown, eval_rule, parse_mark
@@ -409,6 +410,18 @@ def split_hostport(text: str) -> tuple[str, str | None]:
     return text, None
 
 
+_ADDRESSES: dict[str, IPAddress] = {}  # DNAT targets' addresses, parsed once (addresses are values)
+
+
+def _address(text: str) -> IPAddress:
+    a = _ADDRESSES.get(text)
+    if a is None:
+        if len(_ADDRESSES) >= MAX_SHARED_STEPS:
+            _ADDRESSES.clear()
+        a = _ADDRESSES[text] = ip_address(text)  # ValueError: not cached, raised each time as before
+    return a
+
+
 def apply_nat(t: Target, path: Path, ctx: MatchContext) -> Path:
     pkt = path.packet
     if t.name == "DNAT" or t.name == "REDIRECT":
@@ -424,7 +437,7 @@ def apply_nat(t: Target, path: Path, ctx: MatchContext) -> Path:
             port = tp.value() if tp else None
         changes: dict[str, object] = {"orig_dst": pkt.dst, "orig_dport": pkt.dport, "dnat_node": pkt.node}
         try:
-            changes["dst"] = ip_address(host)
+            changes["dst"] = _address(host)
         except ValueError:
             path = path.assume(f"DNAT to the range {host}: the kernel picks one address of it")
         if port is not None and port.isdigit():

@@ -25,12 +25,14 @@ from kptrace.model.trace import Branch, Disposition, Egress, Reply, Step, Trace
 from kptrace.walkers import link
 from kptrace.walkers.chains import ACCEPT, DROP, REJECT, UNDETERMINED, ChainWalker
 from kptrace.walkers.matches import MatchContext
+from kptrace.walkers.memo import active as active_memo
 from kptrace.walkers.hooks import HookEntry
 from kptrace.walkers.packet import Packet, Path
 from kptrace.walkers.routing import RouteResult, describe, knows_local, lookup
 
 if TYPE_CHECKING:
     from kptrace.walkers.ipvs import IpvsOutcome
+    from kptrace.walkers.memo import HookMemo
 
 IPNetwork = IPv4Network | IPv6Network
 
@@ -70,7 +72,8 @@ class _Walk:
     label: str | None = None  # node name on steps, when the trace spans nodes
     hops: int = 0
     local: set[IPAddress] = field(default_factory=set)
-    hooked: dict[str, tuple[list[HookEntry], list[str]]] = field(default_factory=dict)  # entries() and their notes
+    # entries(), their notes, and the memo of the whole hook (in a sweep)
+    hooked: dict[str, tuple[list[HookEntry], list[str], HookMemo | None]] = field(default_factory=dict)
 
     def ctx(self, hook: str) -> MatchContext:
         return MatchContext(self.local, self.node.knows_addresses, hook, [], sets=self.node.ipsets)
@@ -86,13 +89,18 @@ class _Walk:
         All of them run: a drop in any drops, an accept only ends that base chain.
         """
         out: list[HookEntry] = []
+        memo = active_memo()
         for backend, rs in self.iptables_rulesets():
             for table in HOOK_TABLES[hook]:
                 if rs.chain(table, hook) is None:
                     continue
-                walker = ChainWalker(rs, self.ctx(hook), hook, self.label)
+                ctx = self.ctx(hook)
+                walker = ChainWalker(rs, ctx, hook, self.label)
                 prio = table_priority(table, hook)
-                out.append(HookEntry(prio, f"{backend}:{table}", table == "nat", _bind(walker, table, hook)))
+                walk = _bind(walker, table, hook)
+                if memo is not None:  # walks shared with other flows of a sweep (walkers/memo.py)
+                    walk = memo.wrap(self.node, rs, table, hook, self.label, ctx, walk)
+                out.append(HookEntry(prio, f"{backend}:{table}", table == "nat", walk))
         if self.node.nft is not None:
             from kptrace.walkers import nft  # imported on demand: most nodes have no nft ruleset of their own
 
@@ -130,11 +138,21 @@ class _Walk:
         """Run every base chain of one hook; return the paths that come out accepted."""
         known = self.hooked.get(hook)
         if known is None:  # once per hook and trace: a trace of a Service of 10 endpoints runs FORWARD 20 times
-            entries = self.entries(hook)
-            known = self.hooked[hook] = (entries, self.shared_priorities(entries, hook))
-        entries, notes = known
+            memo = active_memo()
+            if memo is not None:  # and once per sweep: every trace and reply on this node shares them
+                known = self.hooked[hook] = memo.hook_entries(self, hook)
+            else:
+                entries = self.entries(hook)
+                known = self.hooked[hook] = (entries, self.shared_priorities(entries, hook), None)
+        entries, notes, whole = known
         if notes:
             paths = [_assume_all(p, notes) for p in paths]
+        if whole is not None and len(paths) == 1:
+            # The whole hook, memoised (walkers/memo.py): one path at a time, so its ended branches keep their order.
+            return whole.run(paths[0], skip_nat, self.finals, lambda ps: self._run(hook, entries, ps, skip_nat))
+        return self._run(hook, entries, paths, skip_nat)
+
+    def _run(self, hook: str, entries: list[HookEntry], paths: list[Path], skip_nat: bool) -> list[Path]:
         for entry in entries:
             if entry.nat and skip_nat:
                 continue  # conntrack already holds this connection's NAT: nat chains are not consulted
@@ -176,9 +194,10 @@ class _Walk:
         res = lookup(self.node, dst, path.packet.src if iif else None, iif, None, path.packet.mark)
         for a in res.assumptions:
             path = path.assume(a)
+        if res.kind in ("local", "undetermined") or dst in self.local or knows_local(self.node, dst):
+            return path, res
         condition = f"the node's addresses (not in the input; give `ip addr`): {dst} is not one of them"
-        if res.kind not in ("local", "undetermined") and condition not in path.conditions \
-                and not knows_local(self.node, dst) and dst not in self.local:
+        if condition not in path.conditions:
             # Nothing in the input shows the node's addresses: whether `dst` is one of them (routed local,
             # INPUT) is unknown. The answer depends on it; the walk goes on as if it is not, as a what-if.
             reason = (f"whether {dst} is one of the node's own addresses (routed local, to INPUT) is not in the input: "

@@ -134,7 +134,7 @@ def knows_local(node: Node, dst: IPAddress) -> bool:
     """Does the input show which addresses of dst's family are the node's (so that one not among them is not)?
     An address list (`ip addr`, --node-ip, node.yaml), the `src` of a route, or the local routing table;
     loopback addresses are always local."""
-    if (isinstance(dst, IPv4Address) and dst in _LOOPBACK4) or str(dst) == "::1":
+    if (isinstance(dst, IPv4Address) and dst in _LOOPBACK4) or (dst.version == 6 and str(dst) == "::1"):
         return True
     if node.knows_addresses or route_sources(node):
         return True
@@ -144,7 +144,7 @@ def knows_local(node: Node, dst: IPAddress) -> bool:
 def _fallback_local(node: Node, dst: IPAddress) -> bool:
     if isinstance(dst, IPv4Address) and dst in _LOOPBACK4:
         return True
-    return str(dst) == "::1" or dst in node.local_addresses() or dst in route_sources(node)
+    return (dst.version == 6 and str(dst) == "::1") or dst in node.local_addresses() or dst in route_sources(node)
 
 
 def _fallback(node: Node, dst: IPAddress) -> RouteResult:

@@ -20,7 +20,9 @@ Source kinds (a row is skipped, and the sweep says so, when the input cannot giv
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
@@ -30,6 +32,8 @@ from kptrace.model.node import Node
 from kptrace.model.trace import Branch, Disposition, Step, Trace
 from kptrace.services import merge, service_ports
 from kptrace.services.model import Service
+from kptrace.walkers.memo import WalkMemo, using
+from kptrace.walkers.memo import disabled as memo_disabled
 
 SOURCE_KINDS = ("pod", "remote", "node", "external")
 ENTRIES = ("cluster-ip", "node-port", "load-balancer", "external-ip")
@@ -166,6 +170,9 @@ class Sweeper:
         self._pod_source: dict[tuple[str, int], IPAddress | None] = {}
         self._endpoints: set[IPAddress] | None = None
         self._ports: dict[str, list[Service]] = {}
+        # Hook walks shared between flows (walkers/memo.py; KPTRACE_NO_MEMO=1 turns it off): exact, and the
+        # cluster is not edited while this Sweeper lives.
+        self.memo: WalkMemo | None = None if memo_disabled() else WalkMemo()
 
     def service_ports(self, node: Node) -> list[Service]:
         """What `kptrace services` lists for this node alone, read once."""
@@ -226,7 +233,8 @@ class Sweeper:
         key = (start.name, flow)
         t = self._traces.get(key)
         if t is None:
-            t = trace_flow(start, flow, self.cluster)
+            with using(self.memo):
+                t = trace_flow(start, flow, self.cluster)
             if self.keep_traces:
                 self._traces[key] = t
         return t
@@ -235,11 +243,12 @@ class Sweeper:
         ports = [s for s in self.service_ports(node) if services is None or _service_matches(s, services)]
         notes: list[str] = []
         rows: list[Row] = []
-        for i, svc in enumerate(ports):
-            for kind, entry, start, flow in self.flows(node, svc, kinds, notes):
-                rows.append(self.row(node, svc, kind, entry, start, flow))
-            if self.progress is not None:
-                self.progress(node.name, i + 1, len(ports))
+        with _few_collections():
+            for i, svc in enumerate(ports):
+                for kind, entry, start, flow in self.flows(node, svc, kinds, notes):
+                    rows.append(self.row(node, svc, kind, entry, start, flow))
+                if self.progress is not None:
+                    self.progress(node.name, i + 1, len(ports))
         return NodeSweep(node.name, len(ports), rows, list(dict.fromkeys(notes)))
 
     def sweep(self, services: str | None = None, kinds: Sequence[str] = SOURCE_KINDS,
@@ -316,6 +325,22 @@ class Sweeper:
 
                 found = tuple(dict.fromkeys(f.id for f in findings_for_trace(t, findings)))
         return _Derived(t.disposition, status, endpoint_shares(t, start.name), deciding, found)
+
+
+GC_BATCH = 20_000  # objects allocated between two collections of the youngest generation while a sweep runs
+
+
+@contextmanager
+def _few_collections() -> Iterator[None]:
+    """Python's cyclic collector, run less often while a sweep makes millions of short-lived paths and keeps
+    its memo: with the default threshold (700) it ran a thousand times in a 1k sweep, a fifth of its time.
+    Nothing else changes (the walks make no cycles the collector must break early)."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], GC_BATCH), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,18 +7,14 @@ other name is recognised by its content. Every input is listed with its sha256 i
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
-import lzma
 import mmap
 import os
 import re
 import stat
 import sys
-import tarfile
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import islice
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
@@ -26,21 +22,13 @@ from typing import IO, Any, TypeVar
 
 from kptrace import cache
 from kptrace.errors import InputError, KptraceError, ParseError
+from kptrace.model._compiled import dataclass
 from kptrace.model.netfilter import IPNetwork, Ruleset, Table
 from kptrace.model.node import COMPLETE, EXCERPT, Node
 from kptrace.model.trace import InputFile
 from kptrace.model.routing import Route
-from kptrace.parsers.bridge import parse_brctl_show, parse_bridge_fdb, parse_bridge_link
-from kptrace.parsers.flannel import parse_flannel_subnet
-from kptrace.parsers.ip_addr import parse_ip_addr
-from kptrace.parsers.ip_link import parse_ip_link
-from kptrace.parsers.ip_neigh import parse_ip_neigh
-from kptrace.parsers.ip_route import parse_ip_route
-from kptrace.parsers.ip_rule import parse_ip_rule
-from kptrace.parsers.modules import parse_modules
 from kptrace.parsers.iptables_save import backend_of_header, parse_iptables_save, parse_iptables_save_mapped
 from kptrace.parsers.iptables_scan import HINTS_FORMAT, scan_iptables_save
-from kptrace.parsers.sysctl import parse_sysctl
 from kptrace.walkers.kube_jumps import add_kube_proxy_jumps
 
 # Parsers for pastes, nftables and IPVS are imported when a file of theirs turns up: most dumps are
@@ -437,7 +425,43 @@ def _is_archive(path: Path) -> bool:
         return False
     if head.startswith(_ARCHIVE_MAGIC):
         return True  # a tarball, or compressed data that is not text: _tar_entries says which
-    return head[257:262] == b"ustar" or tarfile.is_tarfile(path)
+    if head[257:262] == b"ustar":
+        return True
+    if _surely_not_tar(head):
+        return False  # (what tarfile.is_tarfile says, without importing tarfile and trying every compression)
+    import tarfile
+
+    return tarfile.is_tarfile(path)
+
+
+def _surely_not_tar(head: bytes) -> bool:
+    """True when tarfile.is_tarfile says no to a file that starts with `head` (its first 512 bytes, not
+    starting with _ARCHIVE_MAGIC): a plain tar's first header needs 512 bytes and a valid checksum, and of
+    the compressed forms tarfile tries (gzip, bzip2, xz) only xz's decoder reads data without a magic
+    number: the old .lzma format (a properties byte below 225, then a dictionary size its decoder checks)
+    and .lz (`LZIP`). False whenever it may be an archive (tarfile is asked) and on Pythons whose tarfile
+    knows other compressions (3.14: zstd)."""
+    if sys.version_info >= (3, 14) or len(head) < 5 or head.startswith(b"LZIP"):
+        return False
+    if head[0] < 225:
+        d = int.from_bytes(head[1:5], "little")  # liblzma's check: 2^n, 2^n + 2^(n-1) or UINT32_MAX
+        x = (d - 1) & 0xFFFFFFFF
+        for shift in (2, 3, 4, 8, 16):
+            x |= x >> shift
+        if d == 0xFFFFFFFF or (x + 1) & 0xFFFFFFFF == d:
+            return False  # may be .lzma
+    if len(head) < 512:
+        return True  # a truncated header
+    if head[148] in (0o200, 0o377):
+        return False  # a base-256 checksum field: tarfile reads it
+    field = head[148:156].split(b"\0", 1)[0]
+    try:
+        chksum = int(field.decode("ascii").strip() or "0", 8)
+    except ValueError:
+        return True  # tarfile's InvalidHeaderError
+    unsigned = 256 + sum(head[:148]) + sum(head[156:512])
+    signed = unsigned - 256 * sum(1 for b in (*head[:148], *head[156:512]) if b >= 128)
+    return chksum not in (unsigned, signed)
 
 
 def _dir_entries(path: Path, mapped: bool) -> Iterator[Entry]:
@@ -489,6 +513,10 @@ def _tar_entries(path: Path, data: bytes | None = None) -> Iterator[Entry]:
     the limits: MAX_INPUT_BYTES per member and for all of them, MAX_ARCHIVE_MEMBERS members, MAX_ARCHIVE_SCAN
     bytes unpacked in all (a member's size is checked before a byte of it is read: a sparse member says
     2 GB in a 160-byte archive)."""
+    import lzma
+    import tarfile
+    import zlib
+
     total = scanned = members = 0
     last = None
     try:
@@ -717,7 +745,9 @@ def _load_safely(node: Node, label: str, data: bytes | MappedFile | KptraceError
 def _digest(data: bytes | MappedFile, use_cache: bool = True) -> str:
     if isinstance(data, MappedFile):
         return cache.file_digest(data.path, data.stat, data.mm, use_cache)
-    return hashlib.sha256(data).hexdigest()
+    from hashlib import sha256
+
+    return sha256(data).hexdigest()
 
 
 def _new_node(node_ips: list[str] | None, pod_cidrs: list[str] | None) -> Node:
@@ -832,6 +862,8 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         _load_dump(node, label, kind, text, digest, options)
     elif kind == "ip-addr":
         # A bundle may hold `ip addr` both as text and as JSON: the same address counts once.
+        from kptrace.parsers.ip_addr import parse_ip_addr
+
         seen = {(a.iface, a.address) for a in node.addresses}
         node.addresses.extend(a for a in _tolerant(node, parse_ip_addr, text, label) if (a.iface, a.address) not in seen)
         _links_of_ip_addr(node, text, label)
@@ -849,10 +881,16 @@ def _load_one(node: Node, label: str, data: bytes | MappedFile, in_bundle: bool 
         if kind == "ip-link":
             _ports_of_ip_link(node, text, label)
     elif kind == "flannel-subnet":
+        from kptrace.parsers.flannel import parse_flannel_subnet
+
         node.flannel = _tolerant(node, parse_flannel_subnet, text, label)
     elif kind == "modules":
+        from kptrace.parsers.modules import parse_modules
+
         node.modules = (node.modules or []) + _tolerant(node, parse_modules, text, label)
     elif kind == "sysctl":
+        from kptrace.parsers.sysctl import parse_sysctl
+
         node.merge_sysctls(_tolerant(node, parse_sysctl, text, label))
     elif kind == "node-meta":
         _node_meta(node, text, label)
@@ -1089,6 +1127,7 @@ def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest:
         return False
     family = 6 if kind.startswith("ip6") else None
     level = COMPLETE
+    starts: list[int] | None = None
     try:
         if options.strict:
             if isinstance(data, str):
@@ -1101,6 +1140,12 @@ def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest:
             if hints is not None and hints.get("format") != HINTS_FORMAT:
                 hints = None  # written by another version of the scanner: scan again, and replace it
             rs = scan_iptables_save(data, label, family, hints)
+            if rs.scan_hints is not None and not isinstance(data, str):
+                # Where the `#` lines are (finding them touches every page of the file): kept with the scan.
+                starts = _cached_starts(hints, data)
+                if starts is None:
+                    starts = rs.scan_hints["comments"] = list(islice(_hash_lines(data), 50))
+                    hints = None  # (an entry written before they were kept: written anew, with them)
             if rs.scan_hints is not None and hints is None:
                 cache.put(digest, rs.scan_hints, options.cache)
     except ParseError:
@@ -1113,7 +1158,8 @@ def _load_dump(node: Node, label: str, kind: str, data: str | mmap.mmap, digest:
             level = EXCERPT
             _unknown_tables(rs, label)
     rs.text = data
-    rs.comments = _comment_lines(data, label)
+    hinted = rs.scan_hints.get("newlines") if rs.scan_hints is not None else None
+    rs.comments = _comment_lines(data, label, hinted if isinstance(hinted, list) else None, starts)
     if options.strict and not isinstance(data, str):
         _drop_pages(data)  # every rule is parsed: the pages read for it are given back
     for c in rs.comments:
@@ -1228,8 +1274,15 @@ def _backend(comments: list[Any], label: str) -> str | None:
     return backend_of_header(comments)
 
 
-def _comment_lines(data: str | mmap.mmap, label: str) -> list[Any]:
-    """The dump's `#` lines (str.find: dumps run to 50 MB), with their line numbers."""
+def _comment_lines(data: str | mmap.mmap, label: str, newlines: list[int] | None = None,
+                   starts: list[int] | None = None) -> list[Any]:
+    """The dump's `#` lines (the first 50), with their line numbers.
+
+    Dumps run to 50 MB. In bytes, a `#` line is found by looking for `#` (a memchr: kube-proxy's rules
+    have none) and checking that a newline comes before it; past _STRAY `#` inside lines it looks for
+    `\n#` instead. `newlines` are the scan's newline counts per 64 KiB (iptables_scan's _Text.newlines,
+    kept in the cache): with them a line number costs a count within one block. `starts`: where the first 50
+    `#` lines start, as _hash_lines found them (kept in the cache too)."""
     from kptrace.model.source import Source
 
     out: list[Source] = []
@@ -1242,33 +1295,89 @@ def _comment_lines(data: str | mmap.mmap, label: str) -> list[Any]:
             out.append(Source(label, data.count("\n", 0, start) + 1, 1, line))
             pos = data.find("\n#", start)
     else:
-        pos = 0 if data[:1] == b"#" else data.find(b"\n#")
-        counted, newlines = 0, 0  # newlines before offset `counted`, counted a MiB at a time (no copy of the file)
-        while pos >= 0 and len(out) < 50:
-            start = pos if data[pos:pos + 1] == b"#" else pos + 1
+        if newlines is not None and len(newlines) != (len(data) >> _BLOCK_BITS) + 1:
+            newlines = None
+        counted, count = 0, 0  # newlines before offset `counted`, counted a MiB at a time (no copy of the file)
+        for start in starts if starts is not None else islice(_hash_lines(data), 50):
             end = data.find(b"\n", start)
             line = data[start: end if end >= 0 else len(data)].decode("utf-8", "replace").rstrip("\r")
-            while counted < start:
-                step = min(start, counted + (1 << 20))
-                newlines += data[counted:step].count(b"\n")
-                counted = step
-            out.append(Source(label, newlines + 1, 1, line))
-            pos = data.find(b"\n#", start)
+            if newlines is not None:
+                block = start >> _BLOCK_BITS
+                n = newlines[block] + data[block << _BLOCK_BITS:start].count(b"\n")
+            else:
+                while counted < start:
+                    step = min(start, counted + (1 << 20))
+                    count += data[counted:step].count(b"\n")
+                    counted = step
+                n = count
+            out.append(Source(label, n + 1, 1, line))
     return out
+
+
+def _cached_starts(hints: dict[str, Any] | None, data: bytes | mmap.mmap) -> list[int] | None:
+    """The `#` lines' offsets kept in a verified cache entry for these bytes (by their sha256), if it holds
+    them and they are `#` lines of these bytes (a few bytes checked, as iptables_scan._hints_fit does)."""
+    starts = hints.get("comments") if hints is not None else None
+    if not (isinstance(starts, list) and len(starts) <= 50 and all(type(o) is int for o in starts)):
+        return None
+    n, last = len(data), -1
+    for o in starts:
+        if not (last < o < n and data[o] == 35 and (o == 0 or data[o - 1] == 10)):
+            return None
+        last = o
+    return starts
+
+
+_BLOCK_BITS = 16  # iptables_scan's _Text.STEP is 1 << 16
+_STRAY = 64  # `#` inside lines (a rule's comment text) tolerated before looking for `\n#` instead
+
+
+def _hash_lines(data: bytes | mmap.mmap) -> Iterator[int]:
+    """Offsets of the `#` that start a line, in order."""
+    if data[:1] == b"#":
+        yield 0
+    pos, stray = 1, 0
+    while stray < _STRAY:
+        p = data.find(b"#", pos)
+        if p < 0:
+            return
+        if data[p - 1] == 10:  # (a newline: an mmap's item is an int, as bytes')
+            yield p
+        else:
+            stray += 1
+        pos = p + 1
+    while True:
+        p = data.find(b"\n#", pos - 1)
+        if p < 0:
+            return
+        yield p + 1
+        pos = p + 2
 
 
 def _route_key(r: Route) -> object:
     return (r.table, r.type, r.dst, r.nexthops, r.metric, r.src, r.proto, r.scope)
 
 
+def _lazy(module: str, func: str) -> Callable[[str, str], list[Any]]:
+    """A parser of kptrace.parsers.<module>, imported when first called (a dump alone needs none of them)."""
+    def parse(text: str, label: str) -> list[Any]:
+        import importlib
+
+        real: Callable[[str, str], list[Any]] = getattr(importlib.import_module(f"kptrace.parsers.{module}"), func)
+        return real(text, label)
+
+    parse.__name__ = parse.__qualname__ = func
+    return parse
+
+
 _LIST_KINDS: dict[str, tuple[Callable[[str, str], list[Any]], str, Callable[[Any], object]]] = {
-    "ip-route": (parse_ip_route, "routes", _route_key),
-    "ip-rule": (parse_ip_rule, "policy_rules", lambda r: (r.priority, r.action, r.table, r.src, r.dst, r.iif, r.oif, r.fwmark, r.invert)),
-    "ip-link": (parse_ip_link, "links", lambda x: x.name),
-    "ip-neigh": (parse_ip_neigh, "neighbors", lambda n: (n.dst, n.dev, n.lladdr)),
-    "bridge-fdb": (parse_bridge_fdb, "fdb", lambda f: (f.mac, f.dev, f.master, f.dst, f.vlan)),
-    "bridge-link": (parse_bridge_link, "bridge_ports", lambda b: b.name),
-    "brctl-show": (parse_brctl_show, "bridge_ports", lambda b: b.name),
+    "ip-route": (_lazy("ip_route", "parse_ip_route"), "routes", _route_key),
+    "ip-rule": (_lazy("ip_rule", "parse_ip_rule"), "policy_rules", lambda r: (r.priority, r.action, r.table, r.src, r.dst, r.iif, r.oif, r.fwmark, r.invert)),
+    "ip-link": (_lazy("ip_link", "parse_ip_link"), "links", lambda x: x.name),
+    "ip-neigh": (_lazy("ip_neigh", "parse_ip_neigh"), "neighbors", lambda n: (n.dst, n.dev, n.lladdr)),
+    "bridge-fdb": (_lazy("bridge", "parse_bridge_fdb"), "fdb", lambda f: (f.mac, f.dev, f.master, f.dst, f.vlan)),
+    "bridge-link": (_lazy("bridge", "parse_bridge_link"), "bridge_ports", lambda b: b.name),
+    "brctl-show": (_lazy("bridge", "parse_brctl_show"), "bridge_ports", lambda b: b.name),
 }
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Generic, Protocol, TypeVar
 
+from kptrace.model._compiled import dataclass
 from kptrace.model.source import Source
 
 IPNetwork = IPv4Network | IPv6Network

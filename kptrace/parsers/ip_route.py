@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv6Address, ip_address, ip_network
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from kptrace.errors import ParseError
+from kptrace.model._compiled import dataclass
 from kptrace.parsers.numbers import ascii_int
 from kptrace.parsers.json_limits import MALFORMED, malformed, recursion_message, too_deep
 from kptrace.model.flow import IPAddress

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from kptrace.errors import ParseError
+from kptrace.model._compiled import dataclass
 from kptrace.model.netfilter import Cond, Match, Option, Rule, Target
 from kptrace.model.source import Source
 from kptrace.parsers.iptables_s import ListingResult, PartialBuilder, _ChainInfo, checked

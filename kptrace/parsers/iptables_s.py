@@ -28,9 +28,10 @@ listing parsers share: `ListingResult`, `PartialBuilder` and `infer_table`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from kptrace.errors import ParseError
+from kptrace.model._compiled import dataclass
 from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Rule, Ruleset, Table
 from kptrace.model.source import Source
 from kptrace.parsers.iptables_save import POLICIES, ParseResult, parse_rule_line, render_rule, tokenize

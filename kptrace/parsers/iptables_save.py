@@ -22,11 +22,12 @@ import gc
 import mmap
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
 from kptrace.errors import ParseError
+from kptrace.model._compiled import dataclass
 from kptrace.model.netfilter import (
     BUILTIN_CHAINS, Chain, Cond, IPNetwork, Match, Option, Rule, Ruleset, Table, Target,
 )

@@ -43,10 +43,11 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any
 
 from kptrace.errors import ParseError
+from kptrace.model._compiled import dataclass
 from kptrace.model.netfilter import BUILTIN_CHAINS, Chain, Ruleset, Table
 from kptrace.model.node import COMPLETE, EXCERPT, Coverage, Node
 from kptrace.model.source import Source

@@ -25,57 +25,17 @@ It is a cache, so it can only ever save time, never change an answer or fail a r
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import marshal
 import os
+import secrets
 import time
-from _operator import _compare_digest as compare_digest  # hmac.compare_digest is this function
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kptrace import __version__
-
-
-def _small_sha256() -> Callable[..., Any]:
-    """sha256 for the small things hashed on every run (entries, a path): CPython's built-in module, which
-    loads no OpenSSL (hashlib and hmac load it at import). A large
-    dump's bytes go through hashlib (file_digest): OpenSSL's sha256 is faster on them."""
-    for name in ("_sha256", "_sha2"):  # (3.11; 3.12 renamed it)
-        try:
-            return getattr(__import__(name), "sha256")  # type: ignore[no-any-return]
-        except (ImportError, AttributeError):
-            continue
-    from hashlib import sha256
-
-    return sha256
-
-
-_sha256 = _small_sha256()
-
-
-def __getattr__(name: str) -> Any:
-    """`cache.hashlib`, imported when a file is first hashed (file_digest): it loads OpenSSL."""
-    if name == "hashlib":
-        import hashlib
-
-        globals()["hashlib"] = hashlib
-        return hashlib
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-_BLOCK = 64  # sha256's block size, for HMAC
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
-
-
-def hmac_sha256(key: bytes, *parts: bytes) -> bytes:
-    """HMAC-SHA256 (RFC 2104) of the concatenated parts: what `hmac.digest(key, b"".join(parts), "sha256")`
-    returns (tests/test_cache_hmac.py compares them), without importing hmac and OpenSSL."""
-    if len(key) > _BLOCK:
-        key = _sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    inner = _sha256(key.translate(_IPAD))
-    for part in parts:
-        inner.update(part)
-    return _sha256(key.translate(_OPAD) + inner.digest()).digest()  # type: ignore[no-any-return]
 
 def enabled_by_default() -> bool:
     """KPTRACE_NO_CACHE=1 turns the cache off; `--no-cache` does for one run (LoadOptions.cache)."""
@@ -139,7 +99,7 @@ def _read(dir_fd: int, name: str, limit: int) -> bytes | None:
 
 def _write(dir_fd: int, name: str, data: bytes) -> None:
     """Atomically: a new file (O_EXCL, never through a link) renamed over the entry inside the directory."""
-    tmp = f".tmp-{os.urandom(8).hex()}"  # (secrets.token_hex(8))
+    tmp = f".tmp-{secrets.token_hex(8)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -163,7 +123,7 @@ def _key(dir_fd: int, create: bool) -> bytes | None:
         return key
     if not create:
         return None
-    key = os.urandom(_KEY_BYTES)  # (secrets.token_bytes)
+    key = secrets.token_bytes(_KEY_BYTES)
     _write(dir_fd, KEY, key)
     return key
 
@@ -173,7 +133,7 @@ def _head(name: str, size: int) -> bytes:
 
 
 def _mac(key: bytes, head: bytes, payload: bytes) -> bytes:
-    return hmac_sha256(key, head, payload).hex().encode()
+    return hmac.digest(key, head + payload, "sha256").hex().encode()
 
 
 def _seal(key: bytes, name: str, payload: bytes) -> bytes:
@@ -187,7 +147,7 @@ def _unseal(key: bytes, name: str, data: bytes) -> Any:
     head, _, rest = data.partition(b"\n")
     mac, _, payload = rest.partition(b"\n")
     want = _head(name, len(payload))
-    if head + b"\n" != want or not compare_digest(mac, _mac(key, want, payload)):
+    if head + b"\n" != want or not hmac.compare_digest(mac, _mac(key, want, payload)):
         return None
     try:
         return marshal.loads(payload)
@@ -277,13 +237,12 @@ def _identity(st: os.stat_result) -> list[int]:
 
 def file_digest(path: str, st: os.stat_result, data: Any, use: bool = True) -> str:
     """sha256 of a file's bytes (`data`, as read from `path` after `st` was taken)."""
-    record = f"file-{_sha256(os.path.realpath(path).encode()).hexdigest()[:40]}.cache"
+    record = f"file-{hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:40]}.cache"
     if use:
         known = _get(record)
         if isinstance(known, list) and len(known) == 2 and known[0] == _identity(st) and isinstance(known[1], str):
             return known[1]
-    lib = globals().get("hashlib") or __getattr__("hashlib")
-    digest: str = lib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     if use and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
         _put(record, [_identity(st), digest])
     return digest

@@ -43,6 +43,11 @@ base chains' keys, without the nat chains' where they are not consulted, plus wh
 skip_nat, dnat_node, snat_node; a packet carrying a conntrack entry's DNAT is not memoised). The memo also
 keeps each hook's entries (`_Walk.entries`) for every trace of the sweep.
 
+Memory (issue 17: a 10k-Service sweep within 500 MB): outcomes are kept as deltas whose tuples (steps, packet
+changes as one flat tuple, assumptions, conditions) are shared between equal ones (WalkMemo.share, bounded); a
+store that does not pay (WARMUP, HIT_RATIO) records nothing more; the chains' facts are forgotten once no new
+hook has been made for FACTS_IDLE walks. Each bound only forgets: a forgotten walk is walked again.
+
 A closure with a chain not parsed yet (a large dump read lazily), a match module or a target not audited
 here is not memoised: it is walked each time. The nft walker (walkers/nft.py), IPVS and the stand-in
 entries for missing rulesets are not memoised either, nor is a hook that has one of them. Only a Sweeper
@@ -76,10 +81,14 @@ WalkFn = Callable[[Path], list[Outcome]]
 
 MAX_NETWORKS = 64  # non-host networks an address is tested against for its key; more and addresses are exact
 MAX_KEYS = 200_000  # recorded keys per base chain; past it the store is cleared
+MAX_SHARED = 65_536  # tuples WalkMemo.share keeps; past it they are forgotten (the stores keep theirs)
+# The chains' facts (WalkMemo.facts) are only read to make a new entry's closure; once FACTS_IDLE hooks in a row
+# were made before, they are forgotten (made again if a new entry comes: a cost of time, never of exactness).
+FACTS_IDLE = 2048
 MAX_CLASSES = 4096  # addresses whose class a key function keeps; past it the cache is cleared
 # A store that has missed WARMUP times and hit less than once per HIT_RATIO misses records nothing more (a sweep
 # walks nat PREROUTING once per Service port: recording those would only hold memory); it still answers.
-WARMUP, HIT_RATIO = 1024, 4
+WARMUP, HIT_RATIO = 256, 4
 
 # Match modules audited (matches.py EVALUATORS, ipset.py): what each reads of the packet and the context.
 # A module not here but evaluated gives Unknown with a text of the rule alone (not modelled), which is safe;
@@ -260,8 +269,12 @@ def _union(closures: list[_Closure]) -> _Closure:
     u = _Closure()
     nets: dict[IPNetwork, None] = {}
     ranges: set[tuple[int, int]] = set()
+    with_hosts = [c.hosts for c in closures if c.hosts]
+    if len(with_hosts) == 1:
+        u.hosts = with_hosts[0]  # shared, not copied (nat PREROUTING's: every ClusterIP); never written after
     for c in closures:
-        u.hosts |= c.hosts
+        if len(with_hosts) > 1:
+            u.hosts |= c.hosts
         nets.update(dict.fromkeys(c.nets))
         u.ports |= c.ports
         ranges.update(c.ranges)
@@ -320,8 +333,8 @@ class HookMemo:
         out = walk([path])
         if not keyer.worth():
             return out
-        acc = record(path, [(p, None) for p in out], keyer.writable)
-        end = record(path, finals[before:], keyer.writable)
+        acc = record(path, [(p, None) for p in out], keyer.writable, memo.share)
+        end = record(path, finals[before:], keyer.writable, memo.share)
         if acc is not None and end is not None:
             if len(self.store) >= MAX_KEYS:
                 self.store.clear()
@@ -334,7 +347,7 @@ class _Rec:
 
     __slots__ = ("probability", "changes", "steps", "assumptions", "unknowns", "conditions", "verdict")
 
-    def __init__(self, probability: float, changes: tuple[tuple[int, object], ...], steps: tuple[Step, ...],
+    def __init__(self, probability: float, changes: tuple[Any, ...], steps: tuple[Step, ...],
                  assumptions: tuple[str, ...], unknowns: tuple[str, ...], conditions: tuple[str, ...],
                  verdict: object) -> None:
         self.probability, self.changes, self.steps = probability, changes, steps
@@ -439,7 +452,7 @@ class EntryMemo:
         outs = self.walk(path)
         if not self.worth():
             return outs
-        recs = record(path, outs, self.writable)
+        recs = record(path, outs, self.writable, memo.share)
         if recs is None:
             memo.unrecorded += 1
         else:
@@ -454,9 +467,15 @@ class EntryMemo:
         return self.own_misses < WARMUP or self.own_hits * HIT_RATIO >= self.own_misses
 
 
-def record(path: Path, outs: Sequence[tuple[Path, object]], writable: frozenset[int]) -> tuple[_Rec, ...] | None:
+def _no_sharing(t: Any) -> Any:
+    return t
+
+
+def record(path: Path, outs: Sequence[tuple[Path, object]], writable: frozenset[int],
+           share: Callable[[Any], Any] = _no_sharing) -> tuple[_Rec, ...] | None:
     """The outcomes as deltas against `path`; None when one is not a plain extension of it (then the walk is
-    not stored), or it changed a field its key does not hold exactly."""
+    not stored), or it changed a field its key does not hold exactly. `share` gives each tuple kept (changes,
+    steps, assumptions, conditions) as one equal tuple kept already (WalkMemo.share)."""
     n, u = len(path.steps), len(path.unknowns)
     fixed = _fixed_getter(writable)
     kept = fixed(path.packet)
@@ -465,14 +484,16 @@ def record(path: Path, outs: Sequence[tuple[Path, object]], writable: frozenset[
     for out, verdict in outs:
         if out.steps[:n] != path.steps or out.unknowns[:u] != path.unknowns:
             return None
-        changes: tuple[tuple[int, object], ...] = ()
+        changes: tuple[Any, ...] = ()
         if out.packet is not path.packet:
             if fixed(out.packet) != kept:
                 return None  # a field the key does not hold exactly changed
             after = _packet_values(out.packet)
-            changes = tuple((i, after[i]) for i in sorted(writable) if after[i] is not before[i] and after[i] != before[i])
-        recs.append(_Rec(out.probability, changes, out.steps[n:], out.assumptions, out.unknowns[u:],
-                         out.conditions, verdict))
+            # Flat (field index, value, field index, value, ...): one tuple, not one per field.
+            changes = tuple(x for i in sorted(writable) if after[i] is not before[i] and after[i] != before[i]
+                            for x in (i, after[i]))
+        recs.append(_Rec(out.probability, share(changes), share(out.steps[n:]), share(out.assumptions),
+                         share(out.unknowns[u:]), share(out.conditions), verdict))
     return tuple(recs)
 
 
@@ -495,8 +516,9 @@ def replay(recs: tuple[_Rec, ...], path: Path) -> list[Any]:
         pkt = pkt0
         if r.changes:
             values = list(_packet_values(pkt0))
-            for i, v in r.changes:
-                values[i] = v
+            ch = r.changes
+            for j in range(0, len(ch), 2):
+                values[ch[j]] = ch[j + 1]
             pkt = Packet(*values)
         steps = path.steps + r.steps if r.steps else path.steps
         unknowns = path.unknowns + r.unknowns if r.unknowns else path.unknowns
@@ -512,9 +534,24 @@ class WalkMemo:
         self.entries: dict[tuple[object, ...], EntryMemo | None] = {}
         self.hooked: dict[tuple[object, ...], tuple[list[HookEntry], list[str], HookMemo | None]] = {}
         self.facts: dict[int, tuple[Chain, _Facts | None]] = {}  # each chain's own facts (_closure)
+        self._idle = 0  # hook_entries answered from what is made since the last one made
         self.keep: list[object] = []  # the rulesets and nodes keyed by identity, kept alive while the memo is
         self.hits = self.misses = self.unrecorded = 0  # base chains' walks
         self.hook_hits = self.hook_misses = 0  # whole hooks
+        # Each tuple the recorded outcomes keep (steps, changes, assumptions, conditions), once: outcomes of many
+        # keys are alike (every endpoint's FORWARD walk has the same steps). Cleared past MAX_SHARED.
+        self._shared: dict[tuple[object, ...], tuple[object, ...]] = {}
+
+    def share(self, t: tuple[object, ...]) -> tuple[object, ...]:
+        """`t`, or an equal tuple kept before (tuples are values: which of two equal ones is kept changes nothing)."""
+        if not t:
+            return ()
+        kept = self._shared.get(t)
+        if kept is None:
+            if len(self._shared) >= MAX_SHARED:
+                self._shared.clear()
+            kept = self._shared[t] = t
+        return kept
 
     def wrap(self, node: Node, rs: Ruleset, table: str, hook: str, label: str | None, ctx: MatchContext,
              walk: WalkFn) -> WalkFn:
@@ -544,7 +581,12 @@ class WalkMemo:
         and the memo of the whole hook when each of its entries is memoised."""
         ident = (id(w.node), id(w.ruleset), hook, w.label, frozenset(w.local))
         known = self.hooked.get(ident)
-        if known is None:
+        if known is not None:
+            self._idle += 1
+            if self._idle == FACTS_IDLE:
+                self.facts.clear()  # ~30 MB at 10k Services; a later new entry reads its chains again
+        else:
+            self._idle = 0
             entries = w.entries(hook)
             walks = [e.walk for e in entries]
             whole = None

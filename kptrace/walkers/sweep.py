@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
 
 from kptrace.model.finding import Finding
 from kptrace.model.flow import Flow, IPAddress
@@ -162,6 +163,7 @@ class Sweeper:
         # them a row keeps what it shows, and `row.trace` walks its flow again (what `diff` does for a change).
         self.keep_traces = keep_traces
         self._derived: dict[tuple[str, Flow], _Derived] = {}
+        self._shares: dict[object, Any] = {}  # endpoint_shares: each share and tuple of them once
         self.external_client = {**EXTERNAL_CLIENT, **(external_client or {})}  # the outside client, by IP version
         self.checks = checks  # name the findings that explain a flow that does not arrive
         self._findings: list[Finding] | None = None  # run once, at the first such flow
@@ -324,9 +326,10 @@ class Sweeper:
                 from kptrace.checks.trace import findings_for_trace
 
                 found = tuple(dict.fromkeys(f.id for f in findings_for_trace(t, findings)))
-        return _Derived(t.disposition, status, endpoint_shares(t, start.name), deciding, found)
+        return _Derived(t.disposition, status, endpoint_shares(t, start.name, self._shares), deciding, found)
 
 
+MAX_SHARED_SHARES = 1 << 18  # shares and tuples of them endpoint_shares keeps to share; past it, forgotten
 GC_BATCH = 20_000  # objects allocated between two collections of the youngest generation while a sweep runs
 
 
@@ -453,19 +456,31 @@ def egress_label(b: Branch, start: str) -> str | None:
     return f"{b.egress.iface}@{b.egress.node or start}"
 
 
-def endpoint_shares(t: Trace, start: str) -> tuple[EndpointShare, ...]:
-    """The trace's branches grouped by endpoint, in the order the trace names them."""
+def endpoint_shares(t: Trace, start: str, shared: dict[object, Any] | None = None) -> tuple[EndpointShare, ...]:
+    """The trace's branches grouped by endpoint, in the order the trace names them. `shared` (a Sweeper's)
+    gives each share, and each tuple of them, as an equal one made before: 10k Services' rows keep 200k shares,
+    and a Service's pod and node flows mostly reach their endpoints alike."""
     groups: dict[str | None, list[Branch]] = {}
     for b in t.branches:
         groups.setdefault(b.dnat, []).append(b)
     out = []
     for addr, bs in groups.items():
-        out.append(EndpointShare(
-            address=addr, share=round(sum(b.probability for b in bs), 9),
-            dispositions=tuple(dict.fromkeys(b.disposition.value for b in bs)),
-            masquerade=any(b.masquerade or b.snat is not None for b in bs),
-            egress=tuple(sorted({e for b in bs for e in [egress_label(b, start)] if e is not None}))))
-    return tuple(out)
+        dispositions = tuple(dict.fromkeys(b.disposition.value for b in bs))
+        egress = tuple(sorted({e for b in bs for e in [egress_label(b, start)] if e is not None}))
+        if shared is not None:
+            dispositions, egress = shared.setdefault(dispositions, dispositions), shared.setdefault(egress, egress)
+        e = EndpointShare(
+            address=addr, share=round(sum(b.probability for b in bs), 9), dispositions=dispositions,
+            masquerade=any(b.masquerade or b.snat is not None for b in bs), egress=egress)
+        if shared is not None:
+            e = shared.setdefault(e, e)
+        out.append(e)
+    whole = tuple(out)
+    if shared is not None:
+        whole = shared.setdefault(whole, whole)
+        if len(shared) > MAX_SHARED_SHARES:
+            shared.clear()  # only sharing is lost: the rows keep theirs
+    return whole
 
 
 def _deciding(b: Branch) -> list[Decision]:

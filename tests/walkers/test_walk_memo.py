@@ -273,3 +273,61 @@ def test_memo_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
         from kptrace.walkers.memo import active
 
         assert active() is None
+
+
+# --- the bounds on what a sweep keeps ----------------------------------------------------------------------
+
+def test_bounded_stores_stay_exact_when_they_forget(generated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every store a sweep keeps to save memory (WalkMemo.share's tuples, the chains' facts, the step cache,
+    the endpoint shares) forgets past its bound; with tiny bounds, so that each forgets thousands of times, the
+    rows and the whole traces are those of a sweep without the memo, and walks are still shared."""
+    from kptrace.walkers import chains, memo, sweep
+
+    monkeypatch.setattr(memo, "MAX_SHARED", 7)
+    monkeypatch.setattr(memo, "FACTS_IDLE", 3)
+    monkeypatch.setattr(memo, "WARMUP", 5)
+    monkeypatch.setattr(chains, "MAX_SHARED_STEPS", 5)
+    monkeypatch.setattr(sweep, "MAX_SHARED_SHARES", 3)
+    cluster = _generated(generated, True)
+    on = Sweeper(cluster, checks=False, keep_traces=False)
+    on._ports[cluster[0].name] = picked = on.service_ports(cluster[0])[:60]
+    rows_on = on.sweep().rows
+    assert on.memo is not None and not on.memo.facts  # forgotten after FACTS_IDLE hooks made before
+    assert on.memo.hits + on.memo.hook_hits > on.memo.misses
+    assert len(on.memo._shared) <= 7 and len(chains._STEPS) <= 5 and len(chains._KEPT) <= 5
+    monkeypatch.setenv("KPTRACE_NO_MEMO", "1")
+    fresh = _generated(generated, True)
+    off = Sweeper(fresh, checks=False, keep_traces=False)
+    off._ports[fresh[0].name] = [s for s in off.service_ports(fresh[0]) if s in picked]
+    rows_off = off.sweep().rows
+    assert rows_on == rows_off
+    for a, b in zip(rows_on[::5], rows_off[::5]):
+        monkeypatch.delenv("KPTRACE_NO_MEMO")
+        with using(on.memo):
+            ta = trace_flow(cluster[0], Flow(ip_address(a.src), ip_address(a.dst), a.protocol, None, a.dport), cluster)
+        monkeypatch.setenv("KPTRACE_NO_MEMO", "1")
+        _same(b.trace, ta, a.display_name)
+
+
+def test_a_step_is_never_another_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step cache is keyed by a rule's id: the rules it keys are kept alive, so a rule made after another
+    died (the same id, possibly) never gets the dead one's step."""
+    import gc
+
+    from kptrace.model.netfilter import Rule
+    from kptrace.model.source import Source
+    from kptrace.walkers import chains
+    from kptrace.walkers.chains import ChainWalker
+
+    w = ChainWalker.__new__(ChainWalker)
+    w.hook, w.node = "FORWARD", None
+    seen = []
+    for i in range(50):
+        rule = Rule("filter", "FORWARD", 1, Source("f", i + 1, 1, f"-A FORWARD -j ACCEPT -m comment {i}"))
+        s = w._step(rule, "ACCEPT", 0)
+        assert (s.source, s.text) == (f"f:{i + 1}", rule.text)
+        seen.append(s.source)
+        del rule
+        gc.collect()
+    assert len(set(seen)) == 50
+    assert len(chains._KEPT) == len(chains._STEPS)  # each cached step's rule, alive

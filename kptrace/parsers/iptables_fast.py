@@ -68,6 +68,17 @@ class FastParser:
         nets = self.nets[text] = _network(text)
         return nets
 
+    def _address(self, flag: str, text: str, negated: bool, col: int) -> Cond[tuple[IPNetwork, ...]] | None:
+        """`-s`/`-d TEXT` as a shared Cond; None: an address only the general parser may answer (or refuse)."""
+        key = (flag, text, negated, col)
+        cond: Cond[tuple[IPNetwork, ...]] | None = self.shared.get(key)
+        if cond is None:
+            nets = self._net(text)
+            if nets is None:
+                return None
+            cond = self.shared[key] = Cond(nets, negated, col, text)
+        return cond
+
     def _one(self, key: tuple[object, ...], match: Match) -> tuple[Match, ...]:
         """A shared match alone in its rule's matches: that tuple is shared too."""
         one: tuple[Match, ...] | None = self.shared.get(key + ("1",))
@@ -92,25 +103,13 @@ class FastParser:
         dst: Cond[tuple[IPNetwork, ...]] | None = None
         proto: Cond[str] | None = None
         if s is not None:
-            nets = self._net(s)
-            if nets is None:
-                return None
-            neg = sneg is not None
-            col = m.start("s") - 2
-            key = ("s", s, neg, col)
-            src = shared.get(key)
+            src = self._address("s", s, sneg is not None, m.start("s") - 2)
             if src is None:
-                src = shared[key] = Cond(nets, neg, col, s)
-        if d is not None:
-            nets = self._net(d)
-            if nets is None:
                 return None
-            neg = dneg is not None
-            col = m.start("d") - 2
-            key = ("d", d, neg, col)
-            dst = shared.get(key)
+        if d is not None:
+            dst = self._address("d", d, dneg is not None, m.start("d") - 2)
             if dst is None:
-                dst = shared[key] = Cond(nets, neg, col, d)
+                return None
         if p is not None:
             p = words[p]
             col = m.start("p") - 2

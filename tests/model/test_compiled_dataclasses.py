@@ -1,6 +1,7 @@
-"""kptrace/model/_compiled.py: the model's classes are the classes `dataclasses.dataclass` makes.
+"""kptrace/model/_compiled.py: the classes of every module that uses it (the model, the loader, the
+parsers a `why` imports) are the classes `dataclasses.dataclass` makes.
 
-Each model module is loaded a second time under another name with the plain decorator, and every
+Each module is loaded a second time under another name with the plain decorator, and every
 generated method is compared with the one made through the table of compiled code: the same code
 object, defaults, annotations and names."""
 
@@ -17,16 +18,20 @@ import pytest
 
 from kptrace.model import _compiled
 
-MODULES = ["flow", "routing", "node", "ipvs", "trace", "observed", "finding", "nft"]
+MODULES = [f"kptrace.model.{m}" for m in ("flow", "routing", "node", "ipvs", "trace", "observed", "finding", "nft",
+                                           "source", "netfilter")] + \
+          ["kptrace.load"] + [f"kptrace.parsers.{m}" for m in ("iptables_save", "ip_route", "iptables_list",
+                                                                "iptables_s", "paste")]
 METHODS = ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__", "__getstate__",
            "__setstate__", "__lt__", "__le__", "__gt__", "__ge__")
 
 
 def _plain(name: str, monkeypatch: pytest.MonkeyPatch) -> object:
-    """kptrace.model.<name> executed again with `dataclass` as the standard library's."""
-    path = Path(_compiled.__file__).with_name(f"{name}.py")
+    """The module `name` executed again with `dataclass` as the standard library's."""
+    ours = importlib.import_module(name)
+    assert ours.__file__ is not None
     monkeypatch.setattr(_compiled, "dataclass", dataclasses.dataclass)
-    spec = importlib.util.spec_from_file_location(f"_plain_{name}", path)
+    spec = importlib.util.spec_from_file_location("_plain_" + name.replace(".", "_"), Path(ours.__file__))
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
@@ -45,7 +50,9 @@ def _unwrap(f: object) -> object:
 
 @pytest.mark.parametrize("name", MODULES)
 def test_same_classes_as_dataclasses_makes(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    ours = importlib.import_module(f"kptrace.model.{name}")
+    ours = importlib.import_module(name)
+    src = Path(str(ours.__file__)).read_text()
+    assert "from kptrace.model._compiled import dataclass" in src and "import dataclass," not in src
     plain = _plain(name, monkeypatch)
     classes = [c for c in vars(ours).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
                and c.__module__ == ours.__name__]

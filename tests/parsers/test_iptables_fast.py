@@ -77,8 +77,8 @@ def _set_slots(r: Rule) -> set[str]:
 
 
 @pytest.mark.parametrize("large", [True, False])
-def test_generated_1k(large: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = generate_iptables(1000, 10, seed=3, large_cluster_mode=large, affinity_fraction=0.05, udp_fraction=0.1,
+def test_generated_dump(large: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = generate_iptables(400, 10, seed=3, large_cluster_mode=large, affinity_fraction=0.05, udp_fraction=0.1,
                             lb_fraction=0.05, local_policy_fraction=0.1)
     n = assert_same_model(gen.text, "gen.txt", monkeypatch)
     rules = sum(1 for line in gen.text.splitlines() if line.startswith("-A "))

@@ -467,12 +467,8 @@ class EntryMemo:
         return self.own_misses < WARMUP or self.own_hits * HIT_RATIO >= self.own_misses
 
 
-def _no_sharing(t: Any) -> Any:
-    return t
-
-
 def record(path: Path, outs: Sequence[tuple[Path, object]], writable: frozenset[int],
-           share: Callable[[Any], Any] = _no_sharing) -> tuple[_Rec, ...] | None:
+           share: Callable[[Any], Any]) -> tuple[_Rec, ...] | None:
     """The outcomes as deltas against `path`; None when one is not a plain extension of it (then the walk is
     not stored), or it changed a field its key does not hold exactly. `share` gives each tuple kept (changes,
     steps, assumptions, conditions) as one equal tuple kept already (WalkMemo.share)."""
@@ -595,11 +591,6 @@ class WalkMemo:
             known = self.hooked[ident] = (entries, w.shared_priorities(entries, hook), whole)
             self.keep += [w.node, w.ruleset]
         return known
-
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
 
 
 _ACTIVE: list[WalkMemo] = []
